@@ -1,0 +1,55 @@
+# Cistern: build, demo, test.
+GO        ?= go
+BIN       := $(CURDIR)/bin
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+OUT       := $(CURDIR)/_output
+FUZZTIME  ?= 5s
+UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /test/sanity)
+
+.PHONY: all build demo demo-check test unit sanity fuzz verify clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+## demo: real mounts, a generated dataset, the real driver; needs root.
+demo: build
+	$(BIN)/cistern demo
+
+## demo-check: the demo as a test: it exits non-zero if any check fails or a
+## mount is left behind.
+demo-check: build
+	@$(BIN)/cistern demo > $(OUT)/demo.log 2>&1 || { cat $(OUT)/demo.log; exit 1; }
+	@sed -n '/== Summary/,$$p' $(OUT)/demo.log
+	@! grep cistern /proc/mounts
+
+## test: everything CI runs (needs root for real mounts).
+test: verify unit sanity fuzz demo-check
+
+unit:
+	$(GO) test -count=1 $(UNIT_PKGS)
+
+## sanity: csi-sanity against the real driver; prints the suite's summary.
+sanity:
+	@mkdir -p $(OUT)
+	@echo "== csi-sanity (log: $(OUT)/sanity.log)"
+	@$(GO) test -count=1 -v ./test/sanity/ -args -ginkgo.no-color > $(OUT)/sanity.log 2>&1; rc=$$?; \
+	  grep -E '^(Ran [0-9]+ of|SUCCESS!|FAIL!)|Passed \|' $(OUT)/sanity.log; \
+	  grep -E -A3 '^\[(FAIL|PANICKED)\]|^--- FAIL|mount left behind' $(OUT)/sanity.log | head -60; \
+	  tail -n 3 $(OUT)/sanity.log; exit $$rc
+
+## fuzz: a short run of every fuzz target (FUZZTIME each).
+fuzz:
+	@for f in FuzzParseParams FuzzResolveSubPath FuzzParseVolumeID; do \
+	  $(GO) test ./pkg/driver/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) > $(OUT)/fuzz.log 2>&1 || { cat $(OUT)/fuzz.log; exit 1; }; \
+	  echo "fuzz $$f: $$(grep -E '^fuzz: elapsed' $(OUT)/fuzz.log | tail -n 1)"; \
+	done
+
+verify:
+	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN) $(OUT)

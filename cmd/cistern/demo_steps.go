@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/cistern-csi/cistern/pkg/driver"
+	"github.com/cistern-csi/cistern/pkg/mounter"
+)
+
+// stage does what the kubelet does before the first pod: NodeStageVolume.
+func (d *demo) stage(ctx context.Context, v *csi.Volume, mode csi.VolumeCapability_AccessMode_Mode) error {
+	staging := filepath.Join(d.work, "kubelet", "staging", driver.NameHash(v.VolumeId))
+	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
+		VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: capability(mode), VolumeContext: v.VolumeContext,
+	}); err != nil {
+		return fmt.Errorf("NodeStageVolume %s: %w", v.VolumeId, err)
+	}
+	d.staged[v.VolumeId] = staging
+	d.contexts[v.VolumeId] = v.VolumeContext
+	d.modes[v.VolumeId] = mode
+	return nil
+}
+
+// publish does what the kubelet does for each pod: NodePublishVolume.
+func (d *demo) publish(ctx context.Context, ns, pod, pvc string) error {
+	id := d.volumes[ns+"/"+pvc]
+	target := filepath.Join(d.work, "kubelet", "pods", ns+"-"+pod, "volumes", pvc)
+	mode := d.modes[id]
+	start := time.Now()
+	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
+		VolumeId: id, StagingTargetPath: d.staged[id], TargetPath: target,
+		VolumeCapability: capability(mode), VolumeContext: d.contexts[id],
+	}); err != nil {
+		return fmt.Errorf("NodePublishVolume %s/%s %s: %w", ns, pod, pvc, err)
+	}
+	d.publishD = append(d.publishD, time.Since(start))
+	d.pubs = append(d.pubs, podVolume{ns: ns, pod: pod, name: pvc, volumeID: id, target: target, readOnly: mode == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY})
+	return nil
+}
+
+// publishInline publishes an ephemeral inline volume of the shared dataset.
+func (d *demo) publishInline(ctx context.Context, ns, pod, public string) error {
+	target := filepath.Join(d.work, "kubelet", "pods", ns+"-"+pod, "volumes", "public")
+	id := "csi-inline-" + ns + "-" + pod
+	attrs := map[string]string{
+		"dataset": "public", "source": "file://" + public, "shared": "true",
+		driver.MetaEphemeral: "true", driver.MetaPodNamespace: ns, "csi.storage.k8s.io/pod.name": pod,
+	}
+	d.say("-- inline volume for %s/%s: %v", ns, pod, attrs)
+	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
+		VolumeId: id, TargetPath: target, VolumeContext: attrs,
+		VolumeCapability: capability(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY),
+	}); err != nil {
+		return fmt.Errorf("NodePublishVolume inline %s/%s: %w", ns, pod, err)
+	}
+	d.pubs = append(d.pubs, podVolume{ns: ns, pod: pod, name: "public", volumeID: id, target: target, readOnly: true})
+	return nil
+}
+
+// checkIsolation shows what the platform promises: a namespace sees only its
+// own data, pods of one PVC share it, read-only datasets refuse writes.
+func (d *demo) checkIsolation() ([]check, error) {
+	var checks []check
+	d.say("\n-- isolation")
+	view := func(ns, pod, vol string) string {
+		for _, p := range d.pubs {
+			if p.ns == ns && p.pod == pod && p.name == vol {
+				return p.target
+			}
+		}
+		return ""
+	}
+	for _, ns := range namespaces {
+		foreign := 0
+		err := filepath.WalkDir(view(ns, "pod-1", "research"), func(p string, e fs.DirEntry, err error) error {
+			if err != nil || e.IsDir() {
+				return err
+			}
+			first, err := firstLine(p)
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(first, "namespace="+ns) {
+				foreign++
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		d.say("   %s/pod-1 research: %d files of another namespace visible", ns, foreign)
+		checks = append(checks, check{fmt.Sprintf("%s sees only its own research files", ns), foreign == 0})
+	}
+
+	// A writes a feature file; A's other pod sees it, B's pods do not.
+	sig := filepath.Join(view("quant-a", "pod-1", "features"), "signals.csv")
+	if err := os.WriteFile(sig, []byte("symbol,signal\nAAPL,0.42\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("write a feature file: %w", err)
+	}
+	_, errSame := os.Stat(filepath.Join(view("quant-a", "pod-2", "features"), "signals.csv"))
+	_, errOther := os.Stat(filepath.Join(view("quant-b", "pod-1", "features"), "signals.csv"))
+	d.say("   quant-a/pod-1 wrote features/signals.csv: quant-a/pod-2 sees it: %t; quant-b/pod-1 sees it: %t", errSame == nil, errOther == nil)
+	checks = append(checks,
+		check{"pods of one PVC share its read-write directory", errSame == nil},
+		check{"quant-b cannot see quant-a's features", errors.Is(errOther, fs.ErrNotExist)})
+
+	for _, vol := range []struct{ ns, pod, name string }{{"quant-a", "pod-1", "research"}, {"quant-b", "pod-2", "public"}} {
+		err := os.WriteFile(filepath.Join(view(vol.ns, vol.pod, vol.name), "oops.txt"), []byte("x"), 0o644)
+		d.say("   %s/%s write into read-only %s: %v", vol.ns, vol.pod, vol.name, err)
+		checks = append(checks, check{fmt.Sprintf("a write to read-only %s fails with EROFS", vol.name), errors.Is(err, syscall.EROFS)})
+	}
+	return checks, nil
+}
+
+// teardownVolumes unpublishes, unstages and deletes, as the kubelet and the
+// provisioner would when the pods and PVCs go away.
+func (d *demo) teardownVolumes(ctx context.Context) error {
+	for len(d.pubs) > 0 {
+		p := d.pubs[len(d.pubs)-1]
+		if _, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: p.volumeID, TargetPath: p.target}); err != nil {
+			return fmt.Errorf("NodeUnpublishVolume %s: %w", p.target, err)
+		}
+		d.pubs = d.pubs[:len(d.pubs)-1]
+	}
+	for id, staging := range d.staged {
+		if _, err := d.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+			return fmt.Errorf("NodeUnstageVolume %s: %w", id, err)
+		}
+		delete(d.staged, id)
+	}
+	for key, id := range d.volumes {
+		if _, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+			return fmt.Errorf("DeleteVolume %s: %w", key, err)
+		}
+		delete(d.volumes, key)
+	}
+	d.say("   all volumes unpublished, unstaged and deleted")
+	return nil
+}
+
+// teardown runs last, also after a failure or Ctrl-C: it unmounts whatever
+// is still mounted under the work directory and stops the driver.
+func (d *demo) teardown() error {
+	var errs []error
+	if d.node != nil && (len(d.pubs) > 0 || len(d.staged) > 0) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		errs = append(errs, d.teardownVolumes(ctx))
+		cancel()
+	}
+	errs = append(errs, d.stopDriver())
+	m := mounter.New()
+	refs, err := mounter.MountRefs(m, d.work)
+	errs = append(errs, err)
+	for _, r := range refs {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		errs = append(errs, mounter.Cleanup(ctx, m, r, 5*time.Second))
+		cancel()
+	}
+	return errors.Join(errs...)
+}
+
+// stopDriver stops the driver it started, by PID: SIGTERM, then SIGKILL.
+func (d *demo) stopDriver() error {
+	if d.conn != nil {
+		d.conn.Close()
+		d.conn = nil
+	}
+	if d.csi == nil {
+		return nil
+	}
+	cmd := d.csi
+	d.csi = nil
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.csiExited:
+		d.say("-- cistern-csi (pid %d) stopped", cmd.Process.Pid)
+		return nil
+	case <-time.After(10 * time.Second):
+	}
+	_ = cmd.Process.Kill()
+	<-d.csiExited
+	return fmt.Errorf("cistern-csi (pid %d) ignored SIGTERM for 10s and was killed", cmd.Process.Pid)
+}
+
+// leftoverMounts lists mount table lines that mention cistern or the work
+// directory.
+func leftoverMounts(work string) ([]string, error) {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return nil, err
+	}
+	var left []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "cistern") || strings.Contains(l, work) {
+			left = append(left, l)
+		}
+	}
+	return left, nil
+}
+
+// generateDatasets writes the demo's datasets: research holds daily price
+// files per namespace, public holds shared reference data, features starts
+// empty. Content is seeded, so every run is the same.
+func generateDatasets(research, features, public string) (files int, bytes int64, err error) {
+	rng := rand.New(rand.NewPCG(2026, 11))
+	symbols := []string{"AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "BRK", "JPM", "V"}
+	write := func(p, content string) error {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		files++
+		bytes += int64(len(content))
+		return os.WriteFile(p, []byte(content), 0o644)
+	}
+	for _, ns := range namespaces {
+		for day := 1; day <= 15; day++ {
+			for _, sym := range symbols {
+				var b strings.Builder
+				fmt.Fprintf(&b, "# namespace=%s symbol=%s day=2026-11-%02d\nminute,price,volume\n", ns, sym, day)
+				price := 100 + rng.Float64()*400
+				for minute := 0; minute < 30; minute++ {
+					price *= 1 + (rng.Float64()-0.5)/100
+					fmt.Fprintf(&b, "%d,%.2f,%d\n", minute, price, rng.IntN(10000))
+				}
+				p := filepath.Join(research, ns, "prices", fmt.Sprintf("2026-11-%02d", day), sym+".csv")
+				if err := write(p, b.String()); err != nil {
+					return 0, 0, err
+				}
+			}
+		}
+	}
+	for _, sym := range symbols {
+		if err := write(filepath.Join(public, "reference", "symbols", sym+".txt"), fmt.Sprintf("# namespace=public\n%s listed\n", sym)); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := write(filepath.Join(public, "reference", "calendar.csv"), "# namespace=public\nday,open\n2026-11-27,true\n"); err != nil {
+		return 0, 0, err
+	}
+	return files, bytes, os.MkdirAll(features, 0o755)
+}
+
+func countFiles(dir string) (int, error) {
+	n := 0
+	err := filepath.WalkDir(dir, func(_ string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			n++
+		}
+		return err
+	})
+	return n, err
+}
+
+func firstLine(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Scan()
+	return sc.Text(), sc.Err()
+}

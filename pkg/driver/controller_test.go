@@ -1,0 +1,188 @@
+package driver
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+)
+
+func createReq(name, root string, kv ...string) *csi.CreateVolumeRequest {
+	params := map[string]string{"dataset": "ds", "source": "file://" + root, "access": "read-write", "onDelete": "delete", MetaPVCNamespace: "team-a", MetaPVCName: name}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] == "<unset>" {
+			delete(params, kv[i])
+			continue
+		}
+		params[kv[i]] = kv[i+1]
+	}
+	c := rwCap
+	if params["access"] == "read-only" {
+		c = roCap
+	}
+	return &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{c}}
+}
+
+func TestCreateVolume(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newTestDriver(t)
+	root := t.TempDir()
+
+	r1, err := d.CreateVolume(ctx, createReq("claim", root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := d.CreateVolume(ctx, createReq("claim", root))
+	if err != nil || r2.Volume.VolumeId != r1.Volume.VolumeId {
+		t.Fatalf("retry = %v, %v; want the same volume", r2, err)
+	}
+	_, err = d.CreateVolume(ctx, createReq("claim", root, "onDelete", "archive"))
+	wantCode(t, err, codes.AlreadyExists)
+
+	id, err := ParseVolumeID(r1.Volume.VolumeId)
+	if err != nil || id.SubPath != "team-a/claim" || id.OnDelete != Delete {
+		t.Fatalf("volume ID %q decodes to %+v, %v", r1.Volume.VolumeId, id, err)
+	}
+
+	// Missing provisioner metadata is named.
+	_, err = d.CreateVolume(ctx, createReq("x", root, MetaPVCNamespace, "<unset>"))
+	wantCode(t, err, codes.InvalidArgument)
+	if !strings.Contains(err.Error(), "--extra-create-metadata") {
+		t.Errorf("error %q does not say how to fix it", err)
+	}
+
+	// Read-only: writer modes refused, the sub-directory must exist, nothing
+	// is written into the dataset.
+	roRoot := t.TempDir()
+	req := createReq("ro", roRoot, "access", "read-only", "onDelete", "retain")
+	req.VolumeCapabilities = []*csi.VolumeCapability{rwCap}
+	_, err = d.CreateVolume(ctx, req)
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = d.CreateVolume(ctx, createReq("ro", roRoot, "access", "read-only", "onDelete", "retain"))
+	wantCode(t, err, codes.FailedPrecondition)
+	if ents, _ := os.ReadDir(roRoot); len(ents) != 0 {
+		t.Fatalf("controller wrote into a read-only dataset: %v", ents)
+	}
+	if err := os.MkdirAll(filepath.Join(roRoot, "team-a/ro"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateVolume(ctx, createReq("ro", roRoot, "access", "read-only", "onDelete", "retain")); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(roRoot); len(ents) != 1 {
+		t.Fatalf("controller wrote into a read-only dataset: %v", ents)
+	}
+}
+
+func TestCreateVolumeTopology(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newTestDriver(t)
+	root := t.TempDir()
+	req := createReq("claim", root, "cacheGroup", "research")
+	resp, err := d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if top := resp.Volume.AccessibleTopology; len(top) != 1 || top[0].Segments[TopologyCacheGroup] != "research" {
+		t.Fatalf("accessible topology = %v", top)
+	}
+	req = createReq("other", root, "cacheGroup", "research")
+	req.AccessibilityRequirements = &csi.TopologyRequirement{Requisite: []*csi.Topology{{Segments: map[string]string{TopologyNode: "n1", TopologyCacheGroup: "batch"}}}}
+	_, err = d.CreateVolume(ctx, req)
+	wantCode(t, err, codes.ResourceExhausted)
+	if !strings.Contains(err.Error(), `cache group "research"`) || !strings.Contains(err.Error(), "batch") {
+		t.Errorf("error %q does not name both groups", err)
+	}
+}
+
+func TestDeleteVolumeGuards(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newTestDriver(t)
+	root := t.TempDir()
+	write := func(rel string) {
+		t.Helper()
+		p := filepath.Join(root, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("data"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exists := func(rel string) bool { _, err := os.Stat(filepath.Join(root, rel)); return err == nil }
+	del := func(id string) {
+		t.Helper()
+		for range 2 { // idempotent
+			if _, err := d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// Two volumes whose template resolves to the same namespace directory.
+	a, err := d.CreateVolume(ctx, createReq("a", root, "subPath", "${pvc.namespace}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.CreateVolume(ctx, createReq("b", root, "subPath", "${pvc.namespace}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A third one inside it.
+	c, err := d.CreateVolume(ctx, createReq("c", root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("team-a/shared-file")
+	write("team-a/c/file")
+
+	del(a.Volume.VolumeId)
+	if !exists("team-a/shared-file") {
+		t.Fatal("deleting a removed a directory volume b still uses")
+	}
+	del(c.Volume.VolumeId)
+	if !exists("team-a/c/file") {
+		t.Fatal("deleting c removed a directory inside volume b")
+	}
+	del(b.Volume.VolumeId)
+	if exists("team-a") {
+		t.Fatal("the last user of team-a was deleted with onDelete=delete, but team-a remains")
+	}
+
+	// Archive moves the data under .cistern/archive.
+	ar, err := d.CreateVolume(ctx, createReq("ar", root, "onDelete", "archive"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("team-a/ar/keep")
+	del(ar.Volume.VolumeId)
+	if exists("team-a/ar") {
+		t.Fatal("archived volume still in place")
+	}
+	matches, _ := filepath.Glob(filepath.Join(root, ReservedDir, "archive/team-a/ar-*/keep"))
+	if len(matches) != 1 {
+		t.Fatalf("archive holds %v, want one copy of keep", matches)
+	}
+
+	// Retain keeps the data.
+	rt, err := d.CreateVolume(ctx, createReq("rt", root, "onDelete", "retain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("team-a/rt/keep")
+	del(rt.Volume.VolumeId)
+	if !exists("team-a/rt/keep") {
+		t.Fatal("retain deleted data")
+	}
+
+	// A volume ID without a record deletes nothing.
+	forged := VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("never"), Source: Source{"file", root}, SubPath: "team-a/rt"}
+	del(forged.String())
+	if !exists("team-a/rt/keep") {
+		t.Fatal("a forged volume ID deleted data")
+	}
+}

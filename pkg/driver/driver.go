@@ -1,0 +1,57 @@
+// Package driver implements Cistern's CSI identity, controller and node
+// services, its gRPC server, volume IDs and dataset parameters.
+package driver
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/cistern-csi/cistern/pkg/mounter"
+)
+
+// Name is the CSI driver name.
+const Name = "cistern.csi.dev"
+
+// Topology keys reported by NodeGetInfo and returned by CreateVolume.
+const (
+	TopologyNode       = Name + "/node"
+	TopologyCacheGroup = Name + "/cache-group"
+)
+
+// Driver serves the CSI services that Options.Mode selects.
+//
+// Lock order: a volume or path try-lock (volumeLocks, pathLocks) is taken
+// first; recordsMu is taken inside it, only around record reads and writes
+// and the rename that removes a volume, never around a mount or a tree walk.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
+
+	// immutable after New
+	opts    Options
+	mounter mounter.Interface
+
+	volumeLocks *keyLocks // CreateVolume by name, DeleteVolume and NodeStage/Unstage by volume ID
+	pathLocks   *keyLocks // NodePublish/Unpublish by target path
+
+	recordsMu sync.Mutex // serialises record updates so overlap checks see a stable set
+}
+
+// New validates opts and returns a driver using m for mounts.
+func New(opts Options, m mounter.Interface) (*Driver, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return nil, fmt.Errorf("driver: nil mounter")
+	}
+	return &Driver{
+		opts:        opts,
+		mounter:     m,
+		volumeLocks: newKeyLocks(),
+		pathLocks:   newKeyLocks(),
+	}, nil
+}

@@ -1,0 +1,395 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/cistern-csi/cistern/pkg/mounter"
+)
+
+// nodeVolume is what the node knows of a staged or published volume, from
+// its ID (authoritative for source and sub-path) and its context.
+type nodeVolume struct {
+	id       VolumeID
+	params   *Params
+	readOnly bool // the dataset's access, from ID and context
+}
+
+// volumeFromRequest decodes a volume ID and its context and checks that they
+// agree. A context that names another source than the ID is refused.
+func volumeFromRequest(rawID string, volCtx map[string]string) (*nodeVolume, error) {
+	id, err := ParseVolumeID(rawID)
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s: %v", rawID, err)
+	}
+	p, err := ParseParams(volCtx, false)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_context: %v", err)
+	}
+	if p.Source != id.Source || p.Dataset != id.Dataset {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_context names dataset %s at %s, but the volume ID names %s at %s", p.Dataset, p.Source, id.Dataset, id.Source)
+	}
+	return &nodeVolume{id: id, params: p, readOnly: id.ReadOnly || p.ReadOnly()}, nil
+}
+
+// NodeStageVolume bind-mounts the volume's sub-directory of the dataset to
+// the staging path, read-only for a read-only dataset.
+func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	staging := req.GetStagingTargetPath()
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	case staging == "":
+		return nil, status.Error(codes.InvalidArgument, "staging_target_path is required")
+	case req.GetVolumeCapability() == nil:
+		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
+	}
+	v, err := volumeFromRequest(req.GetVolumeId(), req.GetVolumeContext())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCapability(req.GetVolumeCapability(), v.readOnly, v.id.Dataset); err != nil {
+		return nil, err
+	}
+	if !d.volumeLocks.TryAcquire("id/" + req.GetVolumeId()) {
+		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", req.GetVolumeId())
+	}
+	defer d.volumeLocks.Release("id/" + req.GetVolumeId())
+
+	if err := d.bindDatasetDir(ctx, v.id, staging, v.readOnly); err != nil {
+		return nil, err
+	}
+	klog.FromContext(ctx).V(2).Info("Volume staged", "stagingPath", staging, "readOnly", v.readOnly)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// NodeUnstageVolume unmounts the staging path.
+func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	case req.GetStagingTargetPath() == "":
+		return nil, status.Error(codes.InvalidArgument, "staging_target_path is required")
+	}
+	if !d.volumeLocks.TryAcquire("id/" + req.GetVolumeId()) {
+		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", req.GetVolumeId())
+	}
+	defer d.volumeLocks.Release("id/" + req.GetVolumeId())
+	if err := mounter.Cleanup(ctx, d.mounter, req.GetStagingTargetPath(), d.opts.UnmountTimeout); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount staging path %s: %v", req.GetStagingTargetPath(), err)
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// NodePublishVolume bind-mounts the staging path to the pod's target path,
+// or, for an ephemeral inline volume, the dataset's sub-directory directly.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	target := req.GetTargetPath()
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	case target == "":
+		return nil, status.Error(codes.InvalidArgument, "target_path is required")
+	case req.GetVolumeCapability() == nil:
+		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
+	}
+	if req.GetVolumeContext()[MetaEphemeral] == "true" {
+		return d.publishInline(ctx, req)
+	}
+	if req.GetStagingTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "staging_target_path is required: the volume must be staged first")
+	}
+	v, err := volumeFromRequest(req.GetVolumeId(), req.GetVolumeContext())
+	if err != nil {
+		return nil, err
+	}
+	c := req.GetVolumeCapability()
+	if err := checkCapability(c, v.readOnly, v.id.Dataset); err != nil {
+		return nil, err
+	}
+	ro := v.readOnly || req.GetReadonly() || isReaderMode(c)
+
+	if !d.pathLocks.TryAcquire(target) {
+		return nil, status.Errorf(codes.Aborted, "an operation on target path %s is already in progress", target)
+	}
+	defer d.pathLocks.Release(target)
+
+	st, err := mounter.Inspect(d.mounter, req.GetStagingTargetPath())
+	if err != nil || !st.Mounted || st.Corrupted {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
+	}
+	done, err := d.prepareTarget(ctx, target, ro)
+	if err != nil || done {
+		return &csi.NodePublishVolumeResponse{}, err
+	}
+	if err := mounter.BindMount(d.mounter, req.GetStagingTargetPath(), target, ro, mountFlags(c)...); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	klog.FromContext(ctx).V(2).Info("Volume published", "targetPath", target, "readOnly", ro)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// publishInline serves an ephemeral inline volume: its attributes are dataset
+// parameters, its source must be allowed on this node, and its sub-path is
+// always under the pod's own namespace unless the dataset is shared (then it
+// is read-only).
+func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	attrs := req.GetVolumeContext()
+	p, err := ParseParams(attrs, true)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "inline volume: %v", err)
+	}
+	if p.OnDelete != Retain {
+		return nil, status.Errorf(codes.InvalidArgument, "inline volume: parameter %s=%s does not apply: inline volumes never delete dataset data", ParamOnDelete, p.OnDelete)
+	}
+	if !inlineAllowed(p.Source, d.opts.InlineSources) {
+		return nil, status.Errorf(codes.PermissionDenied, "inline volume: source %s is not allowed on this node (allowed prefixes: %v; set --inline-sources on the node plugin)", p.Source, d.opts.InlineSources)
+	}
+	if p.CacheGroup != "" && p.CacheGroup != d.opts.CacheGroup {
+		return nil, status.Errorf(codes.FailedPrecondition, "inline volume: dataset %s is served by cache group %q; this node is in %q", p.Dataset, p.CacheGroup, d.opts.CacheGroup)
+	}
+	ns := attrs[MetaPodNamespace]
+	if ns == "" && !p.Shared {
+		return nil, status.Errorf(codes.InvalidArgument, "inline volume: %s is missing (the CSIDriver object needs podInfoOnMount: true)", MetaPodNamespace)
+	}
+	sub, err := ResolveSubPath(p.SubPath, map[string]string{VarPodNamespace: ns})
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "inline volume: %v", err)
+	}
+	c := req.GetVolumeCapability()
+	if err := checkCapability(c, p.ReadOnly(), p.Dataset); err != nil {
+		return nil, err
+	}
+	ro := p.ReadOnly() || req.GetReadonly() || isReaderMode(c)
+	target := req.GetTargetPath()
+	if !d.pathLocks.TryAcquire(target) {
+		return nil, status.Errorf(codes.Aborted, "an operation on target path %s is already in progress", target)
+	}
+	defer d.pathLocks.Release(target)
+
+	if !p.ReadOnly() {
+		if err := (posixDataset{root: p.Source.Path}).MkdirAll(sub); err != nil {
+			return nil, subPathStatus(err, p.Dataset, sub)
+		}
+	}
+	id := VolumeID{Dataset: p.Dataset, ReadOnly: p.ReadOnly(), OnDelete: Retain, NameHash: NameHash(req.GetVolumeId()), Source: p.Source, SubPath: sub}
+	if err := d.bindDatasetDir(ctx, id, target, ro, mountFlags(c)...); err != nil {
+		return nil, err
+	}
+	klog.FromContext(ctx).V(2).Info("Inline volume published", "targetPath", target, "dataset", p.Dataset, "subPath", sub, "readOnly", ro)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// bindDatasetDir bind-mounts the volume's directory in its dataset on path.
+// The directory is opened beneath the dataset root (no symlink, no escape)
+// and the open descriptor is what gets mounted, so the tree changing between
+// the check and the mount cannot redirect it.
+func (d *Driver) bindDatasetDir(ctx context.Context, id VolumeID, path string, ro bool, flags ...string) error {
+	done, err := d.prepareTarget(ctx, path, ro)
+	if err != nil || done {
+		return err
+	}
+	dir, err := posixDataset{root: id.Source.Path}.OpenDir(id.SubPath)
+	if err != nil {
+		return subPathStatus(err, id.Dataset, id.SubPath)
+	}
+	defer dir.Close()
+	src := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), dir.Fd())
+	if err := mounter.BindMount(d.mounter, src, path, ro, flags...); err != nil {
+		return status.Errorf(codes.Internal, "dataset %s, sub-path %q: %v", id.Dataset, id.SubPath, err)
+	}
+	return nil
+}
+
+// prepareTarget makes path ready for a mount. It reports done when the path
+// already holds a healthy mount with the requested read-only flag
+// (idempotent retry); a mount with the other flag is AlreadyExists; a broken
+// mount is cleaned up so it can be mounted again.
+func (d *Driver) prepareTarget(ctx context.Context, path string, ro bool) (done bool, err error) {
+	st, err := mounter.Inspect(d.mounter, path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(path, 0o750); err != nil {
+			return false, status.Errorf(codes.Internal, "create %s: %v", path, err)
+		}
+		return false, nil
+	case err != nil:
+		return false, status.Errorf(codes.Internal, "inspect %s: %v", path, err)
+	case st.Corrupted:
+		klog.FromContext(ctx).Info("Remounting a broken mount", "path", path, "err", st.Err)
+		if err := mounter.Cleanup(ctx, d.mounter, path, d.opts.UnmountTimeout); err != nil {
+			return false, status.Errorf(codes.Internal, "clean up broken mount %s: %v", path, err)
+		}
+		if err := os.MkdirAll(path, 0o750); err != nil {
+			return false, status.Errorf(codes.Internal, "create %s: %v", path, err)
+		}
+		return false, nil
+	case st.Mounted && st.ReadOnly != ro:
+		return false, status.Errorf(codes.AlreadyExists, "%s is already mounted with readOnly=%t; requested readOnly=%t", path, st.ReadOnly, ro)
+	case st.Mounted:
+		return true, nil
+	}
+	return false, nil
+}
+
+// NodeUnpublishVolume unmounts the target path and removes it.
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	case req.GetTargetPath() == "":
+		return nil, status.Error(codes.InvalidArgument, "target_path is required")
+	}
+	if !d.pathLocks.TryAcquire(req.GetTargetPath()) {
+		return nil, status.Errorf(codes.Aborted, "an operation on target path %s is already in progress", req.GetTargetPath())
+	}
+	defer d.pathLocks.Release(req.GetTargetPath())
+	if err := mounter.Cleanup(ctx, d.mounter, req.GetTargetPath(), d.opts.UnmountTimeout); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount %s: %v", req.GetTargetPath(), err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// NodeGetInfo reports the node and, where it serves one, its cache group.
+func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	seg := map[string]string{TopologyNode: d.opts.NodeID}
+	if d.opts.CacheGroup != "" {
+		seg[TopologyCacheGroup] = d.opts.CacheGroup
+	}
+	return &csi.NodeGetInfoResponse{NodeId: d.opts.NodeID, AccessibleTopology: &csi.Topology{Segments: seg}}, nil
+}
+
+// NodeGetCapabilities advertises staging, stats and volume health.
+func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// NodeGetVolumeStats reports the usage of the file system behind a volume
+// path. The path must hold this volume: the same directory as the volume's
+// sub-directory in its dataset.
+func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	case req.GetVolumePath() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_path is required")
+	}
+	id, err := ParseVolumeID(req.GetVolumeId())
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s: %v", req.GetVolumeId(), err)
+	}
+	if h := checkVolumePath(d.mounter, id, req.GetVolumePath()); h != nil {
+		if h.Status == csi.VolumeHealthErrorType_INACCESSIBLE && h.Reason == reasonNotMounted {
+			return nil, status.Errorf(codes.NotFound, "volume %s is not at %s: %s", req.GetVolumeId(), req.GetVolumePath(), h.Message)
+		}
+		return nil, status.Errorf(codes.Internal, "volume %s at %s: %s", req.GetVolumeId(), req.GetVolumePath(), h.Message)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(req.GetVolumePath(), &sfs); err != nil {
+		return nil, status.Errorf(codes.Internal, "statfs %s: %v", req.GetVolumePath(), err)
+	}
+	bs := int64(sfs.Bsize)
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+		{Unit: csi.VolumeUsage_BYTES, Total: int64(sfs.Blocks) * bs, Available: int64(sfs.Bavail) * bs, Used: int64(sfs.Blocks-sfs.Bfree) * bs},
+		{Unit: csi.VolumeUsage_INODES, Total: int64(sfs.Files), Available: int64(sfs.Ffree), Used: int64(sfs.Files - sfs.Ffree)},
+	}}, nil
+}
+
+// Health reasons reported by NodeGetVolumeHealth.
+const (
+	reasonNotMounted    = "NotMounted"
+	reasonMountBroken   = "MountBroken"
+	reasonStaleMount    = "StaleMount"
+	reasonSourceMissing = "SourceMissing"
+)
+
+// NodeGetVolumeHealth checks the volume's directory in its dataset and, when
+// given, its staging and publish paths: a broken or stale mount, or a source
+// directory that is gone, is reported as INACCESSIBLE.
+func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	id, err := ParseVolumeID(req.GetVolumeId())
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s: %v", req.GetVolumeId(), err)
+	}
+	health := &csi.VolumeHealth{VolumeId: req.GetVolumeId()}
+	dir, err := posixDataset{root: id.Source.Path}.OpenDir(id.SubPath)
+	if err != nil {
+		health.HealthStatuses = append(health.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
+			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reasonSourceMissing,
+			Message: fmt.Sprintf("dataset %s, sub-path %q: %v", id.Dataset, id.SubPath, err),
+		})
+	} else {
+		dir.Close()
+	}
+	for _, p := range []string{req.GetStagingTargetPath(), req.GetVolumePublishPath()} {
+		if p == "" {
+			continue
+		}
+		if h := checkVolumePath(d.mounter, id, p); h != nil {
+			health.HealthStatuses = append(health.HealthStatuses, h)
+		}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health}, nil
+}
+
+// checkVolumePath returns nil when path is a healthy mount of the volume's
+// directory, or the problem.
+func checkVolumePath(m mounter.Interface, id VolumeID, path string) *csi.VolumeHealth_VolumeHealthEntry {
+	bad := func(reason, format string, a ...any) *csi.VolumeHealth_VolumeHealthEntry {
+		return &csi.VolumeHealth_VolumeHealthEntry{Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, a...)}
+	}
+	st, err := mounter.Inspect(m, path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return bad(reasonNotMounted, "%s does not exist", path)
+	case err != nil:
+		return bad(reasonMountBroken, "inspect %s: %v", path, err)
+	case st.Corrupted:
+		return bad(reasonMountBroken, "the mount at %s is broken: %v", path, st.Err)
+	case !st.Mounted:
+		return bad(reasonNotMounted, "%s is not a mount point", path)
+	}
+	dir, err := posixDataset{root: id.Source.Path}.OpenDir(id.SubPath)
+	if err != nil {
+		return bad(reasonSourceMissing, "dataset %s, sub-path %q: %v", id.Dataset, id.SubPath, err)
+	}
+	defer dir.Close()
+	var want, got unix.Stat_t
+	if err := unix.Fstat(int(dir.Fd()), &want); err != nil {
+		return bad(reasonSourceMissing, "stat dataset directory: %v", err)
+	}
+	if err := unix.Stat(path, &got); err != nil {
+		return bad(reasonMountBroken, "stat %s: %v", path, err)
+	}
+	if want.Dev != got.Dev || want.Ino != got.Ino {
+		return bad(reasonStaleMount, "%s does not show the volume's directory %q of dataset %s (removed and recreated, or another volume)", path, id.SubPath, id.Dataset)
+	}
+	return nil
+}
+
+// mountFlags returns the capability's extra mount flags, minus "ro", which
+// the read-only decision already covers.
+func mountFlags(c *csi.VolumeCapability) []string {
+	return slices.DeleteFunc(slices.Clone(c.GetMount().GetMountFlags()), func(f string) bool { return f == "ro" })
+}

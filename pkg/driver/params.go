@@ -1,0 +1,238 @@
+package driver
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Dataset parameter keys. The same keys serve StorageClass parameters and
+// inline-volume attributes (DESIGN.md, "Dataset parameters").
+const (
+	ParamDataset    = "dataset"
+	ParamSource     = "source"
+	ParamAccess     = "access"
+	ParamSubPath    = "subPath"
+	ParamShared     = "shared"
+	ParamCacheGroup = "cacheGroup"
+	ParamOnDelete   = "onDelete"
+)
+
+// notYetSupported are keys the design defines that this build does not
+// implement. They are refused, never ignored: a user who sets one expects it
+// to change behaviour.
+var notYetSupported = map[string]bool{
+	"endpoint":       true,
+	"region":         true,
+	"accessPattern":  true,
+	"cacheTiers":     true,
+	"cacheLow":       true,
+	"freeSpaceRatio": true,
+	"blockSize":      true,
+	"metacache":      true,
+	"warmup":         true,
+}
+
+// Keys the CO adds to parameters and attributes. They are metadata, not
+// dataset parameters.
+const (
+	metaPrefix       = "csi.storage.k8s.io/"
+	MetaPVCNamespace = "csi.storage.k8s.io/pvc/namespace"
+	MetaPVCName      = "csi.storage.k8s.io/pvc/name"
+	MetaPVName       = "csi.storage.k8s.io/pv/name"
+	MetaPodNamespace = "csi.storage.k8s.io/pod.namespace"
+	MetaEphemeral    = "csi.storage.k8s.io/ephemeral"
+)
+
+// Access says whether a dataset may be written.
+type Access string
+
+const (
+	ReadOnly  Access = "read-only"
+	ReadWrite Access = "read-write"
+)
+
+// OnDelete says what DeleteVolume does with a volume's sub-directory.
+type OnDelete string
+
+const (
+	Retain  OnDelete = "retain"
+	Delete  OnDelete = "delete"
+	Archive OnDelete = "archive"
+)
+
+// DefaultSubPath is the sub-path template of a non-shared dataset.
+const DefaultSubPath = "${pvc.namespace}/${pvc.name}"
+
+// DefaultInlineSubPath is the sub-path template of a non-shared inline volume.
+const DefaultInlineSubPath = "${pod.namespace}"
+
+// Source is where a dataset's data lives.
+type Source struct {
+	// Scheme is "file" (the only one this build serves).
+	Scheme string
+	// Path is the absolute, clean root of a file:// dataset on the node.
+	Path string
+}
+
+// String returns the canonical URL of the source. It never carries
+// credentials: a source URL with user information is refused by ParseSource.
+func (s Source) String() string {
+	return s.Scheme + "://" + s.Path
+}
+
+// ParseSource parses and validates a dataset source URL.
+func ParseSource(raw string) (Source, error) {
+	if raw == "" {
+		return Source{}, fmt.Errorf("%s is required", ParamSource)
+	}
+	if strings.IndexByte(raw, 0) >= 0 {
+		return Source{}, fmt.Errorf("%s must not contain a NUL byte", ParamSource)
+	}
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return Source{}, fmt.Errorf("%s %q is not a URL: want file:///path", ParamSource, raw)
+	}
+	switch scheme {
+	case "file":
+	case "s3", "juicefs":
+		return Source{}, fmt.Errorf("%s scheme %s:// is not supported yet", ParamSource, scheme)
+	default:
+		return Source{}, fmt.Errorf("%s scheme %q is unknown: want file://, s3:// or juicefs://", ParamSource, scheme)
+	}
+	// Everything after file:// is a literal path: no host, no user, no
+	// URL escapes.
+	p := rest
+	if !strings.HasPrefix(p, "/") {
+		return Source{}, fmt.Errorf("%s %q: a file:// source is file:///absolute/path, with no host or user", ParamSource, raw)
+	}
+	if path.Clean(p) != p || p == "/" {
+		return Source{}, fmt.Errorf("%s %q: the path must be absolute, clean (no '..', '.', '//' or trailing '/') and not '/'", ParamSource, raw)
+	}
+	return Source{Scheme: scheme, Path: p}, nil
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// Params are validated dataset parameters.
+type Params struct {
+	Dataset    string
+	Source     Source
+	Access     Access
+	SubPath    string // the template, see ResolveSubPath
+	Shared     bool
+	CacheGroup string
+	OnDelete   OnDelete
+}
+
+// ReadOnly reports whether the dataset may not be written.
+func (p *Params) ReadOnly() bool { return p.Access == ReadOnly }
+
+// ParseParams validates dataset parameters. Keys under csi.storage.k8s.io/
+// are CO metadata and are skipped; every other key must be known. inline
+// selects the defaults and template variables of an ephemeral inline volume.
+func ParseParams(m map[string]string, inline bool) (*Params, error) {
+	var unknown []string
+	for k := range m {
+		if strings.HasPrefix(k, metaPrefix) {
+			continue
+		}
+		switch k {
+		case ParamDataset, ParamSource, ParamAccess, ParamSubPath, ParamShared, ParamCacheGroup, ParamOnDelete:
+		default:
+			if notYetSupported[k] {
+				return nil, fmt.Errorf("parameter %q is not supported yet", k)
+			}
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, access, subPath, shared, cacheGroup, onDelete)", unknown[0])
+	}
+
+	p := &Params{Dataset: m[ParamDataset], CacheGroup: m[ParamCacheGroup]}
+	if p.Dataset == "" {
+		return nil, fmt.Errorf("parameter %s is required", ParamDataset)
+	}
+	if !dnsLabel.MatchString(p.Dataset) {
+		return nil, fmt.Errorf("parameter %s %q must be a DNS label (lower-case letters, digits and '-', at most 63)", ParamDataset, p.Dataset)
+	}
+	src, err := ParseSource(m[ParamSource])
+	if err != nil {
+		return nil, fmt.Errorf("parameter %w", err)
+	}
+	p.Source = src
+
+	if v, ok := m[ParamShared]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("parameter %s %q must be true or false", ParamShared, v)
+		}
+		p.Shared = b
+	}
+
+	switch a := Access(m[ParamAccess]); a {
+	case "":
+		p.Access = ReadOnly
+	case ReadOnly, ReadWrite:
+		p.Access = a
+	default:
+		return nil, fmt.Errorf("parameter %s %q must be read-only or read-write", ParamAccess, a)
+	}
+	if p.Shared && p.Access == ReadWrite {
+		return nil, fmt.Errorf("parameter %s=read-write conflicts with %s=true: a shared dataset is served read-only to every namespace", ParamAccess, ParamShared)
+	}
+
+	switch d := OnDelete(m[ParamOnDelete]); d {
+	case "":
+		p.OnDelete = Retain
+	case Retain, Delete, Archive:
+		p.OnDelete = d
+	default:
+		return nil, fmt.Errorf("parameter %s %q must be retain, delete or archive", ParamOnDelete, d)
+	}
+	if p.OnDelete != Retain && p.ReadOnly() {
+		return nil, fmt.Errorf("parameter %s=%s needs access=read-write: the controller never writes into a read-only dataset", ParamOnDelete, p.OnDelete)
+	}
+
+	if p.CacheGroup != "" && !dnsLabel.MatchString(p.CacheGroup) {
+		return nil, fmt.Errorf("parameter %s %q must be a DNS label", ParamCacheGroup, p.CacheGroup)
+	}
+
+	tmpl, given := m[ParamSubPath]
+	switch {
+	case given:
+	case p.Shared:
+		tmpl = "" // a shared dataset is served whole unless told otherwise
+	case inline:
+		tmpl = DefaultInlineSubPath
+	default:
+		tmpl = DefaultSubPath
+	}
+	if err := checkTemplate(tmpl, inline, p.Shared); err != nil {
+		return nil, err
+	}
+	p.SubPath = tmpl
+	return p, nil
+}
+
+// Context returns the canonical parameters, as CreateVolume hands them to the
+// node in volume_context. ParseParams(p.Context(), false) yields p again.
+func (p *Params) Context() map[string]string {
+	m := map[string]string{
+		ParamDataset:  p.Dataset,
+		ParamSource:   p.Source.String(),
+		ParamAccess:   string(p.Access),
+		ParamSubPath:  p.SubPath,
+		ParamShared:   strconv.FormatBool(p.Shared),
+		ParamOnDelete: string(p.OnDelete),
+	}
+	if p.CacheGroup != "" {
+		m[ParamCacheGroup] = p.CacheGroup
+	}
+	return m
+}

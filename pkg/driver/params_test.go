@@ -1,0 +1,95 @@
+package driver
+
+import (
+	"maps"
+	"strings"
+	"testing"
+)
+
+func TestParseParams(t *testing.T) {
+	base := func(kv ...string) map[string]string {
+		m := map[string]string{"dataset": "imagenet", "source": "file:///datasets/imagenet"}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i+1] == "<unset>" {
+				delete(m, kv[i])
+				continue
+			}
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	tests := []struct {
+		name    string
+		in      map[string]string
+		inline  bool
+		want    Params
+		wantErr string
+	}{
+		{name: "defaults", in: base(), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain}},
+		{name: "inline defaults", in: base(), inline: true, want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultInlineSubPath, OnDelete: Retain}},
+		{name: "shared defaults to root", in: base("shared", "true"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, Shared: true, OnDelete: Retain}},
+		{name: "read-write delete", in: base("access", "read-write", "onDelete", "delete", "cacheGroup", "research-groups", "subPath", "${pvc.namespace}/${pv.name}"),
+			want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadWrite, SubPath: "${pvc.namespace}/${pv.name}", CacheGroup: "research-groups", OnDelete: Delete}},
+		{name: "metadata keys are skipped", in: base(MetaPVCNamespace, "a", "csi.storage.k8s.io/provisioner-secret-name", "s"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain}},
+
+		{name: "unknown key", in: base("acess", "read-write"), wantErr: `unknown parameter "acess"`},
+		{name: "not built yet", in: base("blockSize", "4Mi"), wantErr: `parameter "blockSize" is not supported yet`},
+		{name: "missing dataset", in: base("dataset", "<unset>"), wantErr: "parameter dataset is required"},
+		{name: "dataset not a label", in: base("dataset", "Image_Net"), wantErr: "must be a DNS label"},
+		{name: "missing source", in: base("source", "<unset>"), wantErr: "source is required"},
+		{name: "s3 not yet", in: base("source", "s3://bucket/prefix"), wantErr: "s3:// is not supported yet"},
+		{name: "juicefs not yet", in: base("source", "juicefs://vol"), wantErr: "juicefs:// is not supported yet"},
+		{name: "unknown scheme", in: base("source", "nfs://server/x"), wantErr: `scheme "nfs" is unknown`},
+		{name: "relative source", in: base("source", "file://datasets"), wantErr: "no host or user"},
+		{name: "unclean source", in: base("source", "file:///datasets/../etc"), wantErr: "must be absolute, clean"},
+		{name: "root source", in: base("source", "file:///"), wantErr: "not '/'"},
+		{name: "credentials in source", in: base("source", "file://user:pw@/x"), wantErr: "no host or user"},
+		{name: "bad access", in: base("access", "rw"), wantErr: "access \"rw\" must be read-only or read-write"},
+		{name: "shared read-write", in: base("shared", "true", "access", "read-write"), wantErr: "shared dataset is served read-only"},
+		{name: "bad shared", in: base("shared", "yes"), wantErr: "shared \"yes\" must be true or false"},
+		{name: "delete on read-only", in: base("onDelete", "delete"), wantErr: "never writes into a read-only dataset"},
+		{name: "bad onDelete", in: base("access", "read-write", "onDelete", "purge"), wantErr: "onDelete \"purge\""},
+		{name: "bad cacheGroup", in: base("cacheGroup", "Pool A"), wantErr: "cacheGroup \"Pool A\" must be a DNS label"},
+		{name: "template without namespace", in: base("subPath", "${pvc.name}"), wantErr: "must start with ${pvc.namespace}"},
+		{name: "template into another namespace", in: base("subPath", "team-b/${pvc.name}"), wantErr: "must start with ${pvc.namespace}"},
+		{name: "inline template with pvc variable", in: base("subPath", "${pvc.namespace}"), inline: true, wantErr: "must start with ${pod.namespace}"},
+		{name: "inline template with dotdot", in: base("subPath", "${pod.namespace}/../team-b"), inline: true, wantErr: `".." segment`},
+		{name: "unknown variable", in: base("subPath", "${pvc.namespace}/${pod.name}"), wantErr: "unknown variable ${pod.name}"},
+		{name: "shared into reserved dir", in: base("shared", "true", "subPath", ".cistern/volumes"), wantErr: "reserves"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseParams(tc.in, tc.inline)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ParseParams() error = %v, want it to contain %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseParams() error = %v", err)
+			}
+			if *got != tc.want {
+				t.Fatalf("ParseParams() = %+v, want %+v", *got, tc.want)
+			}
+			// The canonical context parses back to the same parameters.
+			again, err := ParseParams(got.Context(), tc.inline)
+			if err != nil || *again != *got {
+				t.Fatalf("ParseParams(Context()) = %+v, %v; want %+v", again, err, *got)
+			}
+		})
+	}
+}
+
+func TestContextCarriesNoMetadata(t *testing.T) {
+	in := map[string]string{"dataset": "d", "source": "file:///d", MetaPVCNamespace: "ns", MetaPVCName: "claim"}
+	p, err := ParseParams(in, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range maps.Keys(p.Context()) {
+		if strings.HasPrefix(k, metaPrefix) {
+			t.Errorf("context carries CO metadata key %q", k)
+		}
+	}
+}
