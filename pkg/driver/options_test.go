@@ -1,0 +1,54 @@
+package driver
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestOptionsValidate(t *testing.T) {
+	good := func() Options {
+		return Options{Endpoint: "unix:///csi/csi.sock", Mode: ModeAll, NodeID: "n1", StateDir: "/var/lib/cistern", UnmountTimeout: time.Second}
+	}
+	tests := []struct {
+		name    string
+		mutate  func(*Options)
+		wantErr string
+	}{
+		{"good", func(*Options) {}, ""},
+		{"controller needs no node ID", func(o *Options) { o.Mode = ModeController; o.NodeID = "" }, ""},
+		{"tcp endpoint", func(o *Options) { o.Endpoint = "tcp://127.0.0.1:1" }, "--endpoint"},
+		{"relative socket", func(o *Options) { o.Endpoint = "unix://csi.sock" }, "--endpoint"},
+		{"bad mode", func(o *Options) { o.Mode = "both" }, "--mode"},
+		{"node without ID", func(o *Options) { o.Mode = ModeNode; o.NodeID = "" }, "--node-id is required"},
+		{"relative state dir", func(o *Options) { o.StateDir = "state" }, "--state-dir"},
+		{"bad cache group", func(o *Options) { o.CacheGroup = "Pool_1" }, "--cache-group"},
+		{"bad inline prefix", func(o *Options) { o.InlineSources = []string{"file:///a/../etc/"} }, "--inline-sources"},
+		{"zero unmount timeout", func(o *Options) { o.UnmountTimeout = 0 }, "--unmount-timeout"},
+	}
+	for _, tc := range tests {
+		o := good()
+		tc.mutate(&o)
+		err := o.Validate()
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%s: Validate() = %v, want %q", tc.name, err, tc.wantErr)
+		}
+	}
+}
+
+func TestInlineAllowed(t *testing.T) {
+	prefixes := []string{"file:///datasets/public/", "file:///exact"}
+	for src, want := range map[string]bool{
+		"/datasets/public/imagenet": true,
+		"/datasets/public":          true,
+		"/datasets/public-evil":     false,
+		"/datasets":                 false,
+		"/exact":                    true,
+		"/exact/sub":                true,
+		"/exactly":                  false,
+	} {
+		if got := inlineAllowed(Source{"file", src}, prefixes); got != want {
+			t.Errorf("inlineAllowed(%s) = %t, want %t", src, got, want)
+		}
+	}
+}
