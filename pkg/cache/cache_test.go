@@ -1,0 +1,251 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingSource wraps a real source and counts reads per (file, offset).
+type countingSource struct {
+	Source
+	mu    sync.Mutex
+	reads map[string]int
+	total atomic.Int64
+	delay time.Duration
+}
+
+func newCounting(s Source) *countingSource {
+	return &countingSource{Source: s, reads: map[string]int{}}
+}
+
+func (s *countingSource) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	s.reads[fmt.Sprintf("%s@%d", name, off)]++
+	s.mu.Unlock()
+	s.total.Add(1)
+	if s.delay > 0 {
+		time.Sleep(s.delay)
+	}
+	return s.Source.ReadAt(ctx, name, p, off)
+}
+
+const testBlock = 64 << 10
+
+func writeRandom(t *testing.T, path string, size int, seed uint64) []byte {
+	t.Helper()
+	b := make([]byte, size)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func newTestCache(t *testing.T, dir string, quota int64) *Cache {
+	t.Helper()
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: dir, Quota: quota}}, BlockSize: testBlock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func readAll(t *testing.T, c *Cache, src Source, name string) []byte {
+	t.Helper()
+	a, err := src.Stat(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, a.Size)
+	// Odd-sized reads cross block boundaries.
+	for off := 0; off < len(out); off += 100_003 {
+		end := min(off+100_003, len(out))
+		n, err := c.ReadAt(context.Background(), src, "ds", name, a, out[off:end], int64(off))
+		if n != end-off || (err != nil && end != len(out)) {
+			t.Fatalf("ReadAt(%s, %d) = %d, %v", name, off, n, err)
+		}
+	}
+	return out
+}
+
+func TestSingleFlight(t *testing.T) {
+	root := t.TempDir()
+	want := writeRandom(t, filepath.Join(root, "big"), 40*testBlock+123, 1)
+	p, _ := NewPosix(root)
+	src := newCounting(p)
+	src.delay = 2 * time.Millisecond // widen the race window
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, _ := src.Stat(context.Background(), "big")
+			buf := make([]byte, a.Size)
+			// Each reader starts somewhere else and wraps around.
+			start := (int64(g) * 7 % 40) * testBlock
+			for i := int64(0); i < a.Size; i += 50_000 {
+				off := (start + i) % a.Size
+				n := min(50_000, a.Size-off)
+				if _, err := c.ReadAt(context.Background(), src, "ds", "big", a, buf[off:off+n], off); err != nil && off+n != a.Size {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := readAll(t, c, src, "big"); !bytes.Equal(got, want) {
+		t.Fatal("cached bytes differ from the source")
+	}
+	for k, n := range src.reads {
+		if n != 1 {
+			t.Errorf("block %s read %d times from the source, want 1", k, n)
+		}
+	}
+	if len(src.reads) != 41 {
+		t.Errorf("source served %d blocks, want 41", len(src.reads))
+	}
+}
+
+func TestRestartKeepsCacheWarm(t *testing.T) {
+	root, dir := t.TempDir(), t.TempDir()
+	want := writeRandom(t, filepath.Join(root, "a/b/file"), 10*testBlock+7, 2)
+	p, _ := NewPosix(root)
+	c := newTestCache(t, dir, 1<<30)
+	readAll(t, c, p, "a/b/file")
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	src := newCounting(p)
+	c2 := newTestCache(t, dir, 1<<30)
+	defer c2.Close()
+	if got := readAll(t, c2, src, "a/b/file"); !bytes.Equal(got, want) {
+		t.Fatal("bytes after restart differ")
+	}
+	if n := src.total.Load(); n != 0 {
+		t.Fatalf("a restarted cache read the source %d times, want 0", n)
+	}
+	if s := c2.Stats(); s.Hits == 0 || s.TierBytes["disk"] != int64(len(want)) {
+		t.Fatalf("stats after restart = %+v", s)
+	}
+}
+
+func TestCorruptBlockIsRefetched(t *testing.T) {
+	root, dir := t.TempDir(), t.TempDir()
+	want := writeRandom(t, filepath.Join(root, "f"), 8*testBlock, 3)
+	p, _ := NewPosix(root)
+	c := newTestCache(t, dir, 1<<30)
+	readAll(t, c, p, "f")
+	c.Close()
+
+	data, _ := filepath.Glob(filepath.Join(dir, "*", "*.data"))
+	if len(data) != 1 {
+		t.Fatalf("data files: %v", data)
+	}
+	f, err := os.OpenFile(data[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip := int64(5*testBlock + 1234)
+	b := []byte{0}
+	f.ReadAt(b, flip)
+	b[0] ^= 0xff
+	f.WriteAt(b, flip)
+	f.Close()
+
+	src := newCounting(p)
+	c2 := newTestCache(t, dir, 1<<30)
+	defer c2.Close()
+	if got := readAll(t, c2, src, "f"); !bytes.Equal(got, want) {
+		t.Fatal("a corrupt block was served")
+	}
+	if s := c2.Stats(); s.Corrupt != 1 {
+		t.Fatalf("corrupt blocks = %d, want 1", s.Corrupt)
+	}
+	if n := src.reads[fmt.Sprintf("f@%d", 5*testBlock)]; n != 1 || src.total.Load() != 1 {
+		t.Fatalf("source reads %v, want only block 5 once", src.reads)
+	}
+}
+
+func TestChangedSourceInvalidates(t *testing.T) {
+	root := t.TempDir()
+	writeRandom(t, filepath.Join(root, "f"), 3*testBlock, 4)
+	p, _ := NewPosix(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	readAll(t, c, p, "f")
+	want := writeRandom(t, filepath.Join(root, "f"), 3*testBlock+10, 5)
+	if got := readAll(t, c, p, "f"); !bytes.Equal(got, want) {
+		t.Fatal("stale bytes served after the source changed")
+	}
+}
+
+func TestEvictionHonoursWatermarks(t *testing.T) {
+	root := t.TempDir()
+	files := map[string][]byte{}
+	for i := range 12 {
+		name := fmt.Sprintf("f%02d", i)
+		files[name] = writeRandom(t, filepath.Join(root, name), 4*testBlock, uint64(10+i))
+	}
+	p, _ := NewPosix(root)
+	quota := int64(16 * testBlock) // room for 4 of the 12 files
+	c := newTestCache(t, t.TempDir(), quota)
+	defer c.Close()
+	for round := range 2 {
+		for name, want := range files {
+			if got := readAll(t, c, p, name); !bytes.Equal(got, want) {
+				t.Fatalf("round %d: %s differs", round, name)
+			}
+			c.clean(c.tiers[0]) // what the cleaner does on a kick
+			if used := c.tiers[0].used.Load(); used > quota {
+				t.Fatalf("tier holds %d bytes, over its quota %d", used, quota)
+			}
+		}
+	}
+	s := c.Stats()
+	if s.Evictions == 0 {
+		t.Fatal("nothing was evicted")
+	}
+	if s.TierBytes["disk"] > int64(float64(quota)*0.8)+4*testBlock {
+		t.Fatalf("tier at %d bytes after cleaning, want near the low watermark %d", s.TierBytes["disk"], int64(float64(quota)*0.8))
+	}
+}
+
+func TestFullTierReadsThrough(t *testing.T) {
+	root := t.TempDir()
+	want := writeRandom(t, filepath.Join(root, "f"), 6*testBlock, 6)
+	p, _ := NewPosix(root)
+	c := newTestCache(t, t.TempDir(), testBlock/2) // smaller than one block
+	defer c.Close()
+	for range 2 {
+		if got := readAll(t, c, p, "f"); !bytes.Equal(got, want) {
+			t.Fatal("read through a full tier returned wrong bytes")
+		}
+	}
+	if s := c.Stats(); s.ReadThrough == 0 || s.TierBytes["disk"] != 0 {
+		t.Fatalf("stats = %+v, want read-through and nothing stored", s)
+	}
+}

@@ -1,0 +1,202 @@
+package cache
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/posixtest"
+)
+
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("needs /dev/fuse: %v", err)
+	}
+}
+
+func mountTest(t *testing.T, src Source, c *Cache, opts FSOptions) (*FS, string) {
+	t.Helper()
+	requireFUSE(t)
+	mnt := t.TempDir()
+	if opts.Dataset == "" {
+		opts.Dataset = "ds"
+	}
+	f, err := Mount(mnt, src, c, opts)
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := f.Unmount(); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+			_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
+	})
+	return f, mnt
+}
+
+// makeTree writes a small dataset and returns the paths of its files.
+func makeTree(t *testing.T, root string) []string {
+	var files []string
+	for i := range 30 {
+		p := fmt.Sprintf("day-%02d/sym-%d.csv", i%5, i)
+		writeRandom(t, filepath.Join(root, p), 1000+i*997, uint64(i))
+		files = append(files, p)
+	}
+	writeRandom(t, filepath.Join(root, "big.bin"), 5*testBlock+17, 99)
+	if err := os.Symlink("big.bin", filepath.Join(root, "link")); err != nil {
+		t.Fatal(err)
+	}
+	return append(files, "big.bin")
+}
+
+func TestFSReadOnlyIsAFileSystem(t *testing.T) {
+	root := t.TempDir()
+	files := makeTree(t, root)
+	p, _ := NewPosix(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	for _, mode := range []FSOptions{
+		{ReadOnly: true, MetaCache: time.Hour},
+		{ReadOnly: true, MetaCache: time.Hour, Passthrough: true},
+		{ReadOnly: true, MetaCache: time.Hour, SmallFiles: true},
+	} {
+		t.Run(fmt.Sprintf("passthrough=%t,smallFiles=%t", mode.Passthrough, mode.SmallFiles), func(t *testing.T) {
+			_, mnt := mountTest(t, p, c, mode)
+			if err := fstest.TestFS(os.DirFS(mnt), files...); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range files {
+				got, err := os.ReadFile(filepath.Join(mnt, f))
+				want, _ := os.ReadFile(filepath.Join(root, f))
+				if err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("%s through the mount differs (err %v)", f, err)
+				}
+			}
+			if l, err := os.Readlink(filepath.Join(mnt, "link")); err != nil || l != "big.bin" {
+				t.Fatalf("readlink = %q, %v", l, err)
+			}
+			err := os.WriteFile(filepath.Join(mnt, "new"), []byte("x"), 0o644)
+			if !errors.Is(err, syscall.EROFS) {
+				t.Fatalf("write into a read-only dataset: %v, want EROFS", err)
+			}
+		})
+	}
+}
+
+// TestPassthroughTakesEffect: once a file is fully cached, opening it again
+// hands it to the kernel; reading it sends no READ to the daemon.
+func TestPassthroughTakesEffect(t *testing.T) {
+	root := t.TempDir()
+	want := writeRandom(t, filepath.Join(root, "f"), 3*testBlock+5, 7)
+	p, _ := NewPosix(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	fsys, mnt := mountTest(t, p, c, FSOptions{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("cold read: %v", err)
+	}
+	if fsys.Reads.Load() == 0 {
+		t.Fatal("the cold read did not reach the daemon")
+	}
+	// Drop the kernel's page cache of the file so the next read must go
+	// somewhere: to the backing file (passthrough) or to the daemon.
+	dropPageCache(t, filepath.Join(mnt, "f"))
+	before := fsys.Reads.Load()
+	f, err := os.Open(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(f)
+	f.Close()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("warm read: %v", err)
+	}
+	if fsys.Passthrough.Load() == 0 {
+		t.Fatal("the complete file was not opened with passthrough")
+	}
+	if d := fsys.Reads.Load() - before; d != 0 {
+		t.Fatalf("%d READ requests reached the daemon through a passthrough file, want 0", d)
+	}
+}
+
+func dropPageCache(t *testing.T, p string) {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_ = unixFadviseDontNeed(int(f.Fd()))
+}
+
+func TestFSReadWrite(t *testing.T) {
+	root := t.TempDir()
+	p, _ := NewPosix(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	opts := FSOptions{MetaCache: time.Second}
+	_, mnt := mountTest(t, p, c, opts)
+	_, mnt2 := mountTest(t, p, c, FSOptions{Dataset: "ds", MetaCache: 0})
+
+	// go-fuse's POSIX cases that apply to a write-through dataset without
+	// hard links, xattrs, locks or open-unlinked files.
+	for _, name := range []string{
+		"FileBasic", "TruncateFile", "TruncateNoFile", "FdLeak", "MkdirRmdir",
+		"RenameOverwriteDestNoExist", "RenameOverwriteDestExist", "ReadDirBasic",
+		"ReadDirConsistency", "AppendWrite", "ParallelFileOpen", "DirectIO", "FileLarge",
+	} {
+		fn := posixtest.All[name]
+		if fn == nil {
+			t.Fatalf("posixtest has no case %s", name)
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(mnt, name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fn(t, dir)
+		})
+	}
+
+	// Write, read back through a second mount, overwrite, rename, unlink.
+	data := bytes.Repeat([]byte("cistern"), 100_000)
+	if err := os.WriteFile(filepath.Join(mnt, "out.bin"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt2, "out.bin")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("second mount reads %d bytes, %v", len(got), err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "out.bin")); !bytes.Equal(got, data) {
+		t.Fatal("the write did not reach the source")
+	}
+	data2 := []byte("rewritten")
+	if err := os.WriteFile(filepath.Join(mnt, "out.bin"), data2, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt2, "out.bin")); err != nil || !bytes.Equal(got, data2) {
+		t.Fatalf("after overwrite the second mount reads %q, %v", got, err)
+	}
+	if err := os.Rename(filepath.Join(mnt, "out.bin"), filepath.Join(mnt, "moved.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "moved.bin")); err != nil {
+		t.Fatalf("rename did not reach the source: %v", err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "moved.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "moved.bin")); !os.IsNotExist(err) {
+		t.Fatalf("unlink did not reach the source: %v", err)
+	}
+}
