@@ -35,7 +35,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "cistern-csi: unexpected arguments %q\n", fs.Args())
 		os.Exit(2)
 	}
-	d, err := driver.New(opts, mounter.New())
+	d, err := driver.New(opts, mounter.New(), nil)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cistern-csi: %v\n", err)
 		os.Exit(2)

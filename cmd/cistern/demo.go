@@ -11,12 +11,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cistern-csi/cistern/pkg/cache"
 	"github.com/cistern-csi/cistern/pkg/driver"
 )
 
@@ -62,8 +64,9 @@ type podVolume struct {
 type demo struct {
 	out       io.Writer
 	work      string
-	csi       *exec.Cmd
-	csiExited chan error
+	csiProc   *proc
+	cacheProc *proc
+	cache     *cache.Client
 	conn      *grpc.ClientConn
 	ctrl      csi.ControllerClient
 	node      csi.NodeClient
@@ -109,7 +112,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 	if err != nil {
 		return fmt.Errorf("generate datasets: %w", err)
 	}
-	d.say("-- generated datasets: %d files, %d KiB (research: one tree per namespace; public: shared reference data)", n, size/1024)
+	d.say("-- generated datasets: %d files, %d MiB (research: one tree per namespace; public: shared reference data)", n, size>>20)
 
 	if err := d.startDriver(ctx, o.CSIBinary); err != nil {
 		return err
@@ -189,10 +192,15 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 	}
 
 	nVolumes, nPublished := len(d.volumes), len(d.pubs)
-	checks, err := d.checkIsolation()
+	checks, err := d.cachePasses(ctx)
 	if err != nil {
 		return err
 	}
+	iso, err := d.checkIsolation()
+	if err != nil {
+		return err
+	}
+	checks = append(checks, iso...)
 
 	d.say("\n-- teardown: unpublish, unstage, delete")
 	if err := d.teardownVolumes(ctx); err != nil {
@@ -250,48 +258,94 @@ func capability(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability
 	}
 }
 
-func (d *demo) startDriver(ctx context.Context, bin string) error {
-	sock := filepath.Join(d.work, "csi.sock")
-	logf, err := os.Create(filepath.Join(d.work, "cistern-csi.log"))
+func (d *demo) startDriver(ctx context.Context, csiBin string) error {
+	cacheBin := filepath.Join(filepath.Dir(csiBin), "cistern-cache")
+	cacheSock := filepath.Join(d.work, "cache.sock")
+	var err error
+	d.cacheProc, err = startProc(ctx, "cistern-cache", cacheBin, filepath.Join(d.work, "cistern-cache.log"), cacheSock,
+		"--socket="+cacheSock, "--state-dir="+filepath.Join(d.work, "cache-state"),
+		"--cache-tiers=mem:256Mi,disk:"+filepath.Join(d.work, "cache-state", "cache")+":2Gi",
+		"--grace=0s", "--v=2", "--logtostderr")
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
-	d.csi = exec.Command(bin, "--mode=all", "--endpoint=unix://"+sock, "--node-id=demo-node",
+	d.say("-- started cistern-cache (pid %d): tiers mem 256Mi (tmpfs), disk 2Gi", d.cacheProc.cmd.Process.Pid)
+	sock := filepath.Join(d.work, "csi.sock")
+	d.csiProc, err = startProc(ctx, "cistern-csi", csiBin, filepath.Join(d.work, "cistern-csi.log"), sock,
+		"--mode=all", "--endpoint=unix://"+sock, "--node-id=demo-node", "--cache-socket="+cacheSock,
 		"--state-dir="+filepath.Join(d.work, "state"), "--inline-sources=file://"+filepath.Join(d.work, "datasets")+"/",
 		"--v=2", "--logtostderr")
-	d.csi.Stdout, d.csi.Stderr = logf, logf
-	if err := d.csi.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
+	if err != nil {
+		return err
 	}
-	d.say("-- started cistern-csi --mode=all (pid %d) on unix://%s", d.csi.Process.Pid, sock)
-	exited := make(chan error, 1)
-	go func() { exited <- d.csi.Wait() }()
-	for deadline := time.Now().Add(15 * time.Second); ; {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		select {
-		case err := <-exited:
-			d.csi = nil
-			return fmt.Errorf("cistern-csi exited early (%v); see %s", err, logf.Name())
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("cistern-csi did not open %s within 15s", sock)
-		}
-	}
-	d.csiExited = exited
+	d.say("-- started cistern-csi --mode=all (pid %d) on unix://%s", d.csiProc.cmd.Process.Pid, sock)
 	if d.conn, err = grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return err
 	}
 	d.ctrl, d.node = csi.NewControllerClient(d.conn), csi.NewNodeClient(d.conn)
+	d.cache = cache.NewClient(cacheSock)
 	info, err := csi.NewIdentityClient(d.conn).GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
 	if err != nil {
 		return fmt.Errorf("GetPluginInfo: %w", err)
 	}
 	d.say("-- driver %s %s is ready", info.Name, info.VendorVersion)
 	return nil
+}
+
+// proc is a child process the demo started and stops, by PID.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	exited chan error
+}
+
+// startProc starts bin and waits until it opens sock.
+func startProc(ctx context.Context, name, bin, logPath, sock string, args ...string) (*proc, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	p := &proc{name: name, cmd: exec.Command(bin, args...), exited: make(chan error, 1)}
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if _, err := os.Stat(sock); err == nil {
+			return p, nil
+		}
+		select {
+		case err := <-p.exited:
+			return nil, fmt.Errorf("%s exited early (%v); see %s", name, err, logPath)
+		case <-ctx.Done():
+			p.stop()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, fmt.Errorf("%s did not open %s within 15s", name, sock)
+		}
+	}
+}
+
+// stop sends SIGTERM, waits up to 10 s, then kills.
+func (p *proc) stop() error {
+	if p == nil {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			return fmt.Errorf("%s (pid %d) exited with %v", p.name, p.cmd.Process.Pid, err)
+		}
+		return nil
+	case <-time.After(10 * time.Second):
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+	return fmt.Errorf("%s (pid %d) ignored SIGTERM for 10s and was killed", p.name, p.cmd.Process.Pid)
 }

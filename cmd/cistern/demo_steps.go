@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/driver"
 	"github.com/cistern-csi/cistern/pkg/mounter"
@@ -74,14 +76,7 @@ func (d *demo) publishInline(ctx context.Context, ns, pod, public string) error 
 func (d *demo) checkIsolation() ([]check, error) {
 	var checks []check
 	d.say("\n-- isolation")
-	view := func(ns, pod, vol string) string {
-		for _, p := range d.pubs {
-			if p.ns == ns && p.pod == pod && p.name == vol {
-				return p.target
-			}
-		}
-		return ""
-	}
+	view := d.view
 	for _, ns := range namespaces {
 		foreign := 0
 		err := filepath.WalkDir(view(ns, "pod-1", "research"), func(p string, e fs.DirEntry, err error) error {
@@ -122,6 +117,122 @@ func (d *demo) checkIsolation() ([]check, error) {
 		checks = append(checks, check{fmt.Sprintf("a write to read-only %s fails with EROFS", vol.name), errors.Is(err, syscall.EROFS)})
 	}
 	return checks, nil
+}
+
+// view returns where pod ns/pod sees volume vol.
+func (d *demo) view(ns, pod, vol string) string {
+	for _, p := range d.pubs {
+		if p.ns == ns && p.pod == pod && p.name == vol {
+			return p.target
+		}
+	}
+	return ""
+}
+
+// cachePasses reads one namespace's research data three times: cold (from
+// the source through the daemon), warm (the kernel's page cache of the one
+// FUSE mount, shared by every pod on the node), and from the node cache
+// after the page cache was dropped.
+func (d *demo) cachePasses(ctx context.Context) ([]check, error) {
+	d.say("\n-- the node cache")
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return nil, err
+	}
+	mnts := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[2] == "fuse.cistern" && strings.HasPrefix(f[1], filepath.Join(d.work, "cache-state", "datasets")+"/") {
+			mnts++
+		}
+	}
+	st, err := d.cache.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d.say("   FUSE mounts of the cache daemon: %d, for %d datasets and %d volumes (research is mounted once for both namespaces)", mnts, len(st.Datasets), len(d.staged)+1)
+	checks := []check{{"one FUSE mount per dataset, however many volumes use it", mnts == 3 && len(st.Datasets) == 3}}
+
+	type pass struct {
+		name, pod string
+		drop      bool
+	}
+	d.say("   %-34s %7s %8s %11s %10s %13s", "pass", "MiB", "MiB/s", "source MiB", "hit ratio", "daemon READs")
+	var warmSource float64
+	for _, p := range []pass{{"cold (source -> cache)", "pod-1", false}, {"warm (page cache, another pod)", "pod-2", false}, {"node cache (page cache dropped)", "pod-1", true}} {
+		dir := d.view("quant-a", p.pod, "research")
+		if p.drop {
+			if err := dropPageCache(dir); err != nil {
+				return nil, err
+			}
+		}
+		before, err := d.cache.Stats(ctx)
+		if err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		n, err := readTree(dir)
+		if err != nil {
+			return nil, err
+		}
+		el := time.Since(start)
+		after, err := d.cache.Stats(ctx)
+		if err != nil {
+			return nil, err
+		}
+		hits := after.Cache.Hits - before.Cache.Hits
+		misses := after.Cache.Misses - before.Cache.Misses
+		ratio := "-"
+		if hits+misses > 0 {
+			ratio = fmt.Sprintf("%.2f", float64(hits)/float64(hits+misses))
+		}
+		var reads int64
+		for i, ds := range after.Datasets {
+			if i < len(before.Datasets) && before.Datasets[i].Key == ds.Key {
+				reads += ds.Reads - before.Datasets[i].Reads
+			}
+		}
+		src := float64(after.Cache.SourceBytes-before.Cache.SourceBytes) / (1 << 20)
+		if p.pod == "pod-2" || p.drop {
+			warmSource += src
+		}
+		d.say("   %-34s %7.1f %8.0f %11.1f %10s %13d", p.name, float64(n)/(1<<20), float64(n)/(1<<20)/el.Seconds(), src, ratio, reads)
+	}
+	d.say("   (complete files are handed to the kernel with FUSE passthrough: their reads never reach the daemon)")
+	checks = append(checks, check{"warm passes read nothing from the source", warmSource == 0})
+	return checks, nil
+}
+
+func readTree(dir string) (int64, error) {
+	var total int64
+	buf := make([]byte, 1<<20)
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		n, err := io.CopyBuffer(io.Discard, f, buf)
+		total += n
+		return err
+	})
+	return total, err
+}
+
+func dropPageCache(dir string) error {
+	return filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	})
 }
 
 // teardownVolumes unpublishes, unstages and deletes, as the kubelet and the
@@ -171,27 +282,26 @@ func (d *demo) teardown() error {
 	return errors.Join(errs...)
 }
 
-// stopDriver stops the driver it started, by PID: SIGTERM, then SIGKILL.
+// stopDriver stops the driver, then the cache daemon (which unmounts its
+// datasets and the memory tier).
 func (d *demo) stopDriver() error {
 	if d.conn != nil {
 		d.conn.Close()
 		d.conn = nil
 	}
-	if d.csi == nil {
-		return nil
+	var errs []error
+	for _, p := range []**proc{&d.csiProc, &d.cacheProc} {
+		if *p == nil {
+			continue
+		}
+		err := (*p).stop()
+		if err == nil {
+			d.say("-- %s (pid %d) stopped", (*p).name, (*p).cmd.Process.Pid)
+		}
+		errs = append(errs, err)
+		*p = nil
 	}
-	cmd := d.csi
-	d.csi = nil
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.csiExited:
-		d.say("-- cistern-csi (pid %d) stopped", cmd.Process.Pid)
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	_ = cmd.Process.Kill()
-	<-d.csiExited
-	return fmt.Errorf("cistern-csi (pid %d) ignored SIGTERM for 10s and was killed", cmd.Process.Pid)
+	return errors.Join(errs...)
 }
 
 // leftoverMounts lists mount table lines that mention cistern or the work
@@ -224,7 +334,20 @@ func generateDatasets(research, features, public string) (files int, bytes int64
 		bytes += int64(len(content))
 		return os.WriteFile(p, []byte(content), 0o644)
 	}
-	for _, ns := range namespaces {
+	for i, ns := range namespaces {
+		// One larger file per namespace, so throughput means something.
+		ticks := make([]byte, 48<<20)
+		r := rand.New(rand.NewPCG(uint64(i), 7))
+		for j := 0; j+8 <= len(ticks); j += 8 {
+			v := r.Uint64()
+			for k := range 8 {
+				ticks[j+k] = byte(v >> (8 * k))
+			}
+		}
+		header := fmt.Sprintf("# namespace=%s ticks\n", ns)
+		if err := write(filepath.Join(research, ns, "ticks", "ticks.bin"), header+string(ticks)); err != nil {
+			return 0, 0, err
+		}
 		for day := 1; day <= 15; day++ {
 			for _, sym := range symbols {
 				var b strings.Builder

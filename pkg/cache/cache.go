@@ -124,8 +124,9 @@ type Cache struct {
 	hits, misses, readThrough, corrupt, sourceBytes, evictions atomic.Int64
 
 	mu     sync.Mutex
-	items  map[string]*Item // guarded by mu; key: dataset + "\x00" + path
-	logged map[string]bool  // guarded by mu; tiers whose write failure was logged
+	items  map[string]*Item     // guarded by mu; key: dataset + "\x00" + path
+	perDS  map[string]*counters // guarded by mu; per-dataset counters
+	logged map[string]bool      // guarded by mu; tiers whose write failure was logged
 }
 
 // logOnce logs the first write failure of a tier: it then serves by reading
@@ -153,6 +154,7 @@ func New(opts Options) (*Cache, error) {
 		ctx:    ctx,
 		stop:   stop,
 		items:  map[string]*Item{},
+		perDS:  map[string]*counters{},
 		logged: map[string]bool{},
 	}
 	for _, t := range opts.Tiers {
@@ -203,6 +205,48 @@ func (c *Cache) Stats() Stats {
 	return s
 }
 
+// counters are one dataset's cache counters.
+type counters struct {
+	hits, misses, sourceBytes atomic.Int64
+}
+
+// countersLocked returns dataset's counters; c.mu is held.
+func (c *Cache) countersLocked(dataset string) *counters {
+	ct := c.perDS[dataset]
+	if ct == nil {
+		ct = &counters{}
+		c.perDS[dataset] = ct
+	}
+	return ct
+}
+
+// DatasetStats are one dataset's share of the cache.
+type DatasetStats struct {
+	Hits        int64            `json:"hits"`
+	Misses      int64            `json:"misses"`
+	SourceBytes int64            `json:"sourceBytes"`
+	Files       int              `json:"files"`
+	TierBytes   map[string]int64 `json:"tierBytes"`
+}
+
+// DatasetStats returns the counters and cached bytes of one dataset.
+func (c *Cache) DatasetStats(dataset string) DatasetStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ct := c.countersLocked(dataset)
+	s := DatasetStats{Hits: ct.hits.Load(), Misses: ct.misses.Load(), SourceBytes: ct.sourceBytes.Load(), TierBytes: map[string]int64{}}
+	for _, t := range c.tiers {
+		s.TierBytes[t.Name] = 0
+	}
+	for _, it := range c.items {
+		if it.dataset == dataset {
+			s.Files++
+			s.TierBytes[it.tier.Name] += it.bytes.Load()
+		}
+	}
+	return s
+}
+
 // BlockSize returns the fetch unit.
 func (c *Cache) BlockSize() int64 { return c.opts.BlockSize }
 
@@ -220,7 +264,7 @@ func (c *Cache) item(dataset, name string, a Attr) (*Item, error) {
 	if it == nil {
 		h := itemHash(dataset, name)
 		t := c.placement(a.Size)
-		it = &Item{c: c, tier: t, dataset: dataset, name: name, hash: h,
+		it = &Item{c: c, tier: t, dataset: dataset, name: name, hash: h, ctr: c.countersLocked(dataset),
 			dataPath: filepath.Join(t.Dir, h[:2], h+".data"), metaPath: filepath.Join(t.Dir, h[:2], h+".meta")}
 		it.resetLocked(a)
 		c.items[key] = it
@@ -395,6 +439,7 @@ func (c *Cache) load(t *tier) error {
 			os.Remove(strings.TrimSuffix(mp, ".meta") + ".data")
 			continue
 		}
+		it.ctr = c.countersLocked(it.dataset)
 		c.items[it.dataset+"\x00"+it.name] = it
 		t.used.Add(it.presentBytes())
 	}

@@ -23,6 +23,7 @@ type Item struct {
 	dataset, name      string
 	hash               string
 	dataPath, metaPath string
+	ctr                *counters
 
 	atime atomic.Int64 // last use, UnixNano; the LRU order
 	busy  atomic.Int32 // reads and fetches in progress; the cleaner skips busy items
@@ -89,6 +90,7 @@ func (it *Item) readBlock(ctx context.Context, src Source, b int64, dst []byte, 
 	if it.verify(b) {
 		if n, err := it.pread(dst, b*it.c.opts.BlockSize+boff); err == nil && n == len(dst) {
 			it.c.hits.Add(1)
+			it.ctr.hits.Add(1)
 			return n, nil
 		}
 	}
@@ -205,11 +207,13 @@ func (it *Item) runFetch(src Source, b int64, gen uint64, call *fetchCall) {
 	buf := make([]byte, bl)
 	n, err := src.ReadAt(c.ctx, it.name, buf, b*c.opts.BlockSize)
 	c.sourceBytes.Add(int64(n))
+	it.ctr.sourceBytes.Add(int64(n))
 	if err != nil && !(errors.Is(err, io.EOF) && int64(n) == bl) {
 		call.err = fmt.Errorf("read %s block %d from source: %w", it.name, b, err)
 		return
 	}
 	c.misses.Add(1)
+	it.ctr.misses.Add(1)
 	call.buf = buf
 	if err := it.store(b, buf, gen); err != nil {
 		c.readThrough.Add(1)

@@ -3,11 +3,13 @@
 package driver
 
 import (
+	"context"
 	"fmt"
 	"sync"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/cistern-csi/cistern/pkg/cache"
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
@@ -33,6 +35,7 @@ type Driver struct {
 	// immutable after New
 	opts    Options
 	mounter mounter.Interface
+	cache   CacheClient // the node's cache daemon
 
 	volumeLocks *keyLocks // CreateVolume by name, DeleteVolume and NodeStage/Unstage by volume ID
 	pathLocks   *keyLocks // NodePublish/Unpublish by target path
@@ -40,17 +43,29 @@ type Driver struct {
 	recordsMu sync.Mutex // serialises record updates so overlap checks see a stable set
 }
 
-// New validates opts and returns a driver using m for mounts.
-func New(opts Options, m mounter.Interface) (*Driver, error) {
+// CacheClient is the node service's view of the cache daemon: the daemon
+// mounts each dataset once and the node binds volumes out of that mount.
+type CacheClient interface {
+	Mount(ctx context.Context, req cache.MountRequest) (cache.MountResponse, error)
+	Release(ctx context.Context, holder string) error
+}
+
+// New validates opts and returns a driver using m for mounts and cc to
+// reach the cache daemon (nil: a client of opts.CacheSocket).
+func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	if m == nil {
 		return nil, fmt.Errorf("driver: nil mounter")
 	}
+	if cc == nil {
+		cc = cache.NewClient(opts.CacheSocket)
+	}
 	return &Driver{
 		opts:        opts,
 		mounter:     m,
+		cache:       cc,
 		volumeLocks: newKeyLocks(),
 		pathLocks:   newKeyLocks(),
 	}, nil

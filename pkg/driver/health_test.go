@@ -21,7 +21,7 @@ func TestVolumeHealthReal(t *testing.T) {
 	}
 	ctx := context.Background()
 	m := mounter.New()
-	d, err := New(Options{Endpoint: "unix:///unused.sock", Mode: ModeAll, NodeID: "n", StateDir: t.TempDir(), UnmountTimeout: 5 * time.Second}, m)
+	d, err := New(Options{Endpoint: "unix:///unused.sock", Mode: ModeAll, NodeID: "n", StateDir: t.TempDir(), CacheSocket: "/unused.sock", UnmountTimeout: 5 * time.Second}, m, &fakeCache{holders: map[string]string{}})
 	if err != nil {
 		t.Fatal(err)
 	}

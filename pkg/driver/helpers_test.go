@@ -1,7 +1,10 @@
 package driver
 
 import (
+	"context"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
+
+	"github.com/cistern-csi/cistern/pkg/cache"
 )
 
 // fakeMounter adds forced unmount to mount-utils' FakeMounter.
@@ -17,6 +22,33 @@ type fakeMounter struct{ *mount.FakeMounter }
 func (f fakeMounter) UnmountWithForce(target string, _ time.Duration) error { return f.Unmount(target) }
 
 func newFakeMounter() fakeMounter { return fakeMounter{mount.NewFakeMounter(nil)} }
+
+// fakeCache stands in for the cache daemon in unit tests: the dataset's
+// "mount" is its source directory itself.
+type fakeCache struct {
+	mu      sync.Mutex
+	holders map[string]string
+}
+
+func (f *fakeCache) Mount(_ context.Context, req cache.MountRequest) (cache.MountResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.holders[req.Holder] = req.Source
+	return cache.MountResponse{Key: "k", MountPath: strings.TrimPrefix(req.Source, "file://")}, nil
+}
+
+func (f *fakeCache) Release(_ context.Context, holder string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.holders, holder)
+	return nil
+}
+
+func (f *fakeCache) held() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.holders)
+}
 
 // newTestDriver returns a driver on a fake mounter whose inline volumes may
 // use the given source prefixes.
@@ -29,8 +61,9 @@ func newTestDriver(t *testing.T, inline ...string) (*Driver, fakeMounter) {
 		NodeID:         "node-1",
 		StateDir:       filepath.Join(t.TempDir(), "state"),
 		InlineSources:  inline,
+		CacheSocket:    "/unused/cache.sock",
 		UnmountTimeout: time.Second,
-	}, m)
+	}, m, &fakeCache{holders: map[string]string{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/cistern-csi/cistern/pkg/cache"
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
@@ -66,10 +68,16 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	defer d.volumeLocks.Release("id/" + req.GetVolumeId())
 
-	if err := d.bindDatasetDir(ctx, v.id, staging, v.readOnly); err != nil {
+	holder := "volume:" + req.GetVolumeId()
+	mnt, err := d.datasetMount(ctx, holder, v.params, v.readOnly, req.GetSecrets())
+	if err != nil {
 		return nil, err
 	}
-	klog.FromContext(ctx).V(2).Info("Volume staged", "stagingPath", staging, "readOnly", v.readOnly)
+	if err := d.bindDatasetDir(ctx, mnt, v.id, staging, v.readOnly); err != nil {
+		d.release(ctx, holder)
+		return nil, err
+	}
+	klog.FromContext(ctx).V(2).Info("Volume staged", "stagingPath", staging, "readOnly", v.readOnly, "datasetMount", mnt)
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
@@ -87,6 +95,9 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	defer d.volumeLocks.Release("id/" + req.GetVolumeId())
 	if err := mounter.Cleanup(ctx, d.mounter, req.GetStagingTargetPath(), d.opts.UnmountTimeout); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount staging path %s: %v", req.GetStagingTargetPath(), err)
+	}
+	if err := d.cache.Release(ctx, "volume:"+req.GetVolumeId()); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "release the dataset mount: %v", err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
@@ -177,29 +188,67 @@ func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRe
 	}
 	defer d.pathLocks.Release(target)
 
+	holder := "target:" + target
+	mnt, err := d.datasetMount(ctx, holder, p, p.ReadOnly(), req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
 	if !p.ReadOnly() {
-		if err := (posixDataset{root: p.Source.Path}).MkdirAll(sub); err != nil {
+		if err := (posixDataset{root: mnt}).MkdirAll(sub); err != nil {
+			d.release(ctx, holder)
 			return nil, subPathStatus(err, p.Dataset, sub)
 		}
 	}
 	id := VolumeID{Dataset: p.Dataset, ReadOnly: p.ReadOnly(), OnDelete: Retain, NameHash: NameHash(req.GetVolumeId()), Source: p.Source, SubPath: sub}
-	if err := d.bindDatasetDir(ctx, id, target, ro, mountFlags(c)...); err != nil {
+	if err := d.bindDatasetDir(ctx, mnt, id, target, ro, mountFlags(c)...); err != nil {
+		d.release(ctx, holder)
 		return nil, err
 	}
 	klog.FromContext(ctx).V(2).Info("Inline volume published", "targetPath", target, "dataset", p.Dataset, "subPath", sub, "readOnly", ro)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-// bindDatasetDir bind-mounts the volume's directory in its dataset on path.
-// The directory is opened beneath the dataset root (no symlink, no escape)
-// and the open descriptor is what gets mounted, so the tree changing between
-// the check and the mount cannot redirect it.
-func (d *Driver) bindDatasetDir(ctx context.Context, id VolumeID, path string, ro bool, flags ...string) error {
+// datasetMount asks the cache daemon for the dataset's mount on this node
+// (mounting it on first use) and returns its path. holder keeps it mounted
+// until released.
+func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, readOnly bool, secrets map[string]string) (string, error) {
+	mc := time.Second
+	if readOnly {
+		mc = time.Hour
+	}
+	resp, err := d.cache.Mount(ctx, cache.MountRequest{
+		Holder: holder, Dataset: p.Dataset, Source: p.Source.String(), ReadOnly: readOnly,
+		MetaCache: mc, Secrets: secrets,
+	})
+	switch {
+	case err == nil:
+		return resp.MountPath, nil
+	case cache.IsBadRequest(err):
+		return "", status.Errorf(codes.InvalidArgument, "dataset %s: %v", p.Dataset, err)
+	case cache.IsNotFound(err):
+		return "", status.Errorf(codes.NotFound, "dataset %s: %v", p.Dataset, err)
+	}
+	return "", status.Errorf(codes.Unavailable, "dataset %s: %v", p.Dataset, err)
+}
+
+// release drops a holder after a failed stage or publish; the error is
+// logged, not returned: the request already failed for its own reason.
+func (d *Driver) release(ctx context.Context, holder string) {
+	if err := d.cache.Release(ctx, holder); err != nil {
+		klog.FromContext(ctx).Error(err, "Releasing the dataset mount failed", "holder", holder)
+	}
+}
+
+// bindDatasetDir bind-mounts the volume's directory of the dataset mounted
+// at root on path. The directory is opened beneath the root (no symlink, no
+// escape) and the open descriptor is what gets mounted, so the tree changing
+// between the check and the mount cannot redirect it.
+func (d *Driver) bindDatasetDir(ctx context.Context, root string, id VolumeID, path string, ro bool, flags ...string) error {
 	done, err := d.prepareTarget(ctx, path, ro)
 	if err != nil || done {
 		return err
 	}
-	dir, err := posixDataset{root: id.Source.Path}.OpenDir(id.SubPath)
+	dir, err := posixDataset{root: root}.OpenDir(id.SubPath)
 	if err != nil {
 		return subPathStatus(err, id.Dataset, id.SubPath)
 	}
@@ -256,6 +305,11 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	defer d.pathLocks.Release(req.GetTargetPath())
 	if err := mounter.Cleanup(ctx, d.mounter, req.GetTargetPath(), d.opts.UnmountTimeout); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount %s: %v", req.GetTargetPath(), err)
+	}
+	// An inline volume holds its dataset's mount by target path; for any
+	// other volume this is a no-op.
+	if err := d.cache.Release(ctx, "target:"+req.GetTargetPath()); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "release the dataset mount: %v", err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
@@ -353,8 +407,7 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: health}, nil
 }
 
-// checkVolumePath returns nil when path is a healthy mount of the volume's
-// directory, or the problem.
+// checkVolumePath returns nil when path is a healthy mount, or the problem.
 func checkVolumePath(m mounter.Interface, id VolumeID, path string) *csi.VolumeHealth_VolumeHealthEntry {
 	bad := func(reason, format string, a ...any) *csi.VolumeHealth_VolumeHealthEntry {
 		return &csi.VolumeHealth_VolumeHealthEntry{Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reason, Message: fmt.Sprintf(format, a...)}
@@ -370,20 +423,12 @@ func checkVolumePath(m mounter.Interface, id VolumeID, path string) *csi.VolumeH
 	case !st.Mounted:
 		return bad(reasonNotMounted, "%s is not a mount point", path)
 	}
-	dir, err := posixDataset{root: id.Source.Path}.OpenDir(id.SubPath)
-	if err != nil {
-		return bad(reasonSourceMissing, "dataset %s, sub-path %q: %v", id.Dataset, id.SubPath, err)
+	var sst unix.Stat_t
+	if err := unix.Stat(path, &sst); err != nil {
+		return bad(reasonStaleMount, "stat %s: %v", path, err)
 	}
-	defer dir.Close()
-	var want, got unix.Stat_t
-	if err := unix.Fstat(int(dir.Fd()), &want); err != nil {
-		return bad(reasonSourceMissing, "stat dataset directory: %v", err)
-	}
-	if err := unix.Stat(path, &got); err != nil {
-		return bad(reasonMountBroken, "stat %s: %v", path, err)
-	}
-	if want.Dev != got.Dev || want.Ino != got.Ino {
-		return bad(reasonStaleMount, "%s does not show the volume's directory %q of dataset %s (removed and recreated, or another volume)", path, id.SubPath, id.Dataset)
+	if sst.Nlink == 0 {
+		return bad(reasonStaleMount, "%s shows a directory that was removed from dataset %s", path, id.Dataset)
 	}
 	return nil
 }

@@ -94,6 +94,9 @@ func TestNodeStagePublishOnFakeMounter(t *testing.T) {
 	if len(m.MountPoints) != 0 {
 		t.Fatalf("mounts left: %+v", m.MountPoints)
 	}
+	if n := d.cache.(*fakeCache).held(); n != 0 {
+		t.Fatalf("%d dataset mounts still held after unstage", n)
+	}
 	for _, p := range []string{target, staging} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s still exists after cleanup (err %v)", p, err)
@@ -180,6 +183,9 @@ func TestInlineVolumes(t *testing.T) {
 	unpublish()
 	if len(m.MountPoints) != 0 {
 		t.Fatalf("mounts left: %+v", m.MountPoints)
+	}
+	if n := d.cache.(*fakeCache).held(); n != 0 {
+		t.Fatalf("%d dataset mounts still held after unpublish", n)
 	}
 
 	// Refusals.

@@ -34,6 +34,9 @@ type Options struct {
 	// InlineSources are the source prefixes inline volumes may name. Empty
 	// refuses inline volumes.
 	InlineSources []string
+	// CacheSocket is the cache daemon's control socket (node and all
+	// modes).
+	CacheSocket string
 	// UnmountTimeout bounds each unmount before it is forced.
 	UnmountTimeout time.Duration
 	// Version is reported by GetPluginInfo.
@@ -56,6 +59,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
+	fs.StringVar(&o.CacheSocket, "cache-socket", "/var/lib/cistern/cache.sock", "control socket of the node's cistern-cache daemon")
 	fs.DurationVar(&o.UnmountTimeout, "unmount-timeout", 30*time.Second, "how long an unmount may take before it is forced")
 }
 
@@ -72,6 +76,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Mode != ModeController && o.NodeID == "" {
 		errs = append(errs, fmt.Errorf("--node-id is required with --mode=%s", o.Mode))
+	}
+	if o.Mode != ModeController && !filepath.IsAbs(o.CacheSocket) {
+		errs = append(errs, fmt.Errorf("--cache-socket %q must be an absolute path", o.CacheSocket))
 	}
 	if !filepath.IsAbs(o.StateDir) {
 		errs = append(errs, fmt.Errorf("--state-dir %q must be an absolute path", o.StateDir))

@@ -8,7 +8,7 @@ import (
 
 func TestOptionsValidate(t *testing.T) {
 	good := func() Options {
-		return Options{Endpoint: "unix:///csi/csi.sock", Mode: ModeAll, NodeID: "n1", StateDir: "/var/lib/cistern", UnmountTimeout: time.Second}
+		return Options{Endpoint: "unix:///csi/csi.sock", Mode: ModeAll, NodeID: "n1", StateDir: "/var/lib/cistern", CacheSocket: "/var/lib/cistern/cache.sock", UnmountTimeout: time.Second}
 	}
 	tests := []struct {
 		name    string
@@ -24,6 +24,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"relative state dir", func(o *Options) { o.StateDir = "state" }, "--state-dir"},
 		{"bad cache group", func(o *Options) { o.CacheGroup = "Pool_1" }, "--cache-group"},
 		{"bad inline prefix", func(o *Options) { o.InlineSources = []string{"file:///a/../etc/"} }, "--inline-sources"},
+		{"relative cache socket", func(o *Options) { o.CacheSocket = "cache.sock" }, "--cache-socket"},
 		{"zero unmount timeout", func(o *Options) { o.UnmountTimeout = 0 }, "--unmount-timeout"},
 	}
 	for _, tc := range tests {

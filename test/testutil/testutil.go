@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cistern-csi/cistern/pkg/cache"
 	"github.com/cistern-csi/cistern/pkg/driver"
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
@@ -43,6 +44,49 @@ func UnmountAllUnder(t testing.TB, dir string) {
 	})
 }
 
+// StartCacheDaemon runs a cache daemon (disk tier under stateDir, no grace
+// period) until the test ends and returns its socket.
+func StartCacheDaemon(t testing.TB, stateDir string) string {
+	t.Helper()
+	sock := filepath.Join(stateDir, "cache.sock")
+	d, err := cache.NewDaemon(cache.DaemonOptions{
+		Socket: sock, StateDir: stateDir, BlockSize: 1 << 20, MaxFetches: 8,
+		Tiers: "disk:" + filepath.Join(stateDir, "cache") + ":1Gi",
+	})
+	if err != nil {
+		t.Fatalf("cache daemon: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("cache daemon stopped with %v", err)
+		}
+	})
+	waitForSocket(t, sock, errc)
+	return sock
+}
+
+func waitForSocket(t testing.TB, sock string, errc chan error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("socket %s did not appear", sock)
+		}
+		select {
+		case err := <-errc:
+			t.Fatalf("server exited: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // StartDriver runs a driver with the real mounter on a unix socket under dir
 // until the test ends, and returns its endpoint.
 func StartDriver(t testing.TB, dir string, opts driver.Options) string {
@@ -62,7 +106,10 @@ func StartDriver(t testing.TB, dir string, opts driver.Options) string {
 		opts.UnmountTimeout = 10 * time.Second
 	}
 	opts.Version = "test"
-	d, err := driver.New(opts, mounter.New())
+	if opts.CacheSocket == "" && opts.Mode != driver.ModeController {
+		opts.CacheSocket = StartCacheDaemon(t, filepath.Join(dir, "cache-state"))
+	}
+	d, err := driver.New(opts, mounter.New(), nil)
 	if err != nil {
 		t.Fatalf("driver.New: %v", err)
 	}
