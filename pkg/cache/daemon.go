@@ -197,7 +197,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 	d := &Daemon{opts: opts, datasets: map[string]*mounted{}, holders: map[string]string{}}
 	for _, t := range tiers {
 		if t.Name == "mem" {
-			if err := mountTmpfs(memDir, t.Quota); err != nil {
+			if err := MountTmpfs(memDir, t.Quota); err != nil {
 				return nil, err
 			}
 			d.memMount = memDir
@@ -214,9 +214,9 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 // Cache returns the daemon's cache (for tests and metrics).
 func (d *Daemon) Cache() *Cache { return d.cache }
 
-// mountTmpfs mounts the memory tier: a dedicated tmpfs with transparent
+// MountTmpfs mounts the memory tier: a dedicated tmpfs with transparent
 // huge pages for files that fit (reads at page-cache speed).
-func mountTmpfs(dir string, size int64) error {
+func MountTmpfs(dir string, size int64) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}

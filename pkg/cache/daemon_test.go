@@ -1,0 +1,181 @@
+package cache
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func startDaemon(t *testing.T, grace time.Duration) (*Daemon, *Client, string) {
+	t.Helper()
+	requireFUSE(t)
+	state := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	d, err := NewDaemon(DaemonOptions{
+		Socket: filepath.Join(state, "cache.sock"), StateDir: state, MetricsAddr: addr,
+		Tiers: "mem:64Mi,disk:" + filepath.Join(state, "disk") + ":256Mi", BlockSize: testBlock, Grace: grace,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+		if b, _ := os.ReadFile("/proc/mounts"); strings.Contains(string(b), state) {
+			t.Errorf("mounts left under %s after the daemon stopped", state)
+		}
+	})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(state, "cache.sock")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon socket did not appear")
+		}
+	}
+	return d, NewClient(filepath.Join(state, "cache.sock")), addr
+}
+
+func fuseMountsUnder(t *testing.T, dir string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[2] == "fuse.cistern" && strings.HasPrefix(f[1], dir) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestDaemonMountsEachDatasetOnce(t *testing.T) {
+	d, cl, _ := startDaemon(t, 50*time.Millisecond)
+	ctx := context.Background()
+	root := t.TempDir()
+	writeRandom(t, filepath.Join(root, "a/file"), 3*testBlock, 1)
+	req := MountRequest{Dataset: "research", Source: "file://" + root, ReadOnly: true, MetaCache: time.Hour}
+
+	r1, r2 := req, req
+	r1.Holder, r2.Holder = "volume:a", "volume:b"
+	m1, err := cl.Mount(ctx, r1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := cl.Mount(ctx, r2)
+	if err != nil || m2.MountPath != m1.MountPath {
+		t.Fatalf("second volume got %v, %v; want the same mount %s", m2, err, m1.MountPath)
+	}
+	if _, err := cl.Mount(ctx, r1); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	state := filepath.Dir(filepath.Dir(filepath.Dir(m1.MountPath)))
+	if n := fuseMountsUnder(t, state); n != 1 {
+		t.Fatalf("%d FUSE mounts for one dataset used by two volumes, want 1", n)
+	}
+	// Other credentials never share the mount.
+	r3 := r1
+	r3.Holder, r3.Secrets = "volume:c", map[string]string{"access-key": "other"}
+	m3, err := cl.Mount(ctx, r3)
+	if err != nil || m3.Key == m1.Key || m3.MountPath == m1.MountPath {
+		t.Fatalf("a request with other credentials got %v, %v; want its own mount", m3, err)
+	}
+	st, _ := cl.Stats(ctx)
+	if len(st.Datasets) != 2 {
+		t.Fatalf("stats list %d datasets, want 2", len(st.Datasets))
+	}
+
+	// Bad requests name the problem.
+	bad := r1
+	bad.Holder, bad.Source = "volume:x", "s3://bucket"
+	if _, err := cl.Mount(ctx, bad); !IsBadRequest(err) || !strings.Contains(err.Error(), "file://") {
+		t.Fatalf("s3 source: %v, want a bad request naming file://", err)
+	}
+	missing := r1
+	missing.Holder, missing.Source = "volume:y", "file://"+root+"/nope"
+	if _, err := cl.Mount(ctx, missing); !IsNotFound(err) {
+		t.Fatalf("missing source: %v, want not found", err)
+	}
+
+	// Released by both holders: unmounted after the grace period.
+	for _, h := range []string{"volume:a", "volume:b", "volume:c", "volume:never"} {
+		if err := cl.Release(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); fuseMountsUnder(t, state) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("released datasets still mounted after the grace period")
+		}
+	}
+	if n := len(d.Stats().Datasets); n != 0 {
+		t.Fatalf("%d datasets still listed", n)
+	}
+}
+
+func TestDaemonWarmupAndMetrics(t *testing.T) {
+	_, cl, addr := startDaemon(t, time.Hour)
+	ctx := context.Background()
+	root := t.TempDir()
+	for i, name := range []string{"d/1", "d/2", "d/sub/3", "other"} {
+		writeRandom(t, filepath.Join(root, name), (i+1)*testBlock+5, uint64(i))
+	}
+	m, err := cl.Mount(ctx, MountRequest{Holder: "h", Dataset: "ds", Source: "file://" + root, ReadOnly: true, MetaCache: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last WarmupProgress
+	if err := cl.Warmup(ctx, m.Key, []string{"d"}, func(p WarmupProgress) { last = p }); err != nil {
+		t.Fatal(err)
+	}
+	want := int64(1*testBlock+5) + 2*testBlock + 5 + 3*testBlock + 5
+	if !last.Done || last.Files != 3 || last.DoneBytes != want || last.TotalBytes != want {
+		t.Fatalf("last progress %+v, want 3 files, %d bytes, done", last, want)
+	}
+	before, _ := cl.Stats(ctx)
+	for _, name := range []string{"d/1", "d/2", "d/sub/3"} {
+		if _, err := os.ReadFile(filepath.Join(m.MountPath, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, _ := cl.Stats(ctx)
+	if after.Cache.SourceBytes != before.Cache.SourceBytes {
+		t.Fatalf("warmed files read %d bytes from the source", after.Cache.SourceBytes-before.Cache.SourceBytes)
+	}
+	if err := cl.Warmup(ctx, m.Key, []string{"missing"}, nil); err == nil {
+		t.Fatal("warm-up of a missing path succeeded")
+	}
+	if n, err := cl.Evict(ctx, m.Key, "d/sub"); err != nil || n != 1 {
+		t.Fatalf("evict d/sub = %d, %v; want 1", n, err)
+	}
+
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`cistern_cache_misses_total{dataset="ds"}`, `cistern_cache_mounted_datasets 1`, `cistern_cache_tier_bytes{tier="mem"}`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
