@@ -103,11 +103,48 @@ type Stats struct {
 	SourceBytes int64 // bytes read from the source
 	Evictions   int64 // items evicted
 	TierBytes   map[string]int64
+	// TierServed counts bytes served from each tier by the daemon (reads
+	// of passthrough files go to the kernel and are not seen).
+	TierServed map[string]int64
+	// SourceLatency is a histogram of source block fetches.
+	SourceLatency Histogram
+}
+
+// latencyBuckets are the upper bounds, in seconds, of SourceLatency.
+var latencyBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// Histogram is a cumulative-free snapshot: Counts[i] observations fell in
+// (Bounds[i-1], Bounds[i]]; the last count is above every bound.
+type Histogram struct {
+	Bounds []float64
+	Counts []uint64
+	Sum    float64
+}
+
+type histogram struct {
+	counts [14]atomic.Uint64
+	sumNs  atomic.Int64
+}
+
+func (h *histogram) observe(d time.Duration) {
+	s := d.Seconds()
+	i := sort.SearchFloat64s(latencyBuckets, s)
+	h.counts[i].Add(1)
+	h.sumNs.Add(int64(d))
+}
+
+func (h *histogram) snapshot() Histogram {
+	out := Histogram{Bounds: latencyBuckets, Counts: make([]uint64, len(h.counts)), Sum: float64(h.sumNs.Load()) / 1e9}
+	for i := range h.counts {
+		out.Counts[i] = h.counts[i].Load()
+	}
+	return out
 }
 
 type tier struct {
 	TierOptions
-	used atomic.Int64 // bytes of present blocks
+	used   atomic.Int64 // bytes of present blocks
+	served atomic.Int64 // bytes served from this tier
 }
 
 // Cache is a block cache over sources, shared by every dataset of a node.
@@ -122,6 +159,7 @@ type Cache struct {
 	wg    sync.WaitGroup
 
 	hits, misses, readThrough, corrupt, sourceBytes, evictions atomic.Int64
+	latency                                                    histogram
 
 	mu     sync.Mutex
 	items  map[string]*Item     // guarded by mu; key: dataset + "\x00" + path
@@ -197,10 +235,11 @@ func (c *Cache) Stats() Stats {
 	s := Stats{
 		Hits: c.hits.Load(), Misses: c.misses.Load(), ReadThrough: c.readThrough.Load(),
 		Corrupt: c.corrupt.Load(), SourceBytes: c.sourceBytes.Load(), Evictions: c.evictions.Load(),
-		TierBytes: map[string]int64{},
+		TierBytes: map[string]int64{}, TierServed: map[string]int64{}, SourceLatency: c.latency.snapshot(),
 	}
 	for _, t := range c.tiers {
 		s.TierBytes[t.Name] = t.used.Load()
+		s.TierServed[t.Name] = t.served.Load()
 	}
 	return s
 }

@@ -173,7 +173,7 @@ func TestDaemonWarmupAndMetrics(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`cistern_cache_misses_total{dataset="ds"}`, `cistern_cache_mounted_datasets 1`, `cistern_cache_tier_bytes{tier="mem"}`} {
+	for _, want := range []string{`cistern_cache_misses_total{dataset="ds"}`, `cistern_cache_mounted_datasets 1`, `cistern_cache_tier_bytes{tier="mem"}`, `cistern_cache_source_fetch_seconds_count`, `cistern_cache_served_bytes_total{tier="mem"}`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
 		}

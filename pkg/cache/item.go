@@ -91,6 +91,7 @@ func (it *Item) readBlock(ctx context.Context, src Source, b int64, dst []byte, 
 		if n, err := it.pread(dst, b*it.c.opts.BlockSize+boff); err == nil && n == len(dst) {
 			it.c.hits.Add(1)
 			it.ctr.hits.Add(1)
+			it.tier.served.Add(int64(n))
 			return n, nil
 		}
 	}
@@ -166,6 +167,18 @@ func (it *Item) verify(b int64) bool {
 // fail the others.
 func (it *Item) fetch(ctx context.Context, src Source, b int64) ([]byte, error) {
 	it.mu.Lock()
+	if b < int64(len(it.present)) && it.present[b] && it.verified[b] {
+		// Stored by a fetch (read-ahead, say) that finished after the
+		// caller looked: read it back rather than fetch it twice.
+		it.mu.Unlock()
+		buf := make([]byte, it.blockLen(b))
+		if n, err := it.pread(buf, b*it.c.opts.BlockSize); n == len(buf) && (err == nil || errors.Is(err, io.EOF)) {
+			it.c.hits.Add(1)
+			it.ctr.hits.Add(1)
+			return buf, nil
+		}
+		it.mu.Lock()
+	}
 	call := it.inflight[b]
 	if call == nil {
 		call = &fetchCall{done: make(chan struct{})}
@@ -205,7 +218,9 @@ func (it *Item) runFetch(src Source, b int64, gen uint64, call *fetchCall) {
 		return
 	}
 	buf := make([]byte, bl)
+	start := time.Now()
 	n, err := src.ReadAt(c.ctx, it.name, buf, b*c.opts.BlockSize)
+	c.latency.observe(time.Since(start))
 	c.sourceBytes.Add(int64(n))
 	it.ctr.sourceBytes.Add(int64(n))
 	if err != nil && !(errors.Is(err, io.EOF) && int64(n) == bl) {

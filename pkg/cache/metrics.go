@@ -18,13 +18,15 @@ var (
 	descEvictions   = prometheus.NewDesc("cistern_cache_evictions_total", "Cached files evicted.", nil, nil)
 	descReadThrough = prometheus.NewDesc("cistern_cache_read_through_total", "Blocks served without being stored (tier full or failing).", nil, nil)
 	descCorrupt     = prometheus.NewDesc("cistern_cache_corrupt_blocks_total", "Cached blocks that failed their checksum and were refetched.", nil, nil)
+	descServed      = prometheus.NewDesc("cistern_cache_served_bytes_total", "Bytes the daemon served from a tier (passthrough reads go to the kernel and are not counted).", []string{"tier"}, nil)
+	descLatency     = prometheus.NewDesc("cistern_cache_source_fetch_seconds", "Latency of block fetches from sources.", nil, nil)
 	descMounted     = prometheus.NewDesc("cistern_cache_mounted_datasets", "Datasets mounted on this node.", nil, nil)
 )
 
 type collector struct{ d *Daemon }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted} {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency} {
 		ch <- d
 	}
 }
@@ -65,6 +67,20 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for t, b := range s.Cache.TierBytes {
 		gauge(descTierBytes, b, t)
 	}
+	for t, b := range s.Cache.TierServed {
+		counter(descServed, b, t)
+	}
+	h := s.Cache.SourceLatency
+	buckets := map[float64]uint64{}
+	var cum, total uint64
+	for i, b := range h.Bounds {
+		cum += h.Counts[i]
+		buckets[b] = cum
+	}
+	for _, n := range h.Counts {
+		total += n
+	}
+	ch <- prometheus.MustNewConstHistogram(descLatency, total, h.Sum, buckets)
 	counter(descEvictions, s.Cache.Evictions)
 	counter(descReadThrough, s.Cache.ReadThrough)
 	counter(descCorrupt, s.Cache.Corrupt)

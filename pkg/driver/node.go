@@ -216,10 +216,14 @@ func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, rea
 	if readOnly {
 		mc = time.Hour
 	}
-	resp, err := d.cache.Mount(ctx, cache.MountRequest{
+	req := cache.MountRequest{
 		Holder: holder, Dataset: p.Dataset, Source: p.Source.String(), ReadOnly: readOnly,
 		MetaCache: mc, Secrets: secrets,
-	})
+	}
+	if p.SmallFiles {
+		req.AccessPattern = "small-files"
+	}
+	resp, err := d.cache.Mount(ctx, req)
 	switch {
 	case err == nil:
 		return resp.MountPath, nil

@@ -19,6 +19,7 @@ const (
 	ParamShared     = "shared"
 	ParamCacheGroup = "cacheGroup"
 	ParamOnDelete   = "onDelete"
+	ParamPattern    = "accessPattern"
 )
 
 // notYetSupported are keys the design defines that this build does not
@@ -27,7 +28,6 @@ const (
 var notYetSupported = map[string]bool{
 	"endpoint":       true,
 	"region":         true,
-	"accessPattern":  true,
 	"cacheTiers":     true,
 	"cacheLow":       true,
 	"freeSpaceRatio": true,
@@ -126,6 +126,9 @@ type Params struct {
 	Shared     bool
 	CacheGroup string
 	OnDelete   OnDelete
+	// SmallFiles is accessPattern=small-files: many small immutable files,
+	// served without per-open round trips.
+	SmallFiles bool
 }
 
 // ReadOnly reports whether the dataset may not be written.
@@ -141,7 +144,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 			continue
 		}
 		switch k {
-		case ParamDataset, ParamSource, ParamAccess, ParamSubPath, ParamShared, ParamCacheGroup, ParamOnDelete:
+		case ParamDataset, ParamSource, ParamAccess, ParamSubPath, ParamShared, ParamCacheGroup, ParamOnDelete, ParamPattern:
 		default:
 			if notYetSupported[k] {
 				return nil, fmt.Errorf("parameter %q is not supported yet", k)
@@ -151,7 +154,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, access, subPath, shared, cacheGroup, onDelete)", unknown[0])
+		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, access, accessPattern, subPath, shared, cacheGroup, onDelete)", unknown[0])
 	}
 
 	p := &Params{Dataset: m[ParamDataset], CacheGroup: m[ParamCacheGroup]}
@@ -199,6 +202,16 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 		return nil, fmt.Errorf("parameter %s=%s needs access=read-write: the controller never writes into a read-only dataset", ParamOnDelete, p.OnDelete)
 	}
 
+	switch v := m[ParamPattern]; v {
+	case "", "default":
+	case "small-files":
+		if !p.ReadOnly() {
+			return nil, fmt.Errorf("parameter %s=small-files needs access=read-only: it serves files as immutable", ParamPattern)
+		}
+		p.SmallFiles = true
+	default:
+		return nil, fmt.Errorf("parameter %s %q must be default or small-files", ParamPattern, v)
+	}
 	if p.CacheGroup != "" && !dnsLabel.MatchString(p.CacheGroup) {
 		return nil, fmt.Errorf("parameter %s %q must be a DNS label", ParamCacheGroup, p.CacheGroup)
 	}
@@ -233,6 +246,9 @@ func (p *Params) Context() map[string]string {
 	}
 	if p.CacheGroup != "" {
 		m[ParamCacheGroup] = p.CacheGroup
+	}
+	if p.SmallFiles {
+		m[ParamPattern] = "small-files"
 	}
 	return m
 }

@@ -34,6 +34,9 @@ func TestParseParams(t *testing.T) {
 
 		{name: "unknown key", in: base("acess", "read-write"), wantErr: `unknown parameter "acess"`},
 		{name: "not built yet", in: base("blockSize", "4Mi"), wantErr: `parameter "blockSize" is not supported yet`},
+		{name: "small files", in: base("accessPattern", "small-files"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, SmallFiles: true}},
+		{name: "small files read-write", in: base("accessPattern", "small-files", "access", "read-write"), wantErr: "needs access=read-only"},
+		{name: "bad pattern", in: base("accessPattern", "tiny"), wantErr: `accessPattern "tiny"`},
 		{name: "missing dataset", in: base("dataset", "<unset>"), wantErr: "parameter dataset is required"},
 		{name: "dataset not a label", in: base("dataset", "Image_Net"), wantErr: "must be a DNS label"},
 		{name: "missing source", in: base("source", "<unset>"), wantErr: "source is required"},

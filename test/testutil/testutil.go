@@ -56,32 +56,33 @@ func StartCacheDaemon(t testing.TB, stateDir string) string {
 	if err != nil {
 		t.Fatalf("cache daemon: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Errorf("cache daemon stopped with %v", err)
-		}
-	})
-	waitForSocket(t, sock, errc)
+	serve(t, "cache daemon", d.Run, sock)
 	return sock
 }
 
-func waitForSocket(t testing.TB, sock string, errc chan error) {
+// serve runs run until the test ends and waits for it to open sock.
+func serve(t testing.TB, name string, run func(context.Context) error, sock string) {
 	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("%s stopped with %v", name, err)
+		}
+	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sock); err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("socket %s did not appear", sock)
+			t.Fatalf("%s socket %s did not appear", name, sock)
 		}
 		select {
 		case err := <-errc:
-			t.Fatalf("server exited: %v", err)
+			t.Fatalf("%s exited: %v", name, err)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -113,27 +114,6 @@ func StartDriver(t testing.TB, dir string, opts driver.Options) string {
 	if err != nil {
 		t.Fatalf("driver.New: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Errorf("driver stopped with %v", err)
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			return opts.Endpoint
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("driver socket %s did not appear", sock)
-		}
-		select {
-		case err := <-errc:
-			t.Fatalf("driver exited: %v", err)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	serve(t, "driver", d.Run, sock)
+	return opts.Endpoint
 }
