@@ -21,6 +21,7 @@ demo: build
 ## demo-check: the demo as a test: it exits non-zero if any check fails or a
 ## mount is left behind.
 demo-check: build
+	@mkdir -p $(OUT)
 	@$(BIN)/cistern demo > $(OUT)/demo.log 2>&1 || { cat $(OUT)/demo.log; exit 1; }
 	@sed -n '/== Summary/,$$p' $(OUT)/demo.log
 	@! grep cistern /proc/mounts
@@ -42,6 +43,7 @@ sanity:
 
 ## fuzz: a short run of every fuzz target (FUZZTIME each).
 fuzz:
+	@mkdir -p $(OUT)
 	@for f in FuzzParseParams FuzzResolveSubPath FuzzParseVolumeID; do \
 	  $(GO) test ./pkg/driver/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) > $(OUT)/fuzz.log 2>&1 || { cat $(OUT)/fuzz.log; exit 1; }; \
 	  echo "fuzz $$f: $$(grep -E '^fuzz: elapsed' $(OUT)/fuzz.log | tail -n 1)"; \
@@ -55,6 +57,7 @@ bench-cache:
 
 ## bench-cache-smoke: the benchmark at tiny sizes, so the harness cannot rot.
 bench-cache-smoke:
+	@mkdir -p $(OUT)
 	@$(GO) run ./test/bench/cachebench -size 64Mi -files 100 -rounds 1 > $(OUT)/bench-smoke.log 2>&1 || { cat $(OUT)/bench-smoke.log; exit 1; }
 	@echo "bench-cache smoke: ok ($$(grep -c '>=' $(OUT)/bench-smoke.log) rows)"
 
