@@ -367,7 +367,7 @@ func (c *Cache) ReadAt(ctx context.Context, src Source, dataset, name string, a 
 }
 
 // Warm fetches every missing block of dataset/name; progress, if not nil,
-// is called with the bytes done so far.
+// is called (one call at a time) with the bytes done so far.
 func (c *Cache) Warm(ctx context.Context, src Source, dataset, name string, a Attr, progress func(done int64)) error {
 	it, err := c.item(dataset, name, a)
 	if err != nil {
@@ -377,8 +377,13 @@ func (c *Cache) Warm(ctx context.Context, src Source, dataset, name string, a At
 	var wg sync.WaitGroup
 	var done atomic.Int64
 	errc := make(chan error, 1)
+	// Its own limit: the fetches themselves take c.sem, which this loop
+	// must not hold while it waits for them.
+	lim := make(chan struct{}, c.opts.MaxFetches)
+	var progressMu sync.Mutex // progress is called by one goroutine at a time
 	for b := int64(0); b < nb; b++ {
-		if err := acquire(ctx, c.sem); err != nil {
+		if err := acquire(ctx, lim); err != nil {
+			wg.Wait()
 			return err
 		}
 		wg.Add(1)
@@ -388,7 +393,7 @@ func (c *Cache) Warm(ctx context.Context, src Source, dataset, name string, a At
 			if !it.verify(b) {
 				_, err = it.fetch(ctx, src, b)
 			}
-			<-c.sem
+			<-lim
 			if err != nil {
 				select {
 				case errc <- err:
@@ -398,7 +403,9 @@ func (c *Cache) Warm(ctx context.Context, src Source, dataset, name string, a At
 			}
 			d := done.Add(it.blockLen(b))
 			if progress != nil {
+				progressMu.Lock()
 				progress(d)
+				progressMu.Unlock()
 			}
 		}()
 	}

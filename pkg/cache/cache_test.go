@@ -249,3 +249,30 @@ func TestFullTierReadsThrough(t *testing.T) {
 		t.Fatalf("stats = %+v, want read-through and nothing stored", s)
 	}
 }
+
+// TestWarmManyBlocks warms a file of more blocks than the fetch limit (a
+// warm-up that held the fetch semaphore while waiting would deadlock).
+func TestWarmManyBlocks(t *testing.T) {
+	root := t.TempDir()
+	want := writeRandom(t, filepath.Join(root, "f"), 70*testBlock+1, 9)
+	p, _ := NewPosix(root)
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: testBlock, MaxFetches: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, _ := p.Stat(context.Background(), "f")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var last int64
+	if err := c.Warm(ctx, p, "ds", "f", a, func(d int64) { last = max(last, d) }); err != nil {
+		t.Fatal(err)
+	}
+	src := newCounting(p)
+	if got := readAll(t, c, src, "f"); !bytes.Equal(got, want) || src.total.Load() != 0 {
+		t.Fatalf("after warm-up: equal=%t, source reads %d", bytes.Equal(got, want), src.total.Load())
+	}
+	if last != int64(len(want)) {
+		t.Fatalf("progress ended at %d, want %d", last, len(want))
+	}
+}
