@@ -156,7 +156,7 @@ type Cache struct {
 	kick  chan struct{}
 	ctx   context.Context // cancelled by Close; owns read-ahead and the cleaner
 	stop  context.CancelFunc
-	wg    sync.WaitGroup
+	wg    sync.WaitGroup // the cleaner and every fetch goroutine
 
 	hits, misses, readThrough, corrupt, sourceBytes, evictions atomic.Int64
 	latency                                                    histogram
@@ -213,7 +213,8 @@ func New(opts Options) (*Cache, error) {
 	return c, nil
 }
 
-// Close stops background work and saves every index.
+// Close stops background work (the cleaner, read-ahead and every fetch in
+// flight, which it waits for) and saves every index.
 func (c *Cache) Close() error {
 	c.stop()
 	c.wg.Wait()

@@ -181,10 +181,15 @@ func (it *Item) fetch(ctx context.Context, src Source, b int64) ([]byte, error) 
 	}
 	call := it.inflight[b]
 	if call == nil {
+		if err := it.c.ctx.Err(); err != nil {
+			it.mu.Unlock()
+			return nil, fmt.Errorf("cache closed: %w", err)
+		}
 		call = &fetchCall{done: make(chan struct{})}
 		it.inflight[b] = call
 		gen := it.gen
 		it.busy.Add(1)
+		it.c.wg.Add(1) // Close waits for every fetch
 		go it.runFetch(src, b, gen, call)
 	}
 	it.mu.Unlock()
@@ -197,6 +202,7 @@ func (it *Item) fetch(ctx context.Context, src Source, b int64) ([]byte, error) 
 }
 
 func (it *Item) runFetch(src Source, b int64, gen uint64, call *fetchCall) {
+	defer it.c.wg.Done()
 	defer it.busy.Add(-1)
 	defer func() {
 		it.mu.Lock()
