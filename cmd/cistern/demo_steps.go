@@ -202,26 +202,8 @@ func (d *demo) cachePasses(ctx context.Context) ([]check, error) {
 	return checks, nil
 }
 
-func readTree(dir string) (int64, error) {
-	var total int64
-	buf := make([]byte, 1<<20)
-	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
-		if err != nil || !e.Type().IsRegular() {
-			return err
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		n, err := io.CopyBuffer(io.Discard, f, buf)
-		total += n
-		return err
-	})
-	return total, err
-}
-
-func dropPageCache(dir string) error {
+// eachFile opens every regular file under dir and calls fn with it.
+func eachFile(dir string, fn func(f *os.File) error) error {
 	return filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
 		if err != nil || !e.Type().IsRegular() {
 			return err
@@ -231,8 +213,25 @@ func dropPageCache(dir string) error {
 			return err
 		}
 		defer f.Close()
-		return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+		return fn(f)
 	})
+}
+
+// readTree reads every file under dir and returns the bytes read.
+func readTree(dir string) (int64, error) {
+	var total int64
+	buf := make([]byte, 1<<20)
+	err := eachFile(dir, func(f *os.File) error {
+		n, err := io.CopyBuffer(io.Discard, f, buf)
+		total += n
+		return err
+	})
+	return total, err
+}
+
+// dropPageCache drops the kernel's cached pages of every file under dir.
+func dropPageCache(dir string) error {
+	return eachFile(dir, func(f *os.File) error { return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED) })
 }
 
 // teardownVolumes unpublishes, unstages and deletes, as the kubelet and the

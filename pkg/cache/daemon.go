@@ -180,8 +180,9 @@ type Daemon struct {
 	memMount string // the tmpfs of the memory tier, or ""
 
 	mu       sync.Mutex
-	datasets map[string]*mounted // guarded by mu; by key
-	holders  map[string]string   // guarded by mu; holder -> key
+	datasets map[string]*mounted      // guarded by mu; by key
+	mounting map[string]chan struct{} // guarded by mu; keys being mounted, closed when done
+	holders  map[string]string        // guarded by mu; holder -> key
 }
 
 // NewDaemon mounts the memory tier (if any) and opens the cache.
@@ -194,7 +195,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: opts, datasets: map[string]*mounted{}, holders: map[string]string{}}
+	d := &Daemon{opts: opts, datasets: map[string]*mounted{}, mounting: map[string]chan struct{}{}, holders: map[string]string{}}
 	for _, t := range tiers {
 		if t.Name == "mem" {
 			if err := MountTmpfs(memDir, t.Quota); err != nil {
@@ -240,36 +241,65 @@ func (d *Daemon) unmountTmpfs() {
 }
 
 // Mount returns the mount of the requested dataset, mounting it on first
-// use, and records the holder.
-func (d *Daemon) Mount(req MountRequest) (MountResponse, error) {
+// use, and records the holder. The FUSE mount (which touches the source)
+// runs outside the daemon's lock: a slow or hung source delays only the
+// requests for that dataset, which wait with their own context.
+func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountResponse, error) {
 	if err := req.validate(); err != nil {
 		return MountResponse{}, &statusError{http.StatusBadRequest, err}
 	}
 	key := req.Key()
 	req.Secrets = nil
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if old, ok := d.holders[req.Holder]; ok && old != key {
-		return MountResponse{}, &statusError{http.StatusConflict, fmt.Errorf("holder %q already holds another dataset", req.Holder)}
-	}
-	m := d.datasets[key]
-	if m == nil {
-		var err error
-		if m, err = d.mountLocked(key, req); err != nil {
+	for {
+		d.mu.Lock()
+		if old, ok := d.holders[req.Holder]; ok && old != key {
+			d.mu.Unlock()
+			return MountResponse{}, &statusError{http.StatusConflict, fmt.Errorf("holder %q already holds another dataset", req.Holder)}
+		}
+		if m := d.datasets[key]; m != nil {
+			defer d.mu.Unlock()
+			return d.attachLocked(m, req.Holder), nil
+		}
+		if busy := d.mounting[key]; busy != nil {
+			d.mu.Unlock()
+			select {
+			case <-busy: // mounted or failed: look again
+				continue
+			case <-ctx.Done():
+				return MountResponse{}, ctx.Err()
+			}
+		}
+		busy := make(chan struct{})
+		d.mounting[key] = busy
+		d.mu.Unlock()
+
+		m, err := d.mountDataset(key, req)
+
+		d.mu.Lock()
+		delete(d.mounting, key)
+		close(busy)
+		if err != nil {
+			d.mu.Unlock()
 			return MountResponse{}, err
 		}
 		d.datasets[key] = m
+		defer d.mu.Unlock()
+		return d.attachLocked(m, req.Holder), nil
 	}
+}
+
+// attachLocked records holder on m and cancels a pending release.
+func (d *Daemon) attachLocked(m *mounted, holder string) MountResponse {
 	if m.timer != nil {
 		m.timer.Stop()
 		m.timer = nil
 	}
-	m.holders[req.Holder] = true
-	d.holders[req.Holder] = key
-	return MountResponse{Key: key, MountPath: m.mnt}, nil
+	m.holders[holder] = true
+	d.holders[holder] = m.key
+	return MountResponse{Key: m.key, MountPath: m.mnt}
 }
 
-func (d *Daemon) mountLocked(key string, req MountRequest) (*mounted, error) {
+func (d *Daemon) mountDataset(key string, req MountRequest) (*mounted, error) {
 	src, err := NewPosix(strings.TrimPrefix(req.Source, "file://"))
 	if err != nil {
 		return nil, &statusError{http.StatusNotFound, err}
@@ -502,7 +532,7 @@ func (d *Daemon) handler() http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
-		resp, err := d.Mount(req)
+		resp, err := d.Mount(r.Context(), req)
 		reply(w, resp, err)
 	})
 	mux.HandleFunc("POST /v1/release", func(w http.ResponseWriter, r *http.Request) {

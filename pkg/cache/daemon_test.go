@@ -2,12 +2,14 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -91,6 +93,29 @@ func TestDaemonMountsEachDatasetOnce(t *testing.T) {
 	if n := fuseMountsUnder(t, state); n != 1 {
 		t.Fatalf("%d FUSE mounts for one dataset used by two volumes, want 1", n)
 	}
+	// Many volumes staged at once: still one mount.
+	var wg sync.WaitGroup
+	paths := make([]string, 16)
+	for i := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := req
+			r.Holder = fmt.Sprintf("volume:p%d", i)
+			resp, err := cl.Mount(ctx, r)
+			if err != nil {
+				t.Error(err)
+			}
+			paths[i] = resp.MountPath
+			_ = cl.Release(ctx, r.Holder)
+		}()
+	}
+	wg.Wait()
+	for _, p := range paths {
+		if p != m1.MountPath {
+			t.Fatalf("a concurrent mount got %q, want %q", p, m1.MountPath)
+		}
+	}
 	// Other credentials never share the mount.
 	r3 := r1
 	r3.Holder, r3.Secrets = "volume:c", map[string]string{"access-key": "other"}
@@ -128,6 +153,30 @@ func TestDaemonMountsEachDatasetOnce(t *testing.T) {
 	}
 	if n := len(d.Stats().Datasets); n != 0 {
 		t.Fatalf("%d datasets still listed", n)
+	}
+}
+
+func TestDaemonConcurrentFirstMount(t *testing.T) {
+	_, cl, _ := startDaemon(t, time.Hour)
+	ctx := context.Background()
+	root := t.TempDir()
+	var wg sync.WaitGroup
+	keys := make([]string, 16)
+	for i := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := cl.Mount(ctx, MountRequest{Holder: fmt.Sprint(i), Dataset: "ds", Source: "file://" + root, ReadOnly: true})
+			if err != nil {
+				t.Error(err)
+			}
+			keys[i] = resp.MountPath
+		}()
+	}
+	wg.Wait()
+	st, _ := cl.Stats(ctx)
+	if len(st.Datasets) != 1 || st.Datasets[0].Holders != 16 || fuseMountsUnder(t, filepath.Dir(filepath.Dir(filepath.Dir(keys[0])))) != 1 {
+		t.Fatalf("16 concurrent first mounts gave %+v", st.Datasets)
 	}
 }
 
