@@ -295,6 +295,13 @@ func (it *Item) openFile() (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A sparse file of the full size: on the tmpfs memory tier
+	// (huge=within_size) pages inside i_size may be huge pages, which
+	// passthrough reads at page-cache speed.
+	if err := f.Truncate(it.size); err != nil {
+		f.Close()
+		return nil, err
+	}
 	it.file = f
 	return f, nil
 }
@@ -310,17 +317,22 @@ func (it *Item) closeFile() error {
 	return nil
 }
 
+// truncateFile drops the data of a reset item and sizes the file for the
+// new version.
 func (it *Item) truncateFile() error {
 	it.mu.Lock()
-	f := it.file
+	f, size := it.file, it.size
 	it.mu.Unlock()
-	if f != nil {
-		return f.Truncate(0)
+	if f == nil {
+		if err := os.Truncate(it.dataPath, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
 	}
-	if err := os.Truncate(it.dataPath, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := f.Truncate(0); err != nil {
 		return err
 	}
-	return nil
+	return f.Truncate(size)
 }
 
 // remove deletes the item's files; the caller has taken it out of the map.

@@ -26,8 +26,13 @@ func main() {
 	files := flag.Int("files", 2000, "number of 64 KiB files")
 	rounds := flag.Int("rounds", 3, "measurements per row and system (the best is kept)")
 	dir := flag.String("dir", "", "work directory (default: a new one under /var/tmp)")
+	tier := flag.String("tier", "mem", "where the cache keeps the files: mem (tmpfs, huge=within_size) or disk")
 	flag.Parse()
-	if err := run(*size, *files, *rounds, *dir); err != nil {
+	if *tier != "mem" && *tier != "disk" {
+		fmt.Fprintf(os.Stderr, "cachebench: -tier %q: want mem or disk\n", *tier)
+		os.Exit(2)
+	}
+	if err := run(*size, *files, *rounds, *dir, *tier); err != nil {
 		fmt.Fprintf(os.Stderr, "cachebench: %v\n", err)
 		os.Exit(1)
 	}
@@ -38,7 +43,7 @@ type env struct {
 	small []string // paths of the small files
 }
 
-func run(sizeSpec string, nFiles, rounds int, work string) (err error) {
+func run(sizeSpec string, nFiles, rounds int, work, tierName string) (err error) {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root to mount FUSE")
 	}
@@ -53,7 +58,7 @@ func run(sizeSpec string, nFiles, rounds int, work string) (err error) {
 	}
 	defer os.RemoveAll(work)
 	src := filepath.Join(work, "src")
-	fmt.Printf("cachebench: generating %s and %d x 64 KiB files in %s\n", sizeSpec, nFiles, src)
+	fmt.Printf("cachebench: generating %s and %d x 64 KiB files in %s (cache tier: %s)\n", sizeSpec, nFiles, src, tierName)
 	native, err := generate(src, size, nFiles)
 	if err != nil {
 		return err
@@ -71,10 +76,11 @@ func run(sizeSpec string, nFiles, rounds int, work string) (err error) {
 		return err
 	}
 	defer func() { _ = syscall.Unmount(memDir, syscall.MNT_DETACH) }()
-	c, err := cache.New(cache.Options{Tiers: []cache.TierOptions{
-		{Name: "mem", Dir: memDir, Quota: memQuota},
-		{Name: "disk", Dir: filepath.Join(work, "cache"), Quota: 2*size + 1<<30},
-	}})
+	tiers := []cache.TierOptions{{Name: "disk", Dir: filepath.Join(work, "cache"), Quota: 2*size + 1<<30}}
+	if tierName == "mem" {
+		tiers = append([]cache.TierOptions{{Name: "mem", Dir: memDir, Quota: memQuota}}, tiers...)
+	}
+	c, err := cache.New(cache.Options{Tiers: tiers})
 	if err != nil {
 		return err
 	}
