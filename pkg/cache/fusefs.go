@@ -66,14 +66,18 @@ func Mount(dir string, src Source, c *Cache, opts FSOptions) (*FS, error) {
 	mc := opts.MetaCache
 	neg := min(mc, time.Second)
 	mo := fuse.MountOptions{
-		FsName:        "cistern:" + opts.Dataset,
-		Name:          "cistern",
-		AllowOther:    true,
-		DirectMount:   true,
-		MaxReadAhead:  1 << 20,
-		MaxWrite:      1 << 20,
-		DisableXAttrs: true,
-		Debug:         opts.Debug,
+		FsName:      "cistern:" + opts.Dataset,
+		Name:        "cistern",
+		AllowOther:  true,
+		DirectMount: true,
+		// mount(2) only: fusermount is not needed (nor installed) on nodes.
+		DirectMountStrict: true,
+		// No atime updates: a read never changes the FUSE inode.
+		DirectMountFlags: syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOATIME,
+		MaxReadAhead:     1 << 20,
+		MaxWrite:         1 << 20,
+		DisableXAttrs:    true,
+		Debug:            opts.Debug,
 	}
 	if opts.ReadOnly {
 		mo.Options = append(mo.Options, "ro")
