@@ -164,7 +164,7 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only string) (err 
 	rows := []row{
 		{"seq", "MiB/s", func(e env) (float64, error) { return readSeq(e.big, 1) }, cst, 0.95},
 		{"parallel16", "MiB/s", func(e env) (float64, error) { return readSeq(e.big, 16) }, cst, 0.95},
-		{"rand4k", "IOPS", func(e env) (float64, error) { return readRand(e.big, 200_000) }, cst, 0.95},
+		{"rand4k", "IOPS", func(e env) (float64, error) { return readRand(e.big, 1_000_000) }, cst, 0.95},
 		{"small1", "files/s", func(e env) (float64, error) { return readSmall(e.small, 1) }, small, 0.85},
 		{"small16", "files/s", func(e env) (float64, error) { return readSmall(e.small, 16) }, small, 0.85},
 	}
@@ -242,7 +242,25 @@ func generate(dir string, size int64, nFiles int) (env, error) {
 // measures the Go runtime, not the file system.
 
 func openRO(p string) (int, error) {
-	return unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	return retry(func() (int, error) { return unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0) })
+}
+
+func pread(fd int, b []byte, off int64) (int, error) {
+	return retry(func() (int, error) { return unix.Pread(fd, b, off) })
+}
+
+func read(fd int, b []byte) (int, error) {
+	return retry(func() (int, error) { return unix.Read(fd, b) })
+}
+
+// retry repeats a system call the Go runtime's signals interrupted.
+func retry(call func() (int, error)) (int, error) {
+	for {
+		n, err := call()
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
 }
 
 // readSeq reads the file with n readers, each a contiguous slice, 1 MiB at
@@ -263,7 +281,7 @@ func readSeq(p string, n int) (float64, error) {
 		defer unix.Close(fd)
 		buf := make([]byte, 1<<20)
 		for off, end := int64(i)*part, min(int64(i+1)*part, size); off < end; {
-			m, err := unix.Pread(fd, buf[:min(int64(len(buf)), end-off)], off)
+			m, err := pread(fd, buf[:min(int64(len(buf)), end-off)], off)
 			if err != nil {
 				return err
 			}
@@ -293,7 +311,7 @@ func readRand(p string, count int) (float64, error) {
 	buf := make([]byte, 4096)
 	start := time.Now()
 	for range count {
-		if _, err := unix.Pread(fd, buf, r.Int64N(pages)*4096); err != nil {
+		if _, err := pread(fd, buf, r.Int64N(pages)*4096); err != nil {
 			return 0, err
 		}
 	}
@@ -312,7 +330,7 @@ func readSmall(files []string, n int) (float64, error) {
 				return err
 			}
 			for {
-				m, err := unix.Read(fd, buf)
+				m, err := read(fd, buf)
 				if err != nil {
 					unix.Close(fd)
 					return err
