@@ -4,7 +4,7 @@ BIN       := $(CURDIR)/bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 OUT       := $(CURDIR)/_output
-FUZZTIME  ?= 5s
+FUZZTIME  ?= 20000x
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /test/sanity)
 
 .PHONY: all build demo demo-check test unit sanity fuzz verify bench-cache clean

@@ -79,13 +79,17 @@ type MountRequest struct {
 	// Holder names who holds the mount (a volume ID or a target path);
 	// the dataset stays mounted while it has holders. Mounting again with
 	// the same holder is a no-op.
-	Holder        string            `json:"holder"`
-	Dataset       string            `json:"dataset"`
-	Source        string            `json:"source"`
-	ReadOnly      bool              `json:"readOnly"`
-	AccessPattern string            `json:"accessPattern,omitempty"` // "" / default, small-files
-	MetaCache     time.Duration     `json:"metaCache"`
-	Secrets       map[string]string `json:"secrets,omitempty"` // never logged
+	Holder        string        `json:"holder"`
+	Dataset       string        `json:"dataset"`
+	Source        string        `json:"source"`
+	ReadOnly      bool          `json:"readOnly"`
+	AccessPattern string        `json:"accessPattern,omitempty"` // "" / default, small-files
+	MetaCache     time.Duration `json:"metaCache"`
+	// Warmup are paths prefetched in the background when the dataset is
+	// first mounted ("" = all of it). They do not change what is served,
+	// so they are not part of the key.
+	Warmup  []string          `json:"warmup,omitempty"`
+	Secrets map[string]string `json:"secrets,omitempty"` // never logged
 }
 
 // MountResponse says where the dataset is mounted.
@@ -104,6 +108,8 @@ type DatasetInfo struct {
 	Holders   int          `json:"holders"`
 	Reads     int64        `json:"fuseReads"`
 	Stats     DatasetStats `json:"stats"`
+	// Warmup is the progress of the warm-up started at mount, if any.
+	Warmup *WarmupProgress `json:"warmup,omitempty"`
 }
 
 // StatsResponse is the daemon's view of the node.
@@ -169,7 +175,9 @@ type mounted struct {
 	fs      *FS
 	src     Source
 	holders map[string]bool
-	timer   *time.Timer // pending release, or nil
+	timer   *time.Timer        // pending release, or nil
+	warm    *WarmupProgress    // guarded by Daemon.mu; the mount-time warm-up
+	cancel  context.CancelFunc // stops the mount-time warm-up
 }
 
 // Daemon is cistern-cache: one FUSE mount per dataset, one cache for all.
@@ -177,7 +185,10 @@ type Daemon struct {
 	// immutable after NewDaemon
 	opts     DaemonOptions
 	cache    *Cache
-	memMount string // the tmpfs of the memory tier, or ""
+	memMount string          // the tmpfs of the memory tier, or ""
+	ctx      context.Context // cancelled by Close; owns mount-time warm-ups
+	stop     context.CancelFunc
+	wg       sync.WaitGroup // mount-time warm-ups
 
 	mu       sync.Mutex
 	datasets map[string]*mounted      // guarded by mu; by key
@@ -196,6 +207,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{opts: opts, datasets: map[string]*mounted{}, mounting: map[string]chan struct{}{}, holders: map[string]string{}}
+	d.ctx, d.stop = context.WithCancel(context.Background())
 	for _, t := range tiers {
 		if t.Name == "mem" {
 			if err := MountTmpfs(memDir, t.Quota); err != nil {
@@ -283,9 +295,39 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountResponse, er
 			return MountResponse{}, err
 		}
 		d.datasets[key] = m
+		if len(req.Warmup) > 0 {
+			d.startWarmupLocked(m)
+		}
 		defer d.mu.Unlock()
 		return d.attachLocked(m, req.Holder), nil
 	}
+}
+
+// startWarmupLocked prefetches the request's warm-up paths in the
+// background; progress shows in stats. It stops when the dataset is
+// unmounted or the daemon closes.
+func (d *Daemon) startWarmupLocked(m *mounted) {
+	ctx, cancel := context.WithCancel(d.ctx)
+	m.cancel = cancel
+	m.warm = &WarmupProgress{}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer cancel()
+		err := d.Warmup(ctx, m.key, m.req.Warmup, func(p WarmupProgress) {
+			d.mu.Lock()
+			*m.warm = p
+			d.mu.Unlock()
+		})
+		if err != nil {
+			d.mu.Lock()
+			m.warm.Error, m.warm.Done = err.Error(), true
+			d.mu.Unlock()
+			klog.ErrorS(err, "Mount-time warm-up failed", "dataset", m.req.Dataset, "key", m.key)
+			return
+		}
+		klog.InfoS("Mount-time warm-up done", "dataset", m.req.Dataset, "key", m.key, "files", m.warm.Files, "bytes", m.warm.DoneBytes)
+	}()
 }
 
 // attachLocked records holder on m and cancels a pending release.
@@ -349,6 +391,9 @@ func (d *Daemon) expire(m *mounted) {
 	}
 	delete(d.datasets, m.key)
 	d.mu.Unlock()
+	if m.cancel != nil {
+		m.cancel()
+	}
 	if err := m.fs.Unmount(); err != nil {
 		klog.ErrorS(err, "Unmounting a released dataset failed; detaching", "key", m.key)
 		_ = unix.Unmount(m.mnt, unix.MNT_DETACH)
@@ -364,14 +409,19 @@ func (d *Daemon) Stats() StatsResponse {
 		ms = append(ms, m)
 	}
 	holders := map[string]int{}
+	warm := map[string]*WarmupProgress{}
 	for _, m := range ms {
 		holders[m.key] = len(m.holders)
+		if m.warm != nil {
+			w := *m.warm
+			warm[m.key] = &w
+		}
 	}
 	d.mu.Unlock()
 	resp := StatsResponse{Cache: d.cache.Stats()}
 	for _, m := range ms {
 		resp.Datasets = append(resp.Datasets, DatasetInfo{Key: m.key, Dataset: m.req.Dataset, Source: m.req.Source, ReadOnly: m.req.ReadOnly,
-			MountPath: m.mnt, Holders: holders[m.key], Reads: m.fs.Reads.Load(), Stats: d.cache.DatasetStats(m.key)})
+			MountPath: m.mnt, Holders: holders[m.key], Reads: m.fs.Reads.Load(), Stats: d.cache.DatasetStats(m.key), Warmup: warm[m.key]})
 	}
 	sort.Slice(resp.Datasets, func(i, j int) bool { return resp.Datasets[i].Dataset < resp.Datasets[j].Dataset })
 	return resp
@@ -454,6 +504,8 @@ func (d *Daemon) Evict(key, prefix string) (int, error) {
 
 // Close unmounts every dataset, closes the cache and the memory tier.
 func (d *Daemon) Close() error {
+	d.stop()
+	d.wg.Wait()
 	d.mu.Lock()
 	ms := d.datasets
 	d.datasets = map[string]*mounted{}

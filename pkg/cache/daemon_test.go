@@ -228,3 +228,49 @@ func TestDaemonWarmupAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestDaemonMountTimeWarmup(t *testing.T) {
+	_, cl, _ := startDaemon(t, time.Hour)
+	ctx := context.Background()
+	root := t.TempDir()
+	writeRandom(t, filepath.Join(root, "train/a"), 5*testBlock, 1)
+	writeRandom(t, filepath.Join(root, "train/b"), 3*testBlock+1, 2)
+	writeRandom(t, filepath.Join(root, "val/c"), 2*testBlock, 3)
+	m, err := cl.Mount(ctx, MountRequest{Holder: "h", Dataset: "ds", Source: "file://" + root, ReadOnly: true, MetaCache: time.Hour, Warmup: []string{"train"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w *WarmupProgress
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st, err := cl.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Datasets) == 1 && st.Datasets[0].Warmup != nil && st.Datasets[0].Warmup.Done {
+			w = st.Datasets[0].Warmup
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mount-time warm-up did not finish: %+v", st.Datasets)
+		}
+	}
+	if w.Error != "" || w.Files != 2 || w.DoneBytes != 8*testBlock+1 {
+		t.Fatalf("warm-up progress %+v, want 2 files of train/", w)
+	}
+	before, _ := cl.Stats(ctx)
+	for _, f := range []string{"train/a", "train/b"} {
+		if _, err := os.ReadFile(filepath.Join(m.MountPath, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mid, _ := cl.Stats(ctx)
+	if mid.Cache.SourceBytes != before.Cache.SourceBytes {
+		t.Fatal("warmed files were read from the source")
+	}
+	if _, err := os.ReadFile(filepath.Join(m.MountPath, "val/c")); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := cl.Stats(ctx); after.Cache.SourceBytes == mid.Cache.SourceBytes {
+		t.Fatal("val/c, outside the warm-up, was not read from the source: the check above cannot tell")
+	}
+}

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -36,7 +37,7 @@ func FuzzParseParams(f *testing.F) {
 			return
 		}
 		again, err := ParseParams(p.Context(), inline)
-		if err != nil || *again != *p {
+		if err != nil || !reflect.DeepEqual(again, p) {
 			t.Fatalf("Context() does not round-trip: %+v -> %+v, %v", p, again, err)
 		}
 		if p.Shared && p.Access != ReadOnly {

@@ -28,12 +28,14 @@ func newFakeMounter() fakeMounter { return fakeMounter{mount.NewFakeMounter(nil)
 type fakeCache struct {
 	mu      sync.Mutex
 	holders map[string]string
+	last    cache.MountRequest
 }
 
 func (f *fakeCache) Mount(_ context.Context, req cache.MountRequest) (cache.MountResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.holders[req.Holder] = req.Source
+	f.last = req
 	return cache.MountResponse{Key: "k", MountPath: strings.TrimPrefix(req.Source, "file://")}, nil
 }
 

@@ -212,13 +212,13 @@ func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRe
 // (mounting it on first use) and returns its path. holder keeps it mounted
 // until released.
 func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, readOnly bool, secrets map[string]string) (string, error) {
-	mc := time.Second
-	if readOnly {
-		mc = time.Hour
+	mc := p.MetaCache
+	if readOnly && !p.ReadOnly() {
+		mc = time.Hour // the volume ID says read-only: the context's default was for read-write
 	}
 	req := cache.MountRequest{
 		Holder: holder, Dataset: p.Dataset, Source: p.Source.String(), ReadOnly: readOnly,
-		MetaCache: mc, Secrets: secrets,
+		MetaCache: mc, Warmup: p.Warmup, Secrets: secrets,
 	}
 	if p.SmallFiles {
 		req.AccessPattern = "small-files"

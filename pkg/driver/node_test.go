@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -170,6 +171,16 @@ func TestInlineVolumes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "team-a/scratch")); err != nil {
 		t.Fatalf("inline read-write volume did not create its directory: %v", err)
+	}
+	unpublish()
+
+	// Serving options reach the cache daemon.
+	if err := publish(inline("team-a", "metacache", "5m", "warmup", "team-a/hot", "accessPattern", "small-files"), roCap); err != nil {
+		t.Fatal(err)
+	}
+	fc := d.cache.(*fakeCache)
+	if r := fc.last; r.MetaCache != 5*time.Minute || len(r.Warmup) != 1 || r.Warmup[0] != "team-a/hot" || r.AccessPattern != "small-files" || !r.ReadOnly {
+		t.Fatalf("mount request = %+v", r)
 	}
 	unpublish()
 

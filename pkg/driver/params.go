@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Dataset parameter keys. The same keys serve StorageClass parameters and
@@ -20,6 +21,8 @@ const (
 	ParamCacheGroup = "cacheGroup"
 	ParamOnDelete   = "onDelete"
 	ParamPattern    = "accessPattern"
+	ParamMetaCache  = "metacache"
+	ParamWarmup     = "warmup"
 )
 
 // notYetSupported are keys the design defines that this build does not
@@ -32,8 +35,6 @@ var notYetSupported = map[string]bool{
 	"cacheLow":       true,
 	"freeSpaceRatio": true,
 	"blockSize":      true,
-	"metacache":      true,
-	"warmup":         true,
 }
 
 // Keys the CO adds to parameters and attributes. They are metadata, not
@@ -129,6 +130,11 @@ type Params struct {
 	// SmallFiles is accessPattern=small-files: many small immutable files,
 	// served without per-open round trips.
 	SmallFiles bool
+	// MetaCache is how long listings and attributes are trusted.
+	MetaCache time.Duration
+	// Warmup are paths (relative to the dataset root) prefetched when the
+	// dataset is first mounted on a node.
+	Warmup []string
 }
 
 // ReadOnly reports whether the dataset may not be written.
@@ -144,7 +150,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 			continue
 		}
 		switch k {
-		case ParamDataset, ParamSource, ParamAccess, ParamSubPath, ParamShared, ParamCacheGroup, ParamOnDelete, ParamPattern:
+		case ParamDataset, ParamSource, ParamAccess, ParamSubPath, ParamShared, ParamCacheGroup, ParamOnDelete, ParamPattern, ParamMetaCache, ParamWarmup:
 		default:
 			if notYetSupported[k] {
 				return nil, fmt.Errorf("parameter %q is not supported yet", k)
@@ -154,7 +160,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, access, accessPattern, subPath, shared, cacheGroup, onDelete)", unknown[0])
+		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, access, accessPattern, subPath, shared, cacheGroup, onDelete, metacache, warmup)", unknown[0])
 	}
 
 	p := &Params{Dataset: m[ParamDataset], CacheGroup: m[ParamCacheGroup]}
@@ -212,6 +218,40 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	default:
 		return nil, fmt.Errorf("parameter %s %q must be default or small-files", ParamPattern, v)
 	}
+	p.MetaCache = time.Second
+	if p.ReadOnly() {
+		p.MetaCache = time.Hour
+	}
+	if v, ok := m[ParamMetaCache]; ok {
+		d, err := time.ParseDuration(v)
+		if v == "0" {
+			d, err = 0, nil
+		}
+		if err != nil || d < 0 || d > 24*time.Hour {
+			return nil, fmt.Errorf("parameter %s %q must be a duration between 0 and 24h, such as 1h, 30s or 0", ParamMetaCache, v)
+		}
+		p.MetaCache = d
+	}
+	if v := m[ParamWarmup]; v != "" {
+		for _, w := range strings.Split(v, ",") {
+			w = strings.TrimSpace(w)
+			rel := strings.Trim(w, "/")
+			if rel == "" {
+				p.Warmup = append(p.Warmup, "") // the whole dataset
+				continue
+			}
+			if strings.Contains(w, "//") {
+				return nil, fmt.Errorf("parameter %s: path %q has an empty segment", ParamWarmup, w)
+			}
+			if err := checkSubPath(rel); err != nil {
+				return nil, fmt.Errorf("parameter %s: path %q: %w", ParamWarmup, w, err)
+			}
+			p.Warmup = append(p.Warmup, rel)
+		}
+		if len(p.Warmup) > 64 {
+			return nil, fmt.Errorf("parameter %s names %d paths; at most 64", ParamWarmup, len(p.Warmup))
+		}
+	}
 	if p.CacheGroup != "" && !dnsLabel.MatchString(p.CacheGroup) {
 		return nil, fmt.Errorf("parameter %s %q must be a DNS label", ParamCacheGroup, p.CacheGroup)
 	}
@@ -249,6 +289,14 @@ func (p *Params) Context() map[string]string {
 	}
 	if p.SmallFiles {
 		m[ParamPattern] = "small-files"
+	}
+	m[ParamMetaCache] = p.MetaCache.String()
+	if len(p.Warmup) > 0 {
+		ws := make([]string, len(p.Warmup))
+		for i, w := range p.Warmup {
+			ws[i] = "/" + w
+		}
+		m[ParamWarmup] = strings.Join(ws, ",")
 	}
 	return m
 }

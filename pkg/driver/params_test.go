@@ -2,8 +2,10 @@ package driver
 
 import (
 	"maps"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseParams(t *testing.T) {
@@ -25,17 +27,22 @@ func TestParseParams(t *testing.T) {
 		want    Params
 		wantErr string
 	}{
-		{name: "defaults", in: base(), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain}},
-		{name: "inline defaults", in: base(), inline: true, want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultInlineSubPath, OnDelete: Retain}},
-		{name: "shared defaults to root", in: base("shared", "true"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, Shared: true, OnDelete: Retain}},
+		{name: "defaults", in: base(), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
+		{name: "inline defaults", in: base(), inline: true, want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultInlineSubPath, OnDelete: Retain, MetaCache: time.Hour}},
+		{name: "shared defaults to root", in: base("shared", "true"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, Shared: true, OnDelete: Retain, MetaCache: time.Hour}},
 		{name: "read-write delete", in: base("access", "read-write", "onDelete", "delete", "cacheGroup", "research-groups", "subPath", "${pvc.namespace}/${pv.name}"),
-			want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadWrite, SubPath: "${pvc.namespace}/${pv.name}", CacheGroup: "research-groups", OnDelete: Delete}},
-		{name: "metadata keys are skipped", in: base(MetaPVCNamespace, "a", "csi.storage.k8s.io/provisioner-secret-name", "s"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain}},
+			want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadWrite, SubPath: "${pvc.namespace}/${pv.name}", CacheGroup: "research-groups", OnDelete: Delete, MetaCache: time.Second}},
+		{name: "metadata keys are skipped", in: base(MetaPVCNamespace, "a", "csi.storage.k8s.io/provisioner-secret-name", "s"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
 
 		{name: "unknown key", in: base("acess", "read-write"), wantErr: `unknown parameter "acess"`},
 		{name: "not built yet", in: base("blockSize", "4Mi"), wantErr: `parameter "blockSize" is not supported yet`},
-		{name: "small files", in: base("accessPattern", "small-files"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, SmallFiles: true}},
+		{name: "small files", in: base("accessPattern", "small-files"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, SmallFiles: true, MetaCache: time.Hour}},
 		{name: "small files read-write", in: base("accessPattern", "small-files", "access", "read-write"), wantErr: "needs access=read-only"},
+		{name: "metacache and warmup", in: base("metacache", "0", "warmup", "/, train/shard-0/ ,val"), want: Params{Dataset: "imagenet", Source: Source{"file", "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, Warmup: []string{"", "train/shard-0", "val"}}},
+		{name: "bad metacache", in: base("metacache", "forever"), wantErr: "metacache \"forever\" must be a duration"},
+		{name: "negative metacache", in: base("metacache", "-1s"), wantErr: "must be a duration"},
+		{name: "warmup escapes", in: base("warmup", "train,../etc"), wantErr: `".." segment`},
+		{name: "warmup empty segment", in: base("warmup", "a//b"), wantErr: "empty segment"},
 		{name: "bad pattern", in: base("accessPattern", "tiny"), wantErr: `accessPattern "tiny"`},
 		{name: "missing dataset", in: base("dataset", "<unset>"), wantErr: "parameter dataset is required"},
 		{name: "dataset not a label", in: base("dataset", "Image_Net"), wantErr: "must be a DNS label"},
@@ -72,12 +79,12 @@ func TestParseParams(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseParams() error = %v", err)
 			}
-			if *got != tc.want {
+			if !reflect.DeepEqual(*got, tc.want) {
 				t.Fatalf("ParseParams() = %+v, want %+v", *got, tc.want)
 			}
 			// The canonical context parses back to the same parameters.
 			again, err := ParseParams(got.Context(), tc.inline)
-			if err != nil || *again != *got {
+			if err != nil || !reflect.DeepEqual(again, got) {
 				t.Fatalf("ParseParams(Context()) = %+v, %v; want %+v", again, err, *got)
 			}
 		})
