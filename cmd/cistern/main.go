@@ -1,6 +1,8 @@
-// Command cistern is Cistern's command-line tool. Today it has one command:
+// Command cistern is Cistern's command-line tool:
 //
-//	cistern demo    run the driver locally against a generated dataset
+//	cistern demo      run the driver locally against a generated dataset
+//	cistern stats     what the node's cache daemon serves
+//	cistern warmup    prefetch paths of a mounted dataset, with progress
 package main
 
 import (
@@ -18,6 +20,10 @@ commands:
   demo    start cistern-csi on a unix socket and drive it like the
           provisioner and the kubelet would: real mounts, a generated
           dataset, two namespaces, no Kubernetes needed (needs root)
+  stats   what the node's cache daemon serves: datasets, volumes, cached
+          bytes, hits and misses, warm-ups
+  warmup  --dataset NAME [PATH...]: prefetch paths of a mounted dataset
+          into the node cache, with a progress bar
 `
 
 func main() {
@@ -41,6 +47,17 @@ func main() {
 		}
 		if err := runDemo(ctx, o, os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "cistern demo: FAILED: %v\n", err)
+			os.Exit(1)
+		}
+	case "stats", "warmup":
+		run := runStats
+		if os.Args[1] == "warmup" {
+			run = runWarmup
+		}
+		if err := run(ctx, os.Args[2:], os.Stdout); err != nil {
+			if err != flag.ErrHelp {
+				fmt.Fprintf(os.Stderr, "cistern %s: %v\n", os.Args[1], err)
+			}
 			os.Exit(1)
 		}
 	case "-h", "--help", "help":

@@ -29,6 +29,8 @@ type DaemonOptions struct {
 	MetricsAddr string        // Prometheus metrics, host:port ("" = off)
 	Tiers       string        // e.g. "mem:1Gi,disk:/var/lib/cistern/cache:100Gi"
 	BlockSize   int64         // cache block size
+	LowWater    float64       // evict down to this fraction of a tier's quota
+	FreeRatio   float64       // keep this fraction of each tier's file system free
 	Grace       time.Duration // how long a released dataset stays mounted
 	MaxFetches  int
 }
@@ -40,6 +42,8 @@ func (o *DaemonOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-address", "", "serve Prometheus metrics on this host:port (empty: off)")
 	fs.StringVar(&o.Tiers, "cache-tiers", "", "cache tiers, hottest first: mem:SIZE (a tmpfs the daemon mounts) and disk:DIR:SIZE (default: disk:<state-dir>/cache:10Gi)")
 	fs.Int64Var(&o.BlockSize, "block-size", 4<<20, "cache block size in bytes (a power of two)")
+	fs.Float64Var(&o.LowWater, "cache-low", 0.8, "when a tier is full, evict down to this fraction of its quota")
+	fs.Float64Var(&o.FreeRatio, "free-space-ratio", 0.1, "keep this fraction of each tier's file system free")
 	fs.DurationVar(&o.Grace, "grace", 5*time.Minute, "how long a dataset stays mounted after its last volume is released")
 	fs.IntVar(&o.MaxFetches, "max-fetches", 16, "concurrent reads from sources")
 }
@@ -55,6 +59,12 @@ func (o *DaemonOptions) Validate() error {
 	}
 	if _, err := ParseTiers(o.tiers(), filepath.Join(o.StateDir, "mem")); err != nil {
 		errs = append(errs, fmt.Errorf("--cache-tiers: %w", err))
+	}
+	if o.LowWater < 0 || o.LowWater >= 1 {
+		errs = append(errs, fmt.Errorf("--cache-low %g must be below 1 (0: the default, 0.8)", o.LowWater))
+	}
+	if o.FreeRatio < 0 || o.FreeRatio >= 1 {
+		errs = append(errs, fmt.Errorf("--free-space-ratio %g must be below 1 (0: the default, 0.1)", o.FreeRatio))
 	}
 	if o.Grace < 0 {
 		errs = append(errs, fmt.Errorf("--grace %s must not be negative", o.Grace))
@@ -216,7 +226,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 			d.memMount = memDir
 		}
 	}
-	d.cache, err = New(Options{Tiers: tiers, BlockSize: opts.BlockSize, MaxFetches: opts.MaxFetches})
+	d.cache, err = New(Options{Tiers: tiers, BlockSize: opts.BlockSize, MaxFetches: opts.MaxFetches, LowWater: opts.LowWater, FreeSpaceRatio: opts.FreeRatio})
 	if err != nil {
 		d.unmountTmpfs()
 		return nil, err

@@ -274,3 +274,34 @@ func TestDaemonMountTimeWarmup(t *testing.T) {
 		t.Fatal("val/c, outside the warm-up, was not read from the source: the check above cannot tell")
 	}
 }
+
+func TestDaemonOptionsValidate(t *testing.T) {
+	good := DaemonOptions{Socket: "/run/c.sock", StateDir: "/var/lib/cistern"}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		mutate func(*DaemonOptions)
+		want   string
+	}{
+		"relative socket":   {func(o *DaemonOptions) { o.Socket = "c.sock" }, "--socket"},
+		"relative state":    {func(o *DaemonOptions) { o.StateDir = "state" }, "--state-dir"},
+		"bad tier":          {func(o *DaemonOptions) { o.Tiers = "ssd:/x:1Gi" }, "--cache-tiers"},
+		"bad size":          {func(o *DaemonOptions) { o.Tiers = "mem:lots" }, "--cache-tiers"},
+		"two mem tiers":     {func(o *DaemonOptions) { o.Tiers = "mem:1Gi,mem:2Gi" }, "only one mem tier"},
+		"relative disk dir": {func(o *DaemonOptions) { o.Tiers = "disk:cache:1Gi" }, "absolute"},
+		"cache-low 1":       {func(o *DaemonOptions) { o.LowWater = 1 }, "--cache-low"},
+		"free ratio -0.1":   {func(o *DaemonOptions) { o.FreeRatio = -0.1 }, "--free-space-ratio"},
+		"negative grace":    {func(o *DaemonOptions) { o.Grace = -time.Second }, "--grace"},
+		"bad metrics addr":  {func(o *DaemonOptions) { o.MetricsAddr = "9810" }, "--metrics-address"},
+	} {
+		o := good
+		tc.mutate(&o)
+		if err := o.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Validate() = %v, want %q", name, err, tc.want)
+		}
+	}
+	if got, err := ParseTiers("mem:40Gi,disk:/var/lib/cistern/cache:400Gi", "/m"); err != nil || len(got) != 2 || got[0].Quota != 40<<30 || got[1].Dir != "/var/lib/cistern/cache" || got[1].Quota != 400<<30 {
+		t.Fatalf("ParseTiers = %+v, %v", got, err)
+	}
+}
