@@ -47,6 +47,12 @@ func IsBadRequest(err error) bool {
 	return errors.As(err, &ae) && (ae.Status == http.StatusBadRequest || ae.Status == http.StatusConflict)
 }
 
+// IsForbidden reports whether the source refused the credentials.
+func IsForbidden(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusForbidden
+}
+
 // IsNotFound reports whether err is the daemon not finding what was named.
 func IsNotFound(err error) bool {
 	var ae *APIError

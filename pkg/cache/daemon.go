@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/cistern-csi/cistern/pkg/cache/s3"
 )
 
 // DaemonOptions configure cistern-cache. Flags live in cmd/.
@@ -33,6 +35,9 @@ type DaemonOptions struct {
 	FreeRatio   float64       // keep this fraction of each tier's file system free
 	Grace       time.Duration // how long a released dataset stays mounted
 	MaxFetches  int
+	// SourceTimeout bounds every request to an object store: a stalled
+	// store fails reads with EIO after it.
+	SourceTimeout time.Duration
 }
 
 // AddFlags registers the options' flags.
@@ -46,6 +51,7 @@ func (o *DaemonOptions) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.FreeRatio, "free-space-ratio", 0.1, "keep this fraction of each tier's file system free")
 	fs.DurationVar(&o.Grace, "grace", 5*time.Minute, "how long a dataset stays mounted after its last volume is released")
 	fs.IntVar(&o.MaxFetches, "max-fetches", 16, "concurrent reads from sources")
+	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")
 }
 
 // Validate checks the options.
@@ -65,6 +71,9 @@ func (o *DaemonOptions) Validate() error {
 	}
 	if o.FreeRatio < 0 || o.FreeRatio >= 1 {
 		errs = append(errs, fmt.Errorf("--free-space-ratio %g must be below 1 (0: the default, 0.1)", o.FreeRatio))
+	}
+	if o.SourceTimeout < 0 {
+		errs = append(errs, fmt.Errorf("--source-timeout %s must not be negative", o.SourceTimeout))
 	}
 	if o.Grace < 0 {
 		errs = append(errs, fmt.Errorf("--grace %s must not be negative", o.Grace))
@@ -161,8 +170,8 @@ func (r *MountRequest) validate() error {
 		return errors.New("holder is required")
 	case r.Dataset == "":
 		return errors.New("dataset is required")
-	case !strings.HasPrefix(r.Source, "file:///"):
-		return fmt.Errorf("source %q: only file:// sources are served by this daemon", r.Source)
+	case !strings.HasPrefix(r.Source, "file:///") && !strings.HasPrefix(r.Source, "s3://"):
+		return fmt.Errorf("source %q: this daemon serves file:// and s3:// sources", r.Source)
 	case r.AccessPattern != "" && r.AccessPattern != "default" && r.AccessPattern != "small-files":
 		return fmt.Errorf("accessPattern %q: want default or small-files", r.AccessPattern)
 	case r.AccessPattern == "small-files" && !r.ReadOnly:
@@ -170,11 +179,60 @@ func (r *MountRequest) validate() error {
 	case r.MetaCache < 0:
 		return errors.New("metaCache must not be negative")
 	}
+	if strings.HasPrefix(r.Source, "s3://") {
+		if _, err := s3.ParseURL(r.Source); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		if _, err := s3.CredentialsFromSecrets(r.Secrets); err != nil {
+			return err
+		}
+		return nil
+	}
+	if len(r.Secrets) > 0 {
+		return errors.New("a file:// source takes no secrets")
+	}
 	p := strings.TrimPrefix(r.Source, "file://")
 	if path.Clean(p) != p {
 		return fmt.Errorf("source %q is not clean", r.Source)
 	}
 	return nil
+}
+
+// openSource returns the source of a request: the POSIX tree, or an S3
+// client with the request's credentials (which live only in this client).
+func (d *Daemon) openSource(ctx context.Context, req MountRequest) (Source, error) {
+	if !strings.HasPrefix(req.Source, "s3://") {
+		src, err := NewPosix(strings.TrimPrefix(req.Source, "file://"))
+		if err != nil {
+			return nil, &statusError{http.StatusNotFound, err}
+		}
+		return src, nil
+	}
+	loc, err := s3.ParseURL(req.Source)
+	if err != nil {
+		return nil, &statusError{http.StatusBadRequest, err}
+	}
+	creds, err := s3.CredentialsFromSecrets(req.Secrets)
+	if err != nil {
+		return nil, &statusError{http.StatusBadRequest, err}
+	}
+	c, err := s3.New(loc, creds, s3.Config{Timeout: d.opts.SourceTimeout})
+	if err != nil {
+		return nil, &statusError{http.StatusBadRequest, err}
+	}
+	// Fail the mount, not the pod's first read, when the store is
+	// unreachable or refuses the credentials.
+	if _, err := c.DirExists(ctx, ""); err != nil {
+		status := http.StatusBadGateway
+		switch Errno(err) {
+		case unix.EACCES:
+			status = http.StatusForbidden
+		case unix.ENOENT:
+			status = http.StatusNotFound
+		}
+		return nil, &statusError{status, fmt.Errorf("dataset %s: %w", req.Dataset, err)}
+	}
+	return NewS3(c, req.MetaCache), nil
 }
 
 // mounted is one dataset the daemon serves.
@@ -271,6 +329,7 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountResponse, er
 		return MountResponse{}, &statusError{http.StatusBadRequest, err}
 	}
 	key := req.Key()
+	secrets := req.Secrets
 	req.Secrets = nil
 	for {
 		d.mu.Lock()
@@ -295,7 +354,7 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountResponse, er
 		d.mounting[key] = busy
 		d.mu.Unlock()
 
-		m, err := d.mountDataset(key, req)
+		m, err := d.mountDataset(ctx, key, req, secrets)
 
 		d.mu.Lock()
 		delete(d.mounting, key)
@@ -351,10 +410,12 @@ func (d *Daemon) attachLocked(m *mounted, holder string) MountResponse {
 	return MountResponse{Key: m.key, MountPath: m.mnt}
 }
 
-func (d *Daemon) mountDataset(key string, req MountRequest) (*mounted, error) {
-	src, err := NewPosix(strings.TrimPrefix(req.Source, "file://"))
+func (d *Daemon) mountDataset(ctx context.Context, key string, req MountRequest, secrets map[string]string) (*mounted, error) {
+	withSecrets := req
+	withSecrets.Secrets = secrets
+	src, err := d.openSource(ctx, withSecrets)
 	if err != nil {
-		return nil, &statusError{http.StatusNotFound, err}
+		return nil, err
 	}
 	mnt := filepath.Join(d.opts.StateDir, "datasets", key, "mnt")
 	_ = unix.Unmount(mnt, unix.MNT_DETACH) // left by a crashed daemon
@@ -367,6 +428,7 @@ func (d *Daemon) mountDataset(key string, req MountRequest) (*mounted, error) {
 		MetaCache:   req.MetaCache,
 		SmallFiles:  req.AccessPattern == "small-files",
 		Passthrough: req.ReadOnly,
+		SpoolDir:    filepath.Join(d.opts.StateDir, "uploads"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mount dataset %s: %w", req.Dataset, err)

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"hash/fnv"
 	"io"
 	"io/fs"
@@ -33,6 +34,9 @@ type FSOptions struct {
 	// Passthrough hands fully cached files of a read-only dataset to the
 	// kernel (FUSE passthrough): reads then never reach the daemon.
 	Passthrough bool
+	// SpoolDir holds files being written to an object store until close
+	// uploads them (anonymous files: nothing is left after a crash).
+	SpoolDir string
 	// Debug logs every FUSE request.
 	Debug bool
 }
@@ -42,7 +46,8 @@ type FS struct {
 	// immutable after Mount
 	opts  FSOptions
 	src   Source
-	wsrc  WritableSource // nil for a read-only dataset
+	wsrc  WritableSource // a read-write POSIX dataset, else nil
+	osrc  ObjectSource   // a read-write object-store dataset, else nil
 	cache *Cache
 	srv   *fuse.Server
 	dir   string
@@ -57,11 +62,17 @@ type FS struct {
 func Mount(dir string, src Source, c *Cache, opts FSOptions) (*FS, error) {
 	f := &FS{opts: opts, src: src, cache: c, dir: dir}
 	if !opts.ReadOnly {
-		ws, ok := src.(WritableSource)
-		if !ok {
+		switch s := src.(type) {
+		case WritableSource:
+			f.wsrc = s
+		case ObjectSource:
+			if opts.SpoolDir == "" {
+				return nil, &fs.PathError{Op: "mount", Path: dir, Err: errors.New("a read-write object-store dataset needs a spool directory")}
+			}
+			f.osrc = s
+		default:
 			return nil, &fs.PathError{Op: "mount", Path: dir, Err: syscall.EROFS}
 		}
-		f.wsrc = ws
 	}
 	mc := opts.MetaCache
 	neg := min(mc, time.Second)
@@ -110,8 +121,9 @@ type node struct {
 	gofs.Inode
 	fsys *FS
 
-	mu   sync.Mutex
-	attr Attr // guarded by mu; last attributes seen
+	mu     sync.Mutex
+	attr   Attr          // guarded by mu; last attributes seen
+	upload *uploadHandle // guarded by mu; the latest write handle (object stores)
 }
 
 var (
@@ -166,6 +178,9 @@ func (n *node) setAttr(a Attr) {
 // a read-only dataset (trusted for the metacache period by the kernel too),
 // fresh ones on a read-write dataset.
 func (n *node) currentAttr(ctx context.Context) (Attr, error) {
+	if a, ok := n.pendingAttr(); ok {
+		return a, nil
+	}
 	n.mu.Lock()
 	a := n.attr
 	n.mu.Unlock()
@@ -187,6 +202,17 @@ func (n *node) child(name string) string { return path.Join(n.rel(), name) }
 
 // Lookup implements gofs.NodeLookuper.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.fsys.osrc != nil {
+		// A file being written is not in the store before close.
+		if ch := n.GetChild(name); ch != nil {
+			if cn, ok := ch.Operations().(*node); ok {
+				if a, ok := cn.pendingAttr(); ok {
+					n.fill(a, &out.Attr)
+					return ch, 0
+				}
+			}
+		}
+	}
 	p := n.child(name)
 	a, err := n.fsys.src.Stat(ctx, p)
 	if err != nil {
@@ -198,7 +224,14 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 }
 
 // Getattr implements gofs.NodeGetattrer.
-func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if h, ok := fh.(*uploadHandle); ok {
+		return h.Getattr(ctx, out)
+	}
+	if a, ok := n.pendingAttr(); ok {
+		n.fill(a, &out.Attr)
+		return 0
+	}
 	a, err := n.fsys.src.Stat(ctx, n.rel())
 	if err != nil {
 		return Errno(err)
@@ -261,8 +294,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, Errno(err)
 	}
+	if n.fsys.osrc != nil && flags&writeFlags != 0 {
+		return n.objectOpenWrite(ctx, flags)
+	}
 	if !o.ReadOnly {
-		if flags&syscall.O_TRUNC != 0 {
+		if flags&syscall.O_TRUNC != 0 && n.fsys.wsrc != nil {
 			if err := n.fsys.wsrc.Truncate(ctx, n.rel(), 0); err != nil {
 				return nil, 0, Errno(err)
 			}

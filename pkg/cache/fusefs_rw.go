@@ -30,6 +30,9 @@ func (n *node) writable() (WritableSource, syscall.Errno) {
 	return n.fsys.wsrc, 0
 }
 
+// objects returns the object store of a read-write object-store dataset.
+func (n *node) objects() ObjectSource { return n.fsys.osrc }
+
 func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, *node, syscall.Errno) {
 	p := n.child(name)
 	a, err := n.fsys.src.Stat(ctx, p)
@@ -43,6 +46,9 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 
 // Create implements gofs.NodeCreater.
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if n.objects() != nil {
+		return n.objectCreate(ctx, name, flags, out)
+	}
 	ws, errno := n.writable()
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -71,6 +77,17 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 
 // Mkdir implements gofs.NodeMkdirer.
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if ob := n.objects(); ob != nil {
+		p := n.child(name)
+		if _, err := ob.Stat(ctx, p); err == nil {
+			return nil, syscall.EEXIST
+		}
+		if err := ob.Mkdir(ctx, p); err != nil {
+			return nil, Errno(err)
+		}
+		in, _, errno := n.newChild(ctx, name, out)
+		return in, errno
+	}
 	ws, errno := n.writable()
 	if errno != 0 {
 		return nil, errno
@@ -84,6 +101,15 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 
 // Unlink implements gofs.NodeUnlinker.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if ob := n.objects(); ob != nil {
+		p := n.child(name)
+		if _, err := ob.Stat(ctx, p); err != nil {
+			return Errno(err)
+		}
+		err := ob.RemoveFile(ctx, p)
+		n.fsys.cache.Evict(n.fsys.opts.Dataset, p)
+		return Errno(err)
+	}
 	ws, errno := n.writable()
 	if errno != 0 {
 		return errno
@@ -96,14 +122,16 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 
 // Rmdir implements gofs.NodeRmdirer.
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if ob := n.objects(); ob != nil {
+		return Errno(ob.RemoveDir(ctx, n.child(name)))
+	}
 	return n.Unlink(ctx, name)
 }
 
 // Rename implements gofs.NodeRenamer.
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	ws, errno := n.writable()
-	if errno != 0 {
-		return errno
+	if n.fsys.wsrc == nil && n.fsys.osrc == nil {
+		return syscall.EROFS
 	}
 	if flags != 0 {
 		return syscall.EINVAL // RENAME_EXCHANGE / NOREPLACE are not supported
@@ -112,15 +140,24 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok {
 		return syscall.EXDEV
 	}
+	if n.objects() != nil {
+		return n.objectRename(ctx, name, np, newName)
+	}
 	from, to := n.child(name), np.child(newName)
-	err := ws.Rename(ctx, from, to)
+	err := n.fsys.wsrc.Rename(ctx, from, to)
 	n.fsys.cache.Evict(n.fsys.opts.Dataset, from)
 	n.fsys.cache.Evict(n.fsys.opts.Dataset, to)
 	return Errno(err)
 }
 
 // Setattr implements gofs.NodeSetattrer: size changes only.
-func (n *node) Setattr(ctx context.Context, _ gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if sz, ok := in.GetSize(); ok && n.objects() != nil {
+		if errno := n.objectSetattr(ctx, fh, int64(sz)); errno != 0 {
+			return errno
+		}
+		return n.Getattr(ctx, fh, out)
+	}
 	if sz, ok := in.GetSize(); ok {
 		ws, errno := n.writable()
 		if errno != 0 {

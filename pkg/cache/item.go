@@ -187,10 +187,10 @@ func (it *Item) fetch(ctx context.Context, src Source, b int64) ([]byte, error) 
 		}
 		call = &fetchCall{done: make(chan struct{})}
 		it.inflight[b] = call
-		gen := it.gen
+		gen, fp := it.gen, it.fingerprint
 		it.busy.Add(1)
 		it.c.wg.Add(1) // Close waits for every fetch
-		go it.runFetch(src, b, gen, call)
+		go it.runFetch(src, b, gen, fp, call)
 	}
 	it.mu.Unlock()
 	select {
@@ -201,7 +201,7 @@ func (it *Item) fetch(ctx context.Context, src Source, b int64) ([]byte, error) 
 	}
 }
 
-func (it *Item) runFetch(src Source, b int64, gen uint64, call *fetchCall) {
+func (it *Item) runFetch(src Source, b int64, gen uint64, fingerprint string, call *fetchCall) {
 	defer it.c.wg.Done()
 	defer it.busy.Add(-1)
 	defer func() {
@@ -225,7 +225,13 @@ func (it *Item) runFetch(src Source, b int64, gen uint64, call *fetchCall) {
 	}
 	buf := make([]byte, bl)
 	start := time.Now()
-	n, err := src.ReadAt(c.ctx, it.name, buf, b*c.opts.BlockSize)
+	var n int
+	var err error
+	if vs, ok := src.(VersionedSource); ok {
+		n, err = vs.ReadAtVersion(c.ctx, it.name, fingerprint, buf, b*c.opts.BlockSize)
+	} else {
+		n, err = src.ReadAt(c.ctx, it.name, buf, b*c.opts.BlockSize)
+	}
 	c.latency.observe(time.Since(start))
 	c.sourceBytes.Add(int64(n))
 	it.ctr.sourceBytes.Add(int64(n))

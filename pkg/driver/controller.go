@@ -12,22 +12,25 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/cistern-csi/cistern/pkg/cache/s3"
 )
 
 // records returns where the volume records of a dataset live: inside a
 // read-write dataset (they travel with the data), in the controller's state
 // directory for a read-only one (the controller never writes into it).
-func (d *Driver) records(src Source, readOnly bool) recordStore {
+func (d *Driver) records(src Source, readOnly bool, ds dataset) records {
 	if readOnly {
-		return recordStore{dir: filepath.Join(d.opts.StateDir, "records", NameHash(src.String()))}
+		return ctxRecords{recordStore{dir: filepath.Join(d.opts.StateDir, "records", NameHash(src.String()))}}
 	}
-	return recordStore{dir: filepath.Join(src.Path, ReservedDir, "volumes")}
+	return ds.Records()
 }
 
 // CreateVolume turns dataset parameters into a volume: a sub-directory of
@@ -94,14 +97,17 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		CapacityBytes: capacity,
 		Created:       time.Now().UTC(),
 	}
-	ds := posixDataset{root: p.Source.Path}
-	if ok, err := ds.Exists(""); err != nil || !ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "dataset %s: source %s is not a reachable directory (err: %v)", p.Dataset, p.Source, err)
+	ds, err := d.openDataset(p.Source, req.GetSecrets())
+	if err != nil {
+		return nil, err
 	}
-	store := d.records(p.Source, p.ReadOnly())
+	if err := ds.CheckRoot(ctx); err != nil {
+		return nil, sourceStatus(err, p.Dataset, p.Source)
+	}
+	store := d.records(p.Source, p.ReadOnly(), ds)
 
 	d.recordsMu.Lock()
-	old, err := store.Get(id.NameHash)
+	old, err := store.Get(ctx, id.NameHash)
 	d.recordsMu.Unlock()
 	switch {
 	case err == nil && old.Fingerprint != rec.Fingerprint:
@@ -109,27 +115,27 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	case err == nil:
 		rec = old // idempotent retry: same volume, same answer
 	case !errors.Is(err, fs.ErrNotExist):
-		return nil, status.Errorf(codes.Internal, "read volume record: %v", err)
+		return nil, recordStatus("read", err)
 	}
 
 	if p.ReadOnly() {
-		ok, err := ds.Exists(sub)
+		ok, err := ds.Exists(ctx, sub)
 		if err != nil {
 			return nil, subPathStatus(err, p.Dataset, sub)
 		}
 		if !ok {
 			return nil, status.Errorf(codes.FailedPrecondition, "sub-directory %q of read-only dataset %s does not exist: the controller never writes into a read-only dataset, so it must already hold data", sub, p.Dataset)
 		}
-	} else if err := ds.MkdirAll(sub); err != nil {
+	} else if err := ds.MkdirAll(ctx, sub); err != nil {
 		return nil, subPathStatus(err, p.Dataset, sub)
 	}
 
 	if old == nil {
 		d.recordsMu.Lock()
-		err := store.Put(id.NameHash, rec)
+		err := store.Put(ctx, id.NameHash, rec)
 		d.recordsMu.Unlock()
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "write volume record: %v", err)
+			return nil, recordStatus("write", err)
 		}
 		logger.Info("Volume created", "volumeID", rec.VolumeID, "dataset", p.Dataset, "subPath", sub)
 	}
@@ -160,17 +166,20 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	}
 	defer d.volumeLocks.Release("id/" + req.GetVolumeId())
 
-	ds := posixDataset{root: id.Source.Path}
-	store := d.records(id.Source, id.ReadOnly)
+	ds, err := d.openDataset(id.Source, req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	store := d.records(id.Source, id.ReadOnly, ds)
 
 	d.recordsMu.Lock()
-	trashed, err := d.deleteLocked(ctx, id, req.GetVolumeId(), ds, store)
+	after, err := d.deleteLocked(ctx, id, req.GetVolumeId(), ds, store)
 	d.recordsMu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	if trashed {
-		if err := ds.EmptyTrash(); err != nil {
+	if after != nil {
+		if err := after(); err != nil {
 			// The volume is gone from its place; the trash is retried by
 			// the next delete.
 			logger.Error(err, "Emptying the dataset's trash failed", "dataset", id.Dataset)
@@ -179,28 +188,28 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
-// deleteLocked runs under recordsMu. It reports whether the sub-directory was
-// moved to the trash.
-func (d *Driver) deleteLocked(ctx context.Context, id VolumeID, rawID string, ds posixDataset, store recordStore) (bool, error) {
+// deleteLocked runs under recordsMu. It returns the clean-up to run
+// outside the lock (emptying the trash), if any.
+func (d *Driver) deleteLocked(ctx context.Context, id VolumeID, rawID string, ds dataset, store records) (func() error, error) {
 	logger := klog.FromContext(ctx)
-	rec, err := store.Get(id.NameHash)
+	rec, err := store.Get(ctx, id.NameHash)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Never created by us, or already deleted: never delete data
 		// without the record of the volume that owns it.
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, status.Errorf(codes.Internal, "read volume record: %v", err)
+		return nil, recordStatus("read", err)
 	}
 	if rec.VolumeID != rawID {
 		logger.Info("Volume record belongs to another volume ID; nothing deleted", "recordVolumeID", rec.VolumeID)
-		return false, nil
+		return nil, nil
 	}
-	trashed := false
+	var after func() error
 	if id.OnDelete != Retain && id.SubPath != "" {
-		all, err := store.List()
+		all, err := store.List(ctx)
 		if err != nil {
-			return false, status.Errorf(codes.Internal, "list volume records: %v", err)
+			return nil, recordStatus("list", err)
 		}
 		var sharers []string
 		for _, o := range all {
@@ -211,41 +220,40 @@ func (d *Driver) deleteLocked(ctx context.Context, id VolumeID, rawID string, ds
 		if len(sharers) > 0 {
 			sort.Strings(sharers)
 			logger.Info("Sub-directory retained: other volumes use it", "subPath", id.SubPath, "onDelete", id.OnDelete, "sharedWith", strings.Join(sharers, ","))
-		} else if trashed, err = d.removeData(ctx, id, ds); err != nil {
-			return false, err
+		} else if after, err = d.removeData(ctx, id, ds); err != nil {
+			return nil, err
 		}
 	}
-	if err := store.Delete(id.NameHash); err != nil {
-		return trashed, status.Errorf(codes.Internal, "delete volume record: %v", err)
+	if err := store.Delete(ctx, id.NameHash); err != nil {
+		return after, recordStatus("delete", err)
 	}
-	return trashed, nil
+	return after, nil
 }
 
 // removeData deletes or archives the volume's sub-directory. A directory that
 // is already gone is success.
-func (d *Driver) removeData(ctx context.Context, id VolumeID, ds posixDataset) (trashed bool, err error) {
+func (d *Driver) removeData(ctx context.Context, id VolumeID, ds dataset) (after func() error, err error) {
 	logger := klog.FromContext(ctx)
 	switch id.OnDelete {
 	case Delete:
-		err = ds.Trash(id.SubPath)
-		trashed = err == nil
+		after, err = ds.Remove(ctx, id.SubPath)
+		if err == nil {
+			logger.Info("Volume deleted", "subPath", id.SubPath)
+		}
 	case Archive:
 		var dst string
-		dst, err = ds.Archive(id.SubPath, time.Now())
+		dst, err = ds.Archive(ctx, id.SubPath, time.Now())
 		if err == nil {
 			logger.Info("Volume archived", "subPath", id.SubPath, "archive", dst)
 		}
 	}
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, subPathStatus(err, id.Dataset, id.SubPath)
+		return nil, subPathStatus(err, id.Dataset, id.SubPath)
 	}
-	if trashed {
-		logger.Info("Volume deleted", "subPath", id.SubPath)
-	}
-	return trashed, nil
+	return after, nil
 }
 
 // ValidateVolumeCapabilities confirms the capabilities a volume supports.
@@ -260,7 +268,11 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	if err != nil {
 		return nil, status.Errorf(codes.NotFound, "volume %s: %v", req.GetVolumeId(), err)
 	}
-	ok, err := posixDataset{root: id.Source.Path}.Exists(id.SubPath)
+	ds, err := d.openDataset(id.Source, req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	ok, err := ds.Exists(ctx, id.SubPath)
 	if err != nil {
 		return nil, subPathStatus(err, id.Dataset, id.SubPath)
 	}
@@ -421,6 +433,9 @@ func fingerprint(p *Params, sub string, r *csi.CapacityRange) string {
 
 // subPathStatus maps a sub-path operation's error to a gRPC status.
 func subPathStatus(err error, dataset, sub string) error {
+	if code, ok := storeCode(err); ok {
+		return status.Errorf(code, "dataset %s, sub-path %q: %v", dataset, sub, err)
+	}
 	switch {
 	case errors.Is(err, ErrEscapes), errors.Is(err, ErrInvalidSubPath):
 		return status.Errorf(codes.InvalidArgument, "dataset %s, sub-path %q: %v", dataset, sub, err)
@@ -428,4 +443,39 @@ func subPathStatus(err error, dataset, sub string) error {
 		return status.Errorf(codes.NotFound, "dataset %s, sub-path %q: %v", dataset, sub, err)
 	}
 	return status.Errorf(codes.Internal, "dataset %s, sub-path %q: %v", dataset, sub, err)
+}
+
+// storeCode maps an object store's errno to a gRPC code: refused
+// credentials are PermissionDenied, an unreachable or failing store is
+// Unavailable (the CO retries).
+func storeCode(err error) (codes.Code, bool) {
+	var se *s3.Error
+	if !errors.As(err, &se) {
+		return 0, false
+	}
+	switch se.Errno {
+	case syscall.EACCES:
+		return codes.PermissionDenied, true
+	case syscall.ENOENT:
+		return codes.NotFound, true
+	}
+	return codes.Unavailable, true
+}
+
+// sourceStatus is the error of a dataset root that cannot be reached.
+func sourceStatus(err error, dataset string, src Source) error {
+	code, ok := storeCode(err)
+	if !ok || code == codes.NotFound {
+		code = codes.FailedPrecondition
+	}
+	return status.Errorf(code, "dataset %s: source %s cannot be reached: %v", dataset, src.URL(), err)
+}
+
+// recordStatus is the error of a volume record operation.
+func recordStatus(op string, err error) error {
+	code, ok := storeCode(err)
+	if !ok || code == codes.NotFound {
+		code = codes.Internal
+	}
+	return status.Errorf(code, "%s volume record: %v", op, err)
 }

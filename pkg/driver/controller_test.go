@@ -180,7 +180,7 @@ func TestDeleteVolumeGuards(t *testing.T) {
 	}
 
 	// A volume ID without a record deletes nothing.
-	forged := VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("never"), Source: Source{"file", root}, SubPath: "team-a/rt"}
+	forged := VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("never"), Source: Source{Scheme: "file", Path: root}, SubPath: "team-a/rt"}
 	del(forged.String())
 	if !exists("team-a/rt/keep") {
 		t.Fatal("a forged volume ID deleted data")

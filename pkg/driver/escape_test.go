@@ -92,7 +92,7 @@ func TestEscapes(t *testing.T) {
 	src := "file://" + root
 	long := strings.Repeat("n", 4096)
 	forgedID := func(sub string) string {
-		return VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("x"), Source: Source{"file", root}, SubPath: sub}.String()
+		return VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("x"), Source: Source{Scheme: "file", Path: root}, SubPath: sub}.String()
 	}
 	staging := filepath.Join(t.TempDir(), "staging")
 	target := filepath.Join(t.TempDir(), "target")

@@ -231,6 +231,8 @@ func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, rea
 		return "", status.Errorf(codes.InvalidArgument, "dataset %s: %v", p.Dataset, err)
 	case cache.IsNotFound(err):
 		return "", status.Errorf(codes.NotFound, "dataset %s: %v", p.Dataset, err)
+	case cache.IsForbidden(err):
+		return "", status.Errorf(codes.PermissionDenied, "dataset %s: %v", p.Dataset, err)
 	}
 	return "", status.Errorf(codes.Unavailable, "dataset %s: %v", p.Dataset, err)
 }
@@ -391,14 +393,18 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 		return nil, status.Errorf(codes.NotFound, "volume %s: %v", req.GetVolumeId(), err)
 	}
 	health := &csi.VolumeHealth{VolumeId: req.GetVolumeId()}
-	dir, err := posixDataset{root: id.Source.Path}.OpenDir(id.SubPath)
-	if err != nil {
-		health.HealthStatuses = append(health.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
-			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reasonSourceMissing,
-			Message: fmt.Sprintf("dataset %s, sub-path %q: %v", id.Dataset, id.SubPath, err),
-		})
-	} else {
-		dir.Close()
+	// An object store is checked through the mounts below (the node has
+	// no credentials outside stage and publish).
+	if !id.Source.IsS3() {
+		dir, err := posixDataset{root: id.Source.Path}.OpenDir(id.SubPath)
+		if err != nil {
+			health.HealthStatuses = append(health.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
+				Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reasonSourceMissing,
+				Message: fmt.Sprintf("dataset %s, sub-path %q: %v", id.Dataset, id.SubPath, err),
+			})
+		} else {
+			dir.Close()
+		}
 	}
 	for _, p := range []string{req.GetStagingTargetPath(), req.GetVolumePublishPath()} {
 		if p == "" {

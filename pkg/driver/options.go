@@ -100,7 +100,12 @@ func (o *Options) Validate() error {
 // checkInlinePrefix accepts a prefix that is a source URL or a directory of
 // one (ending in '/').
 func checkInlinePrefix(p string) error {
-	if _, err := ParseSource(strings.TrimSuffix(p, "/")); err != nil {
+	base, query, hasQuery := strings.Cut(p, "?")
+	base = strings.TrimSuffix(base, "/")
+	if hasQuery {
+		base += "?" + query
+	}
+	if _, err := ParseSource(base); err != nil {
 		return fmt.Errorf("prefix %q: %w", p, err)
 	}
 	return nil
@@ -109,6 +114,16 @@ func checkInlinePrefix(p string) error {
 // inlineAllowed reports whether src is one of prefixes or lies under one, by
 // whole path segments.
 func inlineAllowed(src Source, prefixes []string) bool {
+	if src.IsS3() {
+		// Bucket, key prefix and endpoint must match: an inline volume
+		// must not make the node's daemon talk to a host of its choosing.
+		for _, p := range prefixes {
+			if src.S3.Under(p) {
+				return true
+			}
+		}
+		return false
+	}
 	s := src.String()
 	for _, p := range prefixes {
 		p = strings.TrimSuffix(p, "/")

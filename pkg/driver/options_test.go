@@ -48,8 +48,35 @@ func TestInlineAllowed(t *testing.T) {
 		"/exact/sub":                true,
 		"/exactly":                  false,
 	} {
-		if got := inlineAllowed(Source{"file", src}, prefixes); got != want {
+		if got := inlineAllowed(Source{Scheme: "file", Path: src}, prefixes); got != want {
 			t.Errorf("inlineAllowed(%s) = %t, want %t", src, got, want)
+		}
+	}
+}
+
+func TestInlineAllowedS3(t *testing.T) {
+	local := "?endpoint=http%3A%2F%2F127.0.0.1%3A9000"
+	o := Options{Endpoint: "unix:///tmp/x.sock", Mode: ModeNode, NodeID: "n", StateDir: "/tmp", CacheSocket: "/tmp/c.sock", UnmountTimeout: 1}
+	o.InlineSources = []string{"s3://public/" + local, "s3://aws-open/imagenet/"}
+	if err := o.Validate(); err != nil {
+		t.Fatalf("S3 prefixes refused: %v", err)
+	}
+	for raw, want := range map[string]bool{
+		"s3://public/x" + local:                                        true,
+		"s3://public" + local:                                          true,
+		"s3://public/x":                                                false, // AWS, not the allowed endpoint
+		"s3://public/x?endpoint=http%3A%2F%2Fevil":                     false,
+		"s3://aws-open/imagenet/train":                                 true,
+		"s3://aws-open/imagenet-2":                                     false,
+		"s3://aws-open/imagenet?region=eu-west-1":                      true, // the region does not change the host allowed
+		"s3://aws-open/imagenet?endpoint=http%3A%2F%2F169.254.169.254": false,
+	} {
+		src, err := ParseSource(raw)
+		if err != nil {
+			t.Fatalf("ParseSource(%q): %v", raw, err)
+		}
+		if got := inlineAllowed(src, o.InlineSources); got != want {
+			t.Errorf("inlineAllowed(%s) = %t, want %t", raw, got, want)
 		}
 	}
 }

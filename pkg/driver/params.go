@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/s3"
 )
 
 // Dataset parameter keys. The same keys serve StorageClass parameters and
@@ -23,14 +25,17 @@ const (
 	ParamPattern    = "accessPattern"
 	ParamMetaCache  = "metacache"
 	ParamWarmup     = "warmup"
+	// S3 connection keys (s3:// sources only).
+	ParamEndpoint   = "endpoint"
+	ParamRegion     = "region"
+	ParamAddressing = "addressing"
+	ParamAnonymous  = "anonymous"
 )
 
 // notYetSupported are keys the design defines that this build does not
 // implement. They are refused, never ignored: a user who sets one expects it
 // to change behaviour.
 var notYetSupported = map[string]bool{
-	"endpoint":       true,
-	"region":         true,
 	"cacheTiers":     true,
 	"cacheLow":       true,
 	"freeSpaceRatio": true,
@@ -73,16 +78,35 @@ const DefaultInlineSubPath = "${pod.namespace}"
 
 // Source is where a dataset's data lives.
 type Source struct {
-	// Scheme is "file" (the only one this build serves).
+	// Scheme is "file" or "s3".
 	Scheme string
 	// Path is the absolute, clean root of a file:// dataset on the node.
 	Path string
+	// S3 is an s3:// dataset's bucket, prefix and connection options.
+	S3 s3.Location
 }
 
-// String returns the canonical URL of the source. It never carries
-// credentials: a source URL with user information is refused by ParseSource.
+// IsS3 reports whether the source is an object store.
+func (s Source) IsS3() bool { return s.Scheme == "s3" }
+
+// String returns the canonical URL of the source, with an S3 source's
+// connection options (endpoint, region, addressing, anonymous) as a query:
+// it is what volume IDs and the cache daemon carry. It never carries
+// credentials: they are not part of a Source.
 func (s Source) String() string {
+	if s.IsS3() {
+		return s.S3.String()
+	}
 	return s.Scheme + "://" + s.Path
+}
+
+// URL is the source as a user writes it in the source parameter: without
+// the S3 connection options, which have their own parameters.
+func (s Source) URL() string {
+	if s.IsS3() {
+		return s.S3.Base()
+	}
+	return s.String()
 }
 
 // ParseSource parses and validates a dataset source URL.
@@ -95,11 +119,17 @@ func ParseSource(raw string) (Source, error) {
 	}
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
-		return Source{}, fmt.Errorf("%s %q is not a URL: want file:///path", ParamSource, raw)
+		return Source{}, fmt.Errorf("%s %q is not a URL: want file:///path or s3://bucket/prefix", ParamSource, raw)
 	}
 	switch scheme {
 	case "file":
-	case "s3", "juicefs":
+	case "s3":
+		loc, err := s3.ParseURL(raw)
+		if err != nil {
+			return Source{}, fmt.Errorf("%s: %w", ParamSource, err)
+		}
+		return Source{Scheme: scheme, S3: loc}, nil
+	case "juicefs":
 		return Source{}, fmt.Errorf("%s scheme %s:// is not supported yet", ParamSource, scheme)
 	default:
 		return Source{}, fmt.Errorf("%s scheme %q is unknown: want file://, s3:// or juicefs://", ParamSource, scheme)
@@ -150,7 +180,8 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 			continue
 		}
 		switch k {
-		case ParamDataset, ParamSource, ParamAccess, ParamSubPath, ParamShared, ParamCacheGroup, ParamOnDelete, ParamPattern, ParamMetaCache, ParamWarmup:
+		case ParamDataset, ParamSource, ParamAccess, ParamSubPath, ParamShared, ParamCacheGroup, ParamOnDelete, ParamPattern, ParamMetaCache, ParamWarmup,
+			ParamEndpoint, ParamRegion, ParamAddressing, ParamAnonymous:
 		default:
 			if notYetSupported[k] {
 				return nil, fmt.Errorf("parameter %q is not supported yet", k)
@@ -160,7 +191,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, access, accessPattern, subPath, shared, cacheGroup, onDelete, metacache, warmup)", unknown[0])
+		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, endpoint, region, addressing, anonymous, access, accessPattern, subPath, shared, cacheGroup, onDelete, metacache, warmup)", unknown[0])
 	}
 
 	p := &Params{Dataset: m[ParamDataset], CacheGroup: m[ParamCacheGroup]}
@@ -170,9 +201,15 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	if !dnsLabel.MatchString(p.Dataset) {
 		return nil, fmt.Errorf("parameter %s %q must be a DNS label (lower-case letters, digits and '-', at most 63)", ParamDataset, p.Dataset)
 	}
+	if strings.Contains(m[ParamSource], "?") {
+		return nil, fmt.Errorf("parameter %s %q must not have a query: S3 connection options are the parameters %s, %s, %s and %s", ParamSource, m[ParamSource], ParamEndpoint, ParamRegion, ParamAddressing, ParamAnonymous)
+	}
 	src, err := ParseSource(m[ParamSource])
 	if err != nil {
 		return nil, fmt.Errorf("parameter %w", err)
+	}
+	if err := applyS3Params(&src, m); err != nil {
+		return nil, err
 	}
 	p.Source = src
 
@@ -278,7 +315,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 func (p *Params) Context() map[string]string {
 	m := map[string]string{
 		ParamDataset:  p.Dataset,
-		ParamSource:   p.Source.String(),
+		ParamSource:   p.Source.URL(),
 		ParamAccess:   string(p.Access),
 		ParamSubPath:  p.SubPath,
 		ParamShared:   strconv.FormatBool(p.Shared),
@@ -286,6 +323,16 @@ func (p *Params) Context() map[string]string {
 	}
 	if p.CacheGroup != "" {
 		m[ParamCacheGroup] = p.CacheGroup
+	}
+	if l := p.Source.S3; p.Source.IsS3() {
+		for k, v := range map[string]string{ParamEndpoint: l.Endpoint, ParamRegion: l.Region, ParamAddressing: l.Addressing} {
+			if v != "" {
+				m[k] = v
+			}
+		}
+		if l.Anonymous {
+			m[ParamAnonymous] = "true"
+		}
 	}
 	if p.SmallFiles {
 		m[ParamPattern] = "small-files"
@@ -299,4 +346,30 @@ func (p *Params) Context() map[string]string {
 		m[ParamWarmup] = strings.Join(ws, ",")
 	}
 	return m
+}
+
+// applyS3Params sets an S3 source's connection options from their
+// parameters; they are refused for any other source.
+func applyS3Params(src *Source, m map[string]string) error {
+	for _, k := range []string{ParamEndpoint, ParamRegion, ParamAddressing, ParamAnonymous} {
+		if _, ok := m[k]; ok && !src.IsS3() {
+			return fmt.Errorf("parameter %s applies to s3:// sources only", k)
+		}
+	}
+	if !src.IsS3() {
+		return nil
+	}
+	l := &src.S3
+	l.Endpoint, l.Region, l.Addressing = m[ParamEndpoint], m[ParamRegion], m[ParamAddressing]
+	if v, ok := m[ParamAnonymous]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("parameter %s %q must be true or false", ParamAnonymous, v)
+		}
+		l.Anonymous = b
+	}
+	if err := l.CheckOptions(); err != nil {
+		return fmt.Errorf("parameter %w", err)
+	}
+	return nil
 }

@@ -193,11 +193,7 @@ func (c *Client) DirExists(ctx context.Context, rel string) (bool, error) {
 	defer cancel()
 	prefix := c.loc.DirKey(rel)
 	if prefix == "" {
-		ok, err := c.mc.BucketExists(ctx2, c.loc.Bucket)
-		if err != nil {
-			return false, c.fail(ctx, "HEAD", "", err)
-		}
-		return ok, nil
+		return c.BucketExists(ctx)
 	}
 	for obj := range c.mc.ListObjectsIter(ctx2, c.loc.Bucket, minio.ListObjectsOptions{Prefix: prefix, MaxKeys: 1}) {
 		if obj.Err != nil {
@@ -209,6 +205,17 @@ func (c *Client) DirExists(ctx context.Context, rel string) (bool, error) {
 		return false, c.fail(ctx, "LIST", prefix, err)
 	}
 	return false, nil
+}
+
+// BucketExists reports whether the location's bucket exists.
+func (c *Client) BucketExists(ctx context.Context) (bool, error) {
+	ctx2, cancel := c.deadline(ctx, 0)
+	defer cancel()
+	ok, err := c.mc.BucketExists(ctx2, c.loc.Bucket)
+	if err != nil {
+		return false, c.fail(ctx, "HEAD", "", err)
+	}
+	return ok, nil
 }
 
 // watchdog returns a context that is cancelled when no progress was made
