@@ -32,14 +32,17 @@ test: verify unit sanity fuzz demo-check bench-cache-smoke
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
 
-## sanity: csi-sanity against the real driver; prints the suite's summary.
+## sanity: csi-sanity against the real driver, once with a file:// dataset
+## and once with an s3:// dataset on a local S3 server; prints each summary.
 sanity:
 	@mkdir -p $(OUT)
-	@echo "== csi-sanity (log: $(OUT)/sanity.log)"
-	@$(GO) test -count=1 -v ./test/sanity/ -args -ginkgo.no-color > $(OUT)/sanity.log 2>&1; rc=$$?; \
-	  grep -E '^(Ran [0-9]+ of|SUCCESS!|FAIL!)|Passed \|' $(OUT)/sanity.log; \
-	  grep -E -A3 '^\[(FAIL|PANICKED)\]|^--- FAIL|mount left behind' $(OUT)/sanity.log | head -60; \
-	  tail -n 3 $(OUT)/sanity.log; exit $$rc
+	@for src in file s3; do \
+	  echo "== csi-sanity, $$src dataset (log: $(OUT)/sanity-$$src.log)"; \
+	  $(GO) test -count=1 -v ./test/sanity/ -args -source=$$src -ginkgo.no-color > $(OUT)/sanity-$$src.log 2>&1; rc=$$?; \
+	  grep -E '^(Ran [0-9]+ of|SUCCESS!|FAIL!)|Passed \|' $(OUT)/sanity-$$src.log; \
+	  grep -E -A3 '^\[(FAIL|PANICKED)\]|^--- FAIL|mount left behind|left in the dataset' $(OUT)/sanity-$$src.log | head -60; \
+	  if [ $$rc -ne 0 ]; then tail -n 3 $(OUT)/sanity-$$src.log; exit $$rc; fi; \
+	done
 
 ## fuzz: a short run of every fuzz target (FUZZTIME each).
 fuzz:

@@ -24,4 +24,14 @@ fi
 
 cd "$(dirname "$0")/.."
 go mod download
-echo "dependencies ready: $(go version)"
+
+# A real S3 server for the tests, the S3 demo and the benchmarks (about a
+# minute to build the first time). test/s3server finds it in $PATH or in
+# $(go env GOPATH)/bin.
+VERSITYGW_VERSION=v1.8.0
+gobin="$(go env GOBIN)"; [ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+if ! command -v versitygw >/dev/null && [ ! -x "$gobin/versitygw" ]; then
+  echo "installing versitygw $VERSITYGW_VERSION into $gobin"
+  go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+fi
+echo "dependencies ready: $(go version), versitygw $(command -v versitygw || echo "$gobin/versitygw")"
