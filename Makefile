@@ -15,15 +15,19 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 ## demo: real mounts, a generated dataset, the real driver; needs root.
+## SOURCE=s3 puts the datasets on a local S3 server (versitygw) instead.
+SOURCE ?= file
 demo: build
-	$(BIN)/cistern demo
+	$(BIN)/cistern demo --source $(SOURCE)
 
-## demo-check: the demo as a test: it exits non-zero if any check fails or a
-## mount is left behind.
+## demo-check: the demo as a test, with both sources: it fails if any check
+## fails or a mount is left behind.
 demo-check: build
 	@mkdir -p $(OUT)
-	@$(BIN)/cistern demo > $(OUT)/demo.log 2>&1 || { cat $(OUT)/demo.log; exit 1; }
-	@sed -n '/== Summary/,$$p' $(OUT)/demo.log
+	@for src in file s3; do \
+	  $(BIN)/cistern demo --source $$src > $(OUT)/demo-$$src.log 2>&1 || { cat $(OUT)/demo-$$src.log; exit 1; }; \
+	  echo "== demo, $$src source"; sed -n '/== Summary/,$$p' $(OUT)/demo-$$src.log; \
+	done
 	@! grep cistern /proc/mounts
 
 ## test: everything CI runs (needs root for real mounts).

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,15 +25,20 @@ type demoOptions struct {
 	WorkDir   string
 	CSIBinary string
 	Keep      bool
+	Source    string // file or s3
 }
 
 func (o *demoOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.WorkDir, "work-dir", "", "directory for the dataset, sockets and mounts (default: a new temporary directory)")
 	fs.StringVar(&o.CSIBinary, "csi-binary", "", "path of cistern-csi (default: next to this binary)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the work directory (datasets and driver log) at the end")
+	fs.StringVar(&o.Source, "source", "file", "where the datasets live: file (local directories) or s3 (a local S3 server, versitygw)")
 }
 
 func (o *demoOptions) Validate() error {
+	if o.Source != "file" && o.Source != "s3" {
+		return fmt.Errorf("--source %q: want file or s3", o.Source)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("the demo makes real bind mounts and needs root (run: sudo make demo)")
 	}
@@ -76,13 +80,15 @@ type demo struct {
 	pubs      []podVolume
 	volumes   map[string]string // "ns/pvc" -> volume ID
 	publishD  []time.Duration
+	store     *demoStore // the S3 server, with --source=s3
+	dirs      map[string]string
 }
 
 func (d *demo) say(format string, a ...any) { fmt.Fprintf(d.out, format+"\n", a...) }
 
 func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 	start := time.Now()
-	d := &demo{out: out, staged: map[string]string{}, volumes: map[string]string{}, contexts: map[string]map[string]string{}, modes: map[string]csi.VolumeCapability_AccessMode_Mode{}}
+	d := &demo{out: out, dirs: map[string]string{}, staged: map[string]string{}, volumes: map[string]string{}, contexts: map[string]map[string]string{}, modes: map[string]csi.VolumeCapability_AccessMode_Mode{}}
 	d.work = o.WorkDir
 	if d.work == "" {
 		if d.work, err = os.MkdirTemp("", "cistern-demo-"); err != nil {
@@ -113,6 +119,13 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 		return fmt.Errorf("generate datasets: %w", err)
 	}
 	d.say("-- generated datasets: %d files, %d MiB (research: one tree per namespace; public: shared reference data)", n, size>>20)
+	d.dirs = map[string]string{"research": research, "features": features, "public": public}
+	if o.Source == "s3" {
+		if d.store, err = startDemoStore(ctx, filepath.Join(d.work, "s3"), d.dirs); err != nil {
+			return err
+		}
+		d.say("-- S3 server versitygw (pid %d) on %s: bucket %s, %d objects uploaded", d.store.srv.PID(), d.store.srv.Endpoint, demoBucket, d.store.uploaded)
+	}
 
 	if err := d.startDriver(ctx, o.CSIBinary); err != nil {
 		return err
@@ -120,8 +133,8 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 
 	// The StorageClasses, as a platform team would write them.
 	classes := map[string]map[string]string{
-		"research-ro": {"dataset": "research", "source": "file://" + research, "access": "read-only", "subPath": "${pvc.namespace}"},
-		"features-rw": {"dataset": "features", "source": "file://" + features, "access": "read-write", "onDelete": "delete"},
+		"research-ro": d.sourceParams("research", map[string]string{"dataset": "research", "access": "read-only", "subPath": "${pvc.namespace}"}),
+		"features-rw": d.sourceParams("features", map[string]string{"dataset": "features", "access": "read-write", "onDelete": "delete"}),
 	}
 	d.say("-- StorageClass research-ro: %v", classes["research-ro"])
 	d.say("-- StorageClass features-rw: %v", classes["features-rw"])
@@ -143,6 +156,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 				Name:               fmt.Sprintf("pvc-%s-%s", ns, pvc.name),
 				Parameters:         params,
 				VolumeCapabilities: []*csi.VolumeCapability{capability(mode)},
+				Secrets:            d.secrets(),
 			})
 			if err != nil {
 				return fmt.Errorf("CreateVolume %s/%s: %w", ns, pvc.name, err)
@@ -166,7 +180,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 		}
 	}
 	// One inline ephemeral volume of the shared public dataset.
-	if err := d.publishInline(ctx, "quant-b", "pod-2", public); err != nil {
+	if err := d.publishInline(ctx, "quant-b", "pod-2"); err != nil {
 		return err
 	}
 
@@ -206,9 +220,10 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 	if err := d.teardownVolumes(ctx); err != nil {
 		return err
 	}
-	_, statErr := os.Stat(filepath.Join(features, "quant-a", "features"))
-	deleted := errors.Is(statErr, fs.ErrNotExist)
-	kept, _ := countFiles(filepath.Join(research, "quant-a"))
+	deleted, kept, err := d.afterDelete()
+	if err != nil {
+		return err
+	}
 	checks = append(checks,
 		check{"features volume deleted with onDelete=delete", deleted},
 		check{"research data retained (read-only dataset)", kept > 0})
@@ -224,7 +239,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) (err error) {
 
 	slices.Sort(d.publishD)
 	d.say("\n== Summary")
-	d.say("   datasets: research (read-only, per namespace), features (read-write, per PVC), public (shared, inline)")
+	d.say("   datasets (%s): research (read-only, per namespace), features (read-write, per PVC), public (shared, inline)", o.Source)
 	d.say("   volumes: %d created, %d staged, %d published (one inline); NodePublishVolume p50 %s, max %s",
 		nVolumes, nVolumes, nPublished, d.publishD[len(d.publishD)/2].Round(time.Microsecond), d.publishD[len(d.publishD)-1].Round(time.Microsecond))
 	failed := 0
@@ -261,6 +276,10 @@ func capability(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability
 func (d *demo) startDriver(ctx context.Context, csiBin string) error {
 	cacheBin := filepath.Join(filepath.Dir(csiBin), "cistern-cache")
 	cacheSock := filepath.Join(d.work, "cache.sock")
+	inline := "file://" + filepath.Join(d.work, "datasets") + "/"
+	if d.store != nil {
+		inline = d.store.location("public").String()
+	}
 	var err error
 	d.cacheProc, err = startProc(ctx, "cistern-cache", cacheBin, filepath.Join(d.work, "cistern-cache.log"), cacheSock,
 		"--socket="+cacheSock, "--state-dir="+filepath.Join(d.work, "cache-state"),
@@ -273,7 +292,7 @@ func (d *demo) startDriver(ctx context.Context, csiBin string) error {
 	sock := filepath.Join(d.work, "csi.sock")
 	d.csiProc, err = startProc(ctx, "cistern-csi", csiBin, filepath.Join(d.work, "cistern-csi.log"), sock,
 		"--mode=all", "--endpoint=unix://"+sock, "--node-id=demo-node", "--cache-socket="+cacheSock,
-		"--state-dir="+filepath.Join(d.work, "state"), "--inline-sources=file://"+filepath.Join(d.work, "datasets")+"/",
+		"--state-dir="+filepath.Join(d.work, "state"), "--inline-sources="+inline,
 		"--v=2", "--logtostderr")
 	if err != nil {
 		return err

@@ -26,6 +26,7 @@ func (d *demo) stage(ctx context.Context, v *csi.Volume, mode csi.VolumeCapabili
 	staging := filepath.Join(d.work, "kubelet", "staging", driver.NameHash(v.VolumeId))
 	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
 		VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: capability(mode), VolumeContext: v.VolumeContext,
+		Secrets: d.secrets(),
 	}); err != nil {
 		return fmt.Errorf("NodeStageVolume %s: %w", v.VolumeId, err)
 	}
@@ -53,16 +54,16 @@ func (d *demo) publish(ctx context.Context, ns, pod, pvc string) error {
 }
 
 // publishInline publishes an ephemeral inline volume of the shared dataset.
-func (d *demo) publishInline(ctx context.Context, ns, pod, public string) error {
+func (d *demo) publishInline(ctx context.Context, ns, pod string) error {
 	target := filepath.Join(d.work, "kubelet", "pods", ns+"-"+pod, "volumes", "public")
 	id := "csi-inline-" + ns + "-" + pod
-	attrs := map[string]string{
-		"dataset": "public", "source": "file://" + public, "shared": "true",
+	attrs := d.sourceParams("public", map[string]string{
+		"dataset": "public", "shared": "true",
 		driver.MetaEphemeral: "true", driver.MetaPodNamespace: ns, "csi.storage.k8s.io/pod.name": pod,
-	}
+	})
 	d.say("-- inline volume for %s/%s: %v", ns, pod, attrs)
 	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
-		VolumeId: id, TargetPath: target, VolumeContext: attrs,
+		VolumeId: id, TargetPath: target, VolumeContext: attrs, Secrets: d.secrets(),
 		VolumeCapability: capability(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY),
 	}); err != nil {
 		return fmt.Errorf("NodePublishVolume inline %s/%s: %w", ns, pod, err)
@@ -296,7 +297,7 @@ func (d *demo) teardownVolumes(ctx context.Context) error {
 		delete(d.staged, id)
 	}
 	for key, id := range d.volumes {
-		if _, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		if _, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: d.secrets()}); err != nil {
 			return fmt.Errorf("DeleteVolume %s: %w", key, err)
 		}
 		delete(d.volumes, key)
@@ -315,6 +316,9 @@ func (d *demo) teardown() error {
 		cancel()
 	}
 	errs = append(errs, d.stopDriver())
+	if d.store != nil {
+		errs = append(errs, d.store.srv.Stop())
+	}
 	m := mounter.New()
 	refs, err := mounter.MountRefs(m, d.work)
 	errs = append(errs, err)
