@@ -56,6 +56,9 @@ type FS struct {
 	// read never does).
 	Reads       atomic.Int64
 	Passthrough atomic.Int64 // opens served with passthrough
+	// CachedOpen counts open handles that read through the page cache
+	// (RELEASE arrives after close(2) returns: the count lags).
+	CachedOpen atomic.Int64
 }
 
 // Mount serves src at dir through cache. The caller calls Unmount.
@@ -124,6 +127,10 @@ type node struct {
 	mu     sync.Mutex
 	attr   Attr          // guarded by mu; last attributes seen
 	upload *uploadHandle // guarded by mu; the latest write handle (object stores)
+	// Open handles of a read-only dataset by kind: the kernel refuses
+	// (EIO) a passthrough open while the inode is open through its page
+	// cache, and a cached open while it is open in passthrough.
+	cachedOpens, passthroughOpens int // guarded by mu
 }
 
 var (
@@ -306,13 +313,33 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		}
 		return &handle{n: n}, fuse.FOPEN_DIRECT_IO, 0
 	}
-	if o.Passthrough {
+	n.mu.Lock()
+	cached, pt := n.cachedOpens, n.passthroughOpens
+	n.mu.Unlock()
+	// The kernel refuses a passthrough open while the inode is open
+	// through its page cache: a complete file opens in passthrough only
+	// when no cached handle is open (the count lags behind close(2), so
+	// this errs on the safe side).
+	if o.Passthrough && cached == 0 {
 		if f := n.fsys.cache.CompleteFile(o.Dataset, n.rel(), a); f != nil {
 			n.fsys.Passthrough.Add(1)
-			return &passthroughHandle{f: f, fsys: n.fsys}, fuse.FOPEN_KEEP_CACHE, 0
+			n.mu.Lock()
+			n.passthroughOpens++
+			n.mu.Unlock()
+			return &passthroughHandle{f: f, n: n}, fuse.FOPEN_KEEP_CACHE, 0
+		}
+		if pt > 0 {
+			// Complete a moment ago and now evicted: the open
+			// passthrough handles keep the kernel in passthrough
+			// mode, so a cached open would fail.
+			return nil, 0, syscall.EAGAIN
 		}
 	}
-	return &handle{n: n}, fuse.FOPEN_KEEP_CACHE, 0
+	n.mu.Lock()
+	n.cachedOpens++
+	n.mu.Unlock()
+	n.fsys.CachedOpen.Add(1)
+	return &handle{n: n, counted: true}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // Flush implements gofs.NodeFlusher. Nothing is buffered (writes reach the
@@ -353,13 +380,15 @@ func (n *node) read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 
 // handle is an open file served by the daemon.
 type handle struct {
-	n *node
+	n       *node
+	counted bool // counted in n.cachedOpens
 }
 
 var (
-	_ gofs.FileReader  = (*handle)(nil)
-	_ gofs.FileWriter  = (*handle)(nil)
-	_ gofs.FileFlusher = (*handle)(nil)
+	_ gofs.FileReader   = (*handle)(nil)
+	_ gofs.FileWriter   = (*handle)(nil)
+	_ gofs.FileFlusher  = (*handle)(nil)
+	_ gofs.FileReleaser = (*handle)(nil)
 )
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -383,10 +412,21 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 // Flush has nothing buffered: writes reach the source before Write returns.
 func (h *handle) Flush(context.Context) syscall.Errno { return 0 }
 
+// Release implements gofs.FileReleaser.
+func (h *handle) Release(context.Context) syscall.Errno {
+	if h.counted {
+		h.n.mu.Lock()
+		h.n.cachedOpens--
+		h.n.mu.Unlock()
+		h.n.fsys.CachedOpen.Add(-1)
+	}
+	return 0
+}
+
 // passthroughHandle is a fully cached file the kernel reads directly.
 type passthroughHandle struct {
-	f    *os.File
-	fsys *FS
+	f *os.File
+	n *node
 }
 
 var (
@@ -399,7 +439,7 @@ func (h *passthroughHandle) PassthroughFd() (int, bool) { return int(h.f.Fd()), 
 
 // Read serves kernels without passthrough from the complete cache file.
 func (h *passthroughHandle) Read(_ context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	h.fsys.Reads.Add(1)
+	h.n.fsys.Reads.Add(1)
 	n, err := h.f.ReadAt(dest, off)
 	if err != nil && err != io.EOF {
 		return nil, Errno(err)
@@ -409,5 +449,8 @@ func (h *passthroughHandle) Read(_ context.Context, dest []byte, off int64) (fus
 
 func (h *passthroughHandle) Release(context.Context) syscall.Errno {
 	h.f.Close()
+	h.n.mu.Lock()
+	h.n.passthroughOpens--
+	h.n.mu.Unlock()
 	return 0
 }

@@ -112,6 +112,13 @@ func TestPassthroughTakesEffect(t *testing.T) {
 	// Drop the kernel's page cache of the file so the next read must go
 	// somewhere: to the backing file (passthrough) or to the daemon.
 	dropPageCache(t, filepath.Join(mnt, "f"))
+	// A complete file opens in passthrough once no cached handle is
+	// open; RELEASE of the last one arrives after close(2) returned.
+	for deadline := time.Now().Add(5 * time.Second); fsys.CachedOpen.Load() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d cached handles still open 5s after every file was closed", fsys.CachedOpen.Load())
+		}
+	}
 	before := fsys.Reads.Load()
 	f, err := os.Open(filepath.Join(mnt, "f"))
 	if err != nil {

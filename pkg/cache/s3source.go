@@ -52,19 +52,27 @@ type S3 struct {
 	ttl     time.Duration
 	started time.Time // directories' modification time
 
-	mu   sync.Mutex
-	dirs map[string]*dirListing // guarded by mu
+	mu      sync.Mutex
+	dirs    map[string]*dirListing   // guarded by mu
+	listing map[string]chan struct{} // guarded by mu; directories being listed for a lookup
 }
 
 type dirListing struct {
-	at      time.Time
-	entries map[string]Attr
+	at       time.Time
+	entries  map[string]Attr
+	complete bool // every entry is there: a name not in it does not exist
 }
+
+// lookupListing is how many entries a lookup lists of its directory: one
+// request answers the lookups of up to that many siblings (a data loader
+// opening the files of a directory one by one), where a HEAD per file
+// would cost one request each.
+const lookupListing = 1000
 
 // NewS3 returns a source for the client's location; listings are trusted
 // for ttl (0: never).
 func NewS3(c *s3.Client, ttl time.Duration) *S3 {
-	return &S3{c: c, ttl: ttl, started: time.Now(), dirs: map[string]*dirListing{}}
+	return &S3{c: c, ttl: ttl, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]chan struct{}{}}
 }
 
 var (
@@ -86,7 +94,7 @@ func (s *S3) fileAttr(o s3.Object) Attr {
 }
 
 // cached returns the listing of dir if it is fresh.
-func (s *S3) cached(dir string) map[string]Attr {
+func (s *S3) cached(dir string) *dirListing {
 	if s.ttl <= 0 {
 		return nil
 	}
@@ -96,7 +104,65 @@ func (s *S3) cached(dir string) map[string]Attr {
 	if l == nil || time.Since(l.at) > s.ttl {
 		return nil
 	}
-	return l.entries
+	return l
+}
+
+// listForLookup lists up to lookupListing entries of dir, once however
+// many lookups ask at the same time, and keeps the listing.
+func (s *S3) listForLookup(ctx context.Context, dir string) *dirListing {
+	for {
+		if l := s.cached(dir); l != nil {
+			return l
+		}
+		s.mu.Lock()
+		busy := s.listing[dir]
+		if busy == nil {
+			busy = make(chan struct{})
+			s.listing[dir] = busy
+			s.mu.Unlock()
+			objs, complete, err := s.c.ListUpTo(ctx, dir, lookupListing)
+			if err == nil {
+				s.keep(dir, objs, complete)
+			}
+			s.mu.Lock()
+			delete(s.listing, dir)
+			close(busy)
+			s.mu.Unlock()
+			if err != nil {
+				return nil // the lookup asks the store itself
+			}
+			continue
+		}
+		s.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// keep stores a listing of dir and returns its entries.
+func (s *S3) keep(dir string, objs []s3.Object, complete bool) []Entry {
+	out := make([]Entry, 0, len(objs))
+	ents := make(map[string]Attr, len(objs))
+	for _, o := range objs {
+		a := s.dirAttr()
+		if !o.Dir {
+			a = s.fileAttr(o)
+		}
+		out = append(out, Entry{Name: o.Name, Attr: a})
+		ents[o.Name] = a
+	}
+	if s.ttl > 0 {
+		s.mu.Lock()
+		if len(s.dirs) > 65536 {
+			clear(s.dirs)
+		}
+		s.dirs[dir] = &dirListing{at: time.Now(), entries: ents, complete: complete}
+		s.mu.Unlock()
+	}
+	return out
 }
 
 // forget drops the listings a change to name makes stale: its parent's,
@@ -125,11 +191,15 @@ func (s *S3) Stat(ctx context.Context, name string) (Attr, error) {
 	if name == "" {
 		return s.dirAttr(), nil
 	}
-	if ents := s.cached(parentDir(name)); ents != nil {
-		if a, ok := ents[path.Base(name)]; ok {
-			return a, nil
+	if s.ttl > 0 {
+		if l := s.listForLookup(ctx, parentDir(name)); l != nil {
+			if a, ok := l.entries[path.Base(name)]; ok {
+				return a, nil
+			}
+			if l.complete {
+				return Attr{}, &fs.PathError{Op: "stat", Path: name, Err: syscall.ENOENT}
+			}
 		}
-		return Attr{}, &fs.PathError{Op: "stat", Path: name, Err: syscall.ENOENT}
 	}
 	o, err := s.c.Stat(ctx, name)
 	if err == nil {
@@ -165,25 +235,7 @@ func (s *S3) List(ctx context.Context, dir string) ([]Entry, error) {
 			return nil, &fs.PathError{Op: "readdir", Path: dir, Err: syscall.ENOENT}
 		}
 	}
-	out := make([]Entry, 0, len(objs))
-	ents := make(map[string]Attr, len(objs))
-	for _, o := range objs {
-		a := s.dirAttr()
-		if !o.Dir {
-			a = s.fileAttr(o)
-		}
-		out = append(out, Entry{Name: o.Name, Attr: a})
-		ents[o.Name] = a
-	}
-	if s.ttl > 0 {
-		s.mu.Lock()
-		if len(s.dirs) > 65536 {
-			clear(s.dirs)
-		}
-		s.dirs[dir] = &dirListing{at: time.Now(), entries: ents}
-		s.mu.Unlock()
-	}
-	return out, nil
+	return s.keep(dir, objs, true), nil
 }
 
 // ReadAt implements Source (an unconditional read).

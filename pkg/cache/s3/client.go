@@ -239,17 +239,30 @@ func stalled(ctx context.Context, err error) error {
 // file names (empty segments, ".", "..") are skipped and logged; a name that
 // is both an object and a prefix is shown as the directory.
 func (c *Client) List(ctx context.Context, rel string) ([]Object, error) {
+	out, _, err := c.ListUpTo(ctx, rel, 0)
+	return out, err
+}
+
+// ListUpTo is List stopped after max entries (0: no limit); complete says
+// whether the listing has every entry.
+func (c *Client) ListUpTo(ctx context.Context, rel string, max int) (out []Object, complete bool, err error) {
 	prefix := c.loc.DirKey(rel)
 	// A long listing is many pages: it may take as long as it makes
 	// progress.
 	ctx2, step, cancel := c.watchdog(ctx)
 	defer cancel()
-	var out []Object
 	dirs := map[string]bool{}
 	files := map[string]int{}
-	for obj := range c.mc.ListObjectsIter(ctx2, c.loc.Bucket, minio.ListObjectsOptions{Prefix: prefix}) {
+	opts := minio.ListObjectsOptions{Prefix: prefix}
+	if max > 0 {
+		opts.MaxKeys = min(max+1, 1000)
+	}
+	for obj := range c.mc.ListObjectsIter(ctx2, c.loc.Bucket, opts) {
 		if obj.Err != nil {
-			return nil, c.fail(ctx, "LIST", prefix, stalled(ctx2, obj.Err))
+			return nil, false, c.fail(ctx, "LIST", prefix, stalled(ctx2, obj.Err))
+		}
+		if max > 0 && len(out) >= max {
+			return out, false, nil // there is more
 		}
 		step()
 		name := strings.TrimPrefix(obj.Key, prefix)
@@ -277,7 +290,7 @@ func (c *Client) List(ctx context.Context, rel string) ([]Object, error) {
 			out = append(out, Object{Name: name, Size: obj.Size, ETag: obj.ETag, Mtime: obj.LastModified})
 		}
 	}
-	return out, nil
+	return out, true, nil
 }
 
 // ReadAt reads len(p) bytes of rel at off with one ranged GET. A non-empty
