@@ -188,9 +188,6 @@ func (r *MountRequest) validate() error {
 		}
 		return nil
 	}
-	if len(r.Secrets) > 0 {
-		return errors.New("a file:// source takes no secrets")
-	}
 	p := strings.TrimPrefix(r.Source, "file://")
 	if path.Clean(p) != p {
 		return fmt.Errorf("source %q is not clean", r.Source)
