@@ -130,9 +130,13 @@ func TestDaemonMountsEachDatasetOnce(t *testing.T) {
 
 	// Bad requests name the problem.
 	bad := r1
-	bad.Holder, bad.Source = "volume:x", "s3://bucket"
-	if _, err := cl.Mount(ctx, bad); !IsBadRequest(err) || !strings.Contains(err.Error(), "file://") {
-		t.Fatalf("s3 source: %v, want a bad request naming file://", err)
+	bad.Holder, bad.Source = "volume:x", "juicefs://vol"
+	if _, err := cl.Mount(ctx, bad); !IsBadRequest(err) || !strings.Contains(err.Error(), "file:// and s3://") {
+		t.Fatalf("juicefs source: %v, want a bad request naming the served schemes", err)
+	}
+	bad.Source = "s3://Bad_Bucket"
+	if _, err := cl.Mount(ctx, bad); !IsBadRequest(err) || !strings.Contains(err.Error(), "bucket") {
+		t.Fatalf("bad s3 source: %v, want a bad request naming the bucket", err)
 	}
 	missing := r1
 	missing.Holder, missing.Source = "volume:y", "file://"+root+"/nope"
