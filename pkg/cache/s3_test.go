@@ -391,3 +391,31 @@ func TestDaemonS3(t *testing.T) {
 		}
 	}
 }
+
+// TestS3ListingAnswersLookups: a lookup lists its directory once and its
+// siblings cost no request; a name created since is still found (a
+// listing never answers "does not exist").
+func TestS3ListingAnswersLookups(t *testing.T) {
+	e := newS3Env(t)
+	src := e.source(t, s3.Config{}, time.Hour)
+	ctx := context.Background()
+	a, err := src.Stat(ctx, "day-00/sym-0.csv")
+	if err != nil || a.Size != int64(len(e.files["day-00/sym-0.csv"])) || a.ETag == "" {
+		t.Fatalf("Stat = %+v, %v", a, err)
+	}
+	e.srv.Freeze() // siblings must come from the listing now
+	for _, n := range []string{"day-00/sym-5.csv", "day-00/sym-10.csv"} {
+		if a, err := src.Stat(ctx, n); err != nil || a.Size != int64(len(e.files[n])) {
+			e.srv.Thaw()
+			t.Fatalf("Stat(%s) from the listing = %+v, %v", n, a, err)
+		}
+	}
+	e.srv.Thaw()
+	e.put(t, "day-00/new.csv", []byte("arrived later"))
+	if a, err := src.Stat(ctx, "day-00/new.csv"); err != nil || a.Size != 13 {
+		t.Errorf("a name created after the listing: %+v, %v", a, err)
+	}
+	if _, err := src.Stat(ctx, "day-00/never.csv"); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("a missing name: %v, want ENOENT", err)
+	}
+}

@@ -58,9 +58,8 @@ type S3 struct {
 }
 
 type dirListing struct {
-	at       time.Time
-	entries  map[string]Attr
-	complete bool // every entry is there: a name not in it does not exist
+	at      time.Time
+	entries map[string]Attr // may be the first lookupListing entries only
 }
 
 // lookupListing is how many entries a lookup lists of its directory: one
@@ -120,9 +119,9 @@ func (s *S3) listForLookup(ctx context.Context, dir string) *dirListing {
 			busy = make(chan struct{})
 			s.listing[dir] = busy
 			s.mu.Unlock()
-			objs, complete, err := s.c.ListUpTo(ctx, dir, lookupListing)
+			objs, _, err := s.c.ListUpTo(ctx, dir, lookupListing)
 			if err == nil {
-				s.keep(dir, objs, complete)
+				s.keep(dir, objs)
 			}
 			s.mu.Lock()
 			delete(s.listing, dir)
@@ -143,7 +142,7 @@ func (s *S3) listForLookup(ctx context.Context, dir string) *dirListing {
 }
 
 // keep stores a listing of dir and returns its entries.
-func (s *S3) keep(dir string, objs []s3.Object, complete bool) []Entry {
+func (s *S3) keep(dir string, objs []s3.Object) []Entry {
 	out := make([]Entry, 0, len(objs))
 	ents := make(map[string]Attr, len(objs))
 	for _, o := range objs {
@@ -159,7 +158,7 @@ func (s *S3) keep(dir string, objs []s3.Object, complete bool) []Entry {
 		if len(s.dirs) > 65536 {
 			clear(s.dirs)
 		}
-		s.dirs[dir] = &dirListing{at: time.Now(), entries: ents, complete: complete}
+		s.dirs[dir] = &dirListing{at: time.Now(), entries: ents}
 		s.mu.Unlock()
 	}
 	return out
@@ -191,13 +190,14 @@ func (s *S3) Stat(ctx context.Context, name string) (Attr, error) {
 	if name == "" {
 		return s.dirAttr(), nil
 	}
+	// A listing answers "it exists"; "it does not" is always asked of
+	// the store, because a name that appeared since (a volume the
+	// controller just created, say) must be found. The kernel keeps
+	// negative answers for at most a second.
 	if s.ttl > 0 {
 		if l := s.listForLookup(ctx, parentDir(name)); l != nil {
 			if a, ok := l.entries[path.Base(name)]; ok {
 				return a, nil
-			}
-			if l.complete {
-				return Attr{}, &fs.PathError{Op: "stat", Path: name, Err: syscall.ENOENT}
 			}
 		}
 	}
@@ -235,7 +235,7 @@ func (s *S3) List(ctx context.Context, dir string) ([]Entry, error) {
 			return nil, &fs.PathError{Op: "readdir", Path: dir, Err: syscall.ENOENT}
 		}
 	}
-	return s.keep(dir, objs, true), nil
+	return s.keep(dir, objs), nil
 }
 
 // ReadAt implements Source (an unconditional read).
