@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -255,6 +256,8 @@ type Daemon struct {
 	stop     context.CancelFunc
 	wg       sync.WaitGroup // mount-time warm-ups
 
+	metricsAddr atomic.Value // string: where metrics are served, once listening
+
 	mu       sync.Mutex
 	datasets map[string]*mounted      // guarded by mu; by key
 	mounting map[string]chan struct{} // guarded by mu; keys being mounted, closed when done
@@ -287,6 +290,13 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// MetricsAddr returns the address metrics are served on ("" until Run
+// listens; useful with --metrics-address=127.0.0.1:0).
+func (d *Daemon) MetricsAddr() string {
+	a, _ := d.metricsAddr.Load().(string)
+	return a
 }
 
 // Cache returns the daemon's cache (for tests and metrics).
@@ -628,6 +638,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			srv.Close()
 			return fmt.Errorf("metrics listener: %w", err)
 		}
+		d.metricsAddr.Store(ml.Addr().String())
 		msrv = &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- msrv.Serve(ml) }()
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,14 +17,8 @@ func startDaemon(t *testing.T, grace time.Duration) (*Daemon, *Client, string) {
 	t.Helper()
 	requireFUSE(t)
 	state := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
 	d, err := NewDaemon(DaemonOptions{
-		Socket: filepath.Join(state, "cache.sock"), StateDir: state, MetricsAddr: addr,
+		Socket: filepath.Join(state, "cache.sock"), StateDir: state, MetricsAddr: "127.0.0.1:0",
 		Tiers: "mem:64Mi,disk:" + filepath.Join(state, "disk") + ":256Mi", BlockSize: testBlock, Grace: grace,
 	})
 	if err != nil {
@@ -44,14 +37,14 @@ func startDaemon(t *testing.T, grace time.Duration) (*Daemon, *Client, string) {
 		}
 	})
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, err := os.Stat(filepath.Join(state, "cache.sock")); err == nil {
+		if _, err := os.Stat(filepath.Join(state, "cache.sock")); err == nil && d.MetricsAddr() != "" {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("daemon socket did not appear")
 		}
 	}
-	return d, NewClient(filepath.Join(state, "cache.sock")), addr
+	return d, NewClient(filepath.Join(state, "cache.sock")), d.MetricsAddr()
 }
 
 func fuseMountsUnder(t *testing.T, dir string) int {

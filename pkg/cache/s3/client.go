@@ -321,14 +321,22 @@ func (c *Client) ReadAt(ctx context.Context, rel, etag string, p []byte, off int
 		return 0, c.fail(ctx, "GET", key, err)
 	}
 	defer body.Close()
-	n, err := io.ReadFull(body, p)
-	switch {
-	case err == nil:
-		return n, nil
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-		return n, io.EOF
+	n := 0
+	for n < len(p) {
+		m, err := body.Read(p[n:])
+		n += m
+		switch {
+		case err == io.EOF && n == len(p):
+			return n, nil
+		case err == io.EOF:
+			// The object ends inside the range: a short read. (A body
+			// cut before its Content-Length is io.ErrUnexpectedEOF.)
+			return n, io.EOF
+		case err != nil:
+			return n, c.fail(ctx, "GET", key, err)
+		}
 	}
-	return n, c.fail(ctx, "GET", key, err)
+	return n, nil
 }
 
 // Get returns a whole small object (a volume record, say).
