@@ -39,6 +39,7 @@ type Item struct {
 	verified     []bool               // guarded by mu; checked against sums since this process started
 	inflight     map[int64]*fetchCall // guarded by mu
 	lastEnd      int64                // guarded by mu; end of the last read, for read-ahead
+	raWindow     int                  // guarded by mu; blocks read ahead: 1, 2, 4... up to ReadAhead
 	file         *os.File             // guarded by mu; the data file, opened on first store
 	removed      bool                 // guarded by mu
 
@@ -366,11 +367,16 @@ func (it *Item) noteRead(src Source, off, end int64) {
 	it.lastEnd = end
 	var todo []int64
 	if seq {
-		for b := (end + bs - 1) / bs; b < int64(len(it.present)) && len(todo) < it.c.opts.ReadAhead; b++ {
+		// The window grows as the reader keeps going, so a reader of a
+		// short range does not pull a long one from the source.
+		it.raWindow = min(max(1, it.raWindow*2), it.c.opts.ReadAhead)
+		for b := (end + bs - 1) / bs; b < int64(len(it.present)) && len(todo) < it.raWindow; b++ {
 			if !it.present[b] && it.inflight[b] == nil {
 				todo = append(todo, b)
 			}
 		}
+	} else {
+		it.raWindow = 0
 	}
 	it.mu.Unlock()
 	for _, b := range todo {

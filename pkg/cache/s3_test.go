@@ -170,7 +170,7 @@ func TestS3StalledAndKilledServer(t *testing.T) {
 	if err := e.srv.Freeze(); err != nil {
 		t.Fatal(err)
 	}
-	took, err := read(names[0])
+	took, err := read("big.bin")
 	if err := e.srv.Thaw(); err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,8 @@ func TestS3StalledAndKilledServer(t *testing.T) {
 	if err := e.srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	took, err = read(names[1])
+	// (big.bin: its blocks are larger than what a lookup brings along.)
+	took, err = read("big.bin")
 	if !errors.Is(err, syscall.EIO) || took > 15*time.Second {
 		t.Errorf("read from a dead store: %v after %s, want EIO", err, took)
 	}
@@ -403,6 +404,12 @@ func TestS3ListingAnswersLookups(t *testing.T) {
 	if err != nil || a.Size != int64(len(e.files["day-00/sym-0.csv"])) || a.ETag == "" {
 		t.Fatalf("Stat = %+v, %v", a, err)
 	}
+	// The lookup started a listing of its directory in the background.
+	for deadline := time.Now().Add(10 * time.Second); src.cached("day-00") == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no listing of day-00 after a lookup in it")
+		}
+	}
 	e.srv.Freeze() // siblings must come from the listing now
 	for _, n := range []string{"day-00/sym-5.csv", "day-00/sym-10.csv"} {
 		if a, err := src.Stat(ctx, n); err != nil || a.Size != int64(len(e.files[n])) {
@@ -417,5 +424,31 @@ func TestS3ListingAnswersLookups(t *testing.T) {
 	}
 	if _, err := src.Stat(ctx, "day-00/never.csv"); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("a missing name: %v, want ENOENT", err)
+	}
+}
+
+// TestS3LookupBringsSmallFiles: the lookup of a small file is a GET of its
+// first bytes, so its first read needs no request (and never serves bytes
+// of another version).
+func TestS3LookupBringsSmallFiles(t *testing.T) {
+	e := newS3Env(t)
+	src := e.source(t, s3.Config{Timeout: 2 * time.Second, MaxRetries: 1}, time.Hour)
+	ctx := context.Background()
+	name := "day-02/sym-7.csv"
+	a, err := src.Stat(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := e.files[name]
+	got := make([]byte, len(want))
+	// Another version's fingerprint is never served from the lookup's bytes.
+	if _, ok := src.takeHead(name, "etag:other", got, 0); ok {
+		t.Error("the lookup's bytes were served for another version")
+	}
+	e.srv.Freeze()
+	n, err := src.ReadAtVersion(ctx, name, a.Fingerprint(), got, 0)
+	e.srv.Thaw()
+	if err != nil || n != len(want) || !bytes.Equal(got, want) {
+		t.Fatalf("first read after the lookup, store frozen: %d, %v", n, err)
 	}
 }

@@ -52,9 +52,76 @@ type S3 struct {
 	ttl     time.Duration
 	started time.Time // directories' modification time
 
-	mu      sync.Mutex
-	dirs    map[string]*dirListing   // guarded by mu
-	listing map[string]chan struct{} // guarded by mu; directories being listed for a lookup
+	mu        sync.Mutex
+	dirs      map[string]*dirListing   // guarded by mu
+	listing   map[string]chan struct{} // guarded by mu; directories being listed for lookups
+	heads     map[string]*head         // guarded by mu; first bytes fetched by lookups
+	headBytes int64                    // guarded by mu; bytes held in heads
+}
+
+// head is the beginning of a file, fetched by its lookup, kept until its
+// first read (or headTTL).
+type head struct {
+	fingerprint string
+	size        int64
+	data        []byte
+	at          time.Time
+}
+
+// A lookup fetches the first headBytes of a file; heads are kept headTTL
+// and headMax bytes in all.
+const (
+	headBytes = 256 << 10
+	headTTL   = 30 * time.Second
+	headMax   = 64 << 20
+)
+
+// keepHead remembers the first bytes of name.
+func (s *S3) keepHead(name string, a Attr, data []byte) {
+	if len(data) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.headBytes+int64(len(data)) > headMax {
+		now := time.Now()
+		for k, h := range s.heads {
+			if now.Sub(h.at) > headTTL || s.headBytes+int64(len(data)) > headMax {
+				delete(s.heads, k)
+				s.headBytes -= int64(len(h.data))
+			}
+		}
+	}
+	if old := s.heads[name]; old != nil {
+		s.headBytes -= int64(len(old.data))
+	}
+	s.heads[name] = &head{fingerprint: a.Fingerprint(), size: a.Size, data: data, at: time.Now()}
+	s.headBytes += int64(len(data))
+}
+
+// takeHead serves p at off from the head of name if the head is of the
+// same version and covers the read (to the end of the file).
+func (s *S3) takeHead(name, fingerprint string, p []byte, off int64) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.heads[name]
+	if h == nil || h.fingerprint != fingerprint || time.Since(h.at) > headTTL {
+		return 0, false
+	}
+	end := off + int64(len(p))
+	if end > int64(len(h.data)) && int64(len(h.data)) < h.size {
+		return 0, false // the read goes past what the lookup brought
+	}
+	end = min(end, int64(len(h.data)))
+	if off >= end {
+		return 0, false
+	}
+	n := copy(p, h.data[off:end])
+	if end == int64(len(h.data)) {
+		delete(s.heads, name) // read to its end: the cache has it now
+		s.headBytes -= int64(len(h.data))
+	}
+	return n, true
 }
 
 type dirListing struct {
@@ -71,7 +138,7 @@ const lookupListing = 1000
 // NewS3 returns a source for the client's location; listings are trusted
 // for ttl (0: never).
 func NewS3(c *s3.Client, ttl time.Duration) *S3 {
-	return &S3{c: c, ttl: ttl, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]chan struct{}{}}
+	return &S3{c: c, ttl: ttl, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]chan struct{}{}, heads: map[string]*head{}}
 }
 
 var (
@@ -106,39 +173,30 @@ func (s *S3) cached(dir string) *dirListing {
 	return l
 }
 
-// listForLookup lists up to lookupListing entries of dir, once however
-// many lookups ask at the same time, and keeps the listing.
-func (s *S3) listForLookup(ctx context.Context, dir string) *dirListing {
-	for {
-		if l := s.cached(dir); l != nil {
-			return l
+// listInBackground starts a listing of up to lookupListing entries of dir
+// unless one is fresh or running: the lookup that asks does not wait for it
+// (a lookup costs one round trip), its siblings find it.
+func (s *S3) listInBackground(dir string) {
+	s.mu.Lock()
+	if _, busy := s.listing[dir]; busy {
+		s.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	s.listing[dir] = done
+	s.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		objs, _, err := s.c.ListUpTo(ctx, dir, lookupListing)
+		if err == nil {
+			s.keep(dir, objs)
 		}
 		s.mu.Lock()
-		busy := s.listing[dir]
-		if busy == nil {
-			busy = make(chan struct{})
-			s.listing[dir] = busy
-			s.mu.Unlock()
-			objs, _, err := s.c.ListUpTo(ctx, dir, lookupListing)
-			if err == nil {
-				s.keep(dir, objs)
-			}
-			s.mu.Lock()
-			delete(s.listing, dir)
-			close(busy)
-			s.mu.Unlock()
-			if err != nil {
-				return nil // the lookup asks the store itself
-			}
-			continue
-		}
+		delete(s.listing, dir)
+		close(done)
 		s.mu.Unlock()
-		select {
-		case <-busy:
-		case <-ctx.Done():
-			return nil
-		}
-	}
+	}()
 }
 
 // keep stores a listing of dir and returns its entries.
@@ -171,6 +229,10 @@ func (s *S3) forget(name string) {
 	defer s.mu.Unlock()
 	delete(s.dirs, parentDir(name))
 	delete(s.dirs, name)
+	if h := s.heads[name]; h != nil {
+		delete(s.heads, name)
+		s.headBytes -= int64(len(h.data))
+	}
 }
 
 func parentDir(name string) string {
@@ -195,15 +257,22 @@ func (s *S3) Stat(ctx context.Context, name string) (Attr, error) {
 	// controller just created, say) must be found. The kernel keeps
 	// negative answers for at most a second.
 	if s.ttl > 0 {
-		if l := s.listForLookup(ctx, parentDir(name)); l != nil {
+		if l := s.cached(parentDir(name)); l != nil {
 			if a, ok := l.entries[path.Base(name)]; ok {
 				return a, nil
 			}
+		} else {
+			s.listInBackground(parentDir(name))
 		}
 	}
-	o, err := s.c.Stat(ctx, name)
+	// A GET of the first bytes, not a HEAD: a small file's content comes
+	// with its attributes, and its first read then costs no request.
+	buf := make([]byte, headBytes)
+	o, n, err := s.c.StatRead(ctx, name, buf)
 	if err == nil {
-		return s.fileAttr(o), nil
+		a := s.fileAttr(o)
+		s.keepHead(name, a, buf[:n])
+		return a, nil
 	}
 	if !errors.Is(err, syscall.ENOENT) {
 		return Attr{}, err
@@ -244,8 +313,12 @@ func (s *S3) ReadAt(ctx context.Context, name string, p []byte, off int64) (int,
 }
 
 // ReadAtVersion implements VersionedSource: the read names the ETag of the
-// fingerprint (see Attr.Fingerprint).
+// fingerprint (see Attr.Fingerprint). Bytes that came with the lookup are
+// served without a request.
 func (s *S3) ReadAtVersion(ctx context.Context, name, fingerprint string, p []byte, off int64) (int, error) {
+	if n, ok := s.takeHead(name, fingerprint, p, off); ok {
+		return n, nil
+	}
 	etag, _ := strings.CutPrefix(fingerprint, "etag:")
 	n, err := s.c.ReadAt(ctx, name, etag, p, off)
 	if errors.Is(err, syscall.ESTALE) {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -184,6 +185,55 @@ func (c *Client) Stat(ctx context.Context, rel string) (Object, error) {
 		return Object{}, c.fail(ctx, "HEAD", key, err)
 	}
 	return Object{Name: rel, Size: info.Size, ETag: info.ETag, Mtime: info.LastModified}, nil
+}
+
+// StatRead looks rel up with a GET of its first len(p) bytes instead of a
+// HEAD: the same round trip also brings a small file's content. It returns
+// the object (its whole size) and how many bytes of p it filled. An empty
+// object is looked up with a HEAD.
+func (c *Client) StatRead(ctx context.Context, rel string, p []byte) (Object, int, error) {
+	if rel == "" || len(p) == 0 {
+		o, err := c.Stat(ctx, rel)
+		return o, 0, err
+	}
+	key := c.loc.Key(rel)
+	ctx2, cancel := c.deadline(ctx, int64(len(p)))
+	defer cancel()
+	opts := minio.GetObjectOptions{}
+	if err := opts.SetRange(0, int64(len(p))-1); err != nil {
+		return Object{}, 0, err
+	}
+	body, info, hdr, err := c.core.GetObject(ctx2, c.loc.Bucket, key, opts)
+	if err != nil {
+		var er minio.ErrorResponse
+		if errors.As(err, &er) && er.Code == "InvalidRange" {
+			o, err := c.Stat(ctx, rel) // an empty object has no byte 0
+			return o, 0, err
+		}
+		return Object{}, 0, c.fail(ctx, "GET", key, err)
+	}
+	defer body.Close()
+	size := info.Size
+	if cr := hdr.Get("Content-Range"); cr != "" { // bytes 0-262143/1048576
+		if i := strings.LastIndexByte(cr, '/'); i >= 0 {
+			if n, err := strconv.ParseInt(cr[i+1:], 10, 64); err == nil {
+				size = n
+			}
+		}
+	}
+	want := min(int64(len(p)), size)
+	n := 0
+	for int64(n) < want {
+		m, err := body.Read(p[n:want])
+		n += m
+		if err == io.EOF && int64(n) == want {
+			break
+		}
+		if err != nil {
+			return Object{}, 0, c.fail(ctx, "GET", key, err)
+		}
+	}
+	return Object{Name: rel, Size: size, ETag: info.ETag, Mtime: info.LastModified}, n, nil
 }
 
 // DirExists reports whether any key lies under directory rel (a directory

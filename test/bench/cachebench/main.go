@@ -20,16 +20,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache"
 	"github.com/cistern-csi/cistern/pkg/cache/s3"
+	"github.com/cistern-csi/cistern/test/bench/readers"
 	"github.com/cistern-csi/cistern/test/s3server"
 )
 
@@ -168,11 +167,11 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, source strin
 	start := time.Now()
 	var cold [2]float64 // the first pass through the mount: MiB/s, files/s
 	for i, e := range []env{cst, native, small} {
-		v, err := readSeq(e.big, 1)
+		v, err := readers.ReadSeq(e.big, 1)
 		if err != nil {
 			return err
 		}
-		f, err := readSmall(e.small, 16)
+		f, err := readers.ReadSmall(e.small, 16)
 		if err != nil {
 			return err
 		}
@@ -190,18 +189,18 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, source strin
 		target     float64
 	}
 	rows := []row{
-		{"seq", "MiB/s", func(e env) (float64, error) { return readSeq(e.big, 1) }, cst, 0.95},
-		{"parallel16", "MiB/s", func(e env) (float64, error) { return readSeq(e.big, 16) }, cst, 0.95},
-		{"rand4k", "IOPS", func(e env) (float64, error) { return readRand(e.big, 1_000_000) }, cst, 0.95},
-		{"small1", "files/s", func(e env) (float64, error) { return readSmall(e.small, 1) }, small, 0.85},
-		{"small16", "files/s", func(e env) (float64, error) { return readSmall(e.small, 16) }, small, 0.85},
+		{"seq", "MiB/s", func(e env) (float64, error) { return readers.ReadSeq(e.big, 1) }, cst, 0.95},
+		{"parallel16", "MiB/s", func(e env) (float64, error) { return readers.ReadSeq(e.big, 16) }, cst, 0.95},
+		{"rand4k", "IOPS", func(e env) (float64, error) { return readers.ReadRand(e.big, 1_000_000) }, cst, 0.95},
+		{"small1", "files/s", func(e env) (float64, error) { return readers.ReadSmall(e.small, 1) }, small, 0.85},
+		{"small16", "files/s", func(e env) (float64, error) { return readers.ReadSmall(e.small, 16) }, small, 0.85},
 	}
 	// Cold, against native page-cache reads of the same bytes.
-	nSeq, err := readSeq(native.big, 1)
+	nSeq, err := readers.ReadSeq(native.big, 1)
 	if err != nil {
 		return err
 	}
-	nSmall, err := readSmall(native.small, 16)
+	nSmall, err := readers.ReadSmall(native.small, 16)
 	if err != nil {
 		return err
 	}
@@ -279,132 +278,6 @@ func generate(dir string, size int64, nFiles int) (env, error) {
 	return e, nil
 }
 
-// The readers use plain system calls (open, pread, close), as a C or
-// Python data loader does. Go's os.File would register every FUSE file with
-// the runtime's epoll (FUSE files are pollable, ext4 files are not), which
-// measures the Go runtime, not the file system.
-
-func openRO(p string) (int, error) {
-	return retry(func() (int, error) { return unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0) })
-}
-
-func pread(fd int, b []byte, off int64) (int, error) {
-	return retry(func() (int, error) { return unix.Pread(fd, b, off) })
-}
-
-func read(fd int, b []byte) (int, error) {
-	return retry(func() (int, error) { return unix.Read(fd, b) })
-}
-
-// retry repeats a system call the Go runtime's signals interrupted.
-func retry(call func() (int, error)) (int, error) {
-	for {
-		n, err := call()
-		if err != unix.EINTR {
-			return n, err
-		}
-	}
-}
-
-// readSeq reads the file with n readers, each a contiguous slice, 1 MiB at
-// a time; it returns MiB/s.
-func readSeq(p string, n int) (float64, error) {
-	st, err := os.Stat(p)
-	if err != nil {
-		return 0, err
-	}
-	size := st.Size()
-	part := (size + int64(n) - 1) / int64(n)
-	start := time.Now()
-	err = parallel(n, func(i int) error {
-		fd, err := openRO(p)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		buf := make([]byte, 1<<20)
-		for off, end := int64(i)*part, min(int64(i+1)*part, size); off < end; {
-			m, err := pread(fd, buf[:min(int64(len(buf)), end-off)], off)
-			if err != nil {
-				return err
-			}
-			if m == 0 {
-				return fmt.Errorf("%s: short file at %d", p, off)
-			}
-			off += int64(m)
-		}
-		return nil
-	})
-	return float64(size) / (1 << 20) / time.Since(start).Seconds(), err
-}
-
-// readRand does count random 4 KiB preads; it returns IOPS.
-func readRand(p string, count int) (float64, error) {
-	st, err := os.Stat(p)
-	if err != nil {
-		return 0, err
-	}
-	fd, err := openRO(p)
-	if err != nil {
-		return 0, err
-	}
-	defer unix.Close(fd)
-	pages := st.Size() / 4096
-	r := rand.New(rand.NewPCG(3, 4))
-	buf := make([]byte, 4096)
-	start := time.Now()
-	for range count {
-		if _, err := pread(fd, buf, r.Int64N(pages)*4096); err != nil {
-			return 0, err
-		}
-	}
-	return float64(count) / time.Since(start).Seconds(), nil
-}
-
-// readSmall opens, reads to the end and closes every file with n readers;
-// it returns files per second.
-func readSmall(files []string, n int) (float64, error) {
-	start := time.Now()
-	err := parallel(n, func(i int) error {
-		buf := make([]byte, 128<<10)
-		for j := i; j < len(files); j += n {
-			fd, err := openRO(files[j])
-			if err != nil {
-				return err
-			}
-			for {
-				m, err := read(fd, buf)
-				if err != nil {
-					unix.Close(fd)
-					return err
-				}
-				if m == 0 {
-					break
-				}
-			}
-			unix.Close(fd)
-		}
-		return nil
-	})
-	return float64(len(files)) / time.Since(start).Seconds(), err
-}
-
-func parallel(n int, fn func(i int) error) error {
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = fn(i) }()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // startS3 starts versitygw in dir, uploads every file under root to bucket
 // "bench" and returns the server and a source for it.
 func startS3(dir, root string) (*s3server.Server, cache.Source, error) {
@@ -433,7 +306,7 @@ func startS3(dir, root string) (*s3server.Server, cache.Source, error) {
 	}); err != nil {
 		return fail(err)
 	}
-	err = parallel(16, func(i int) error {
+	err = readers.Parallel(16, func(i int) error {
 		for j := i; j < len(files); j += 16 {
 			rel, _ := filepath.Rel(root, files[j])
 			if _, err := mc.FPutObject(ctx, "bench", rel, files[j], minio.PutObjectOptions{PartSize: 64 << 20}); err != nil {
