@@ -271,10 +271,10 @@ func (c *cisternStack) close() error {
 
 // fuseMount is one peer FUSE mount (rclone or s3fs) run as a process.
 type fuseMount struct {
-	kind  string // rclone or s3fs
-	dir   string
-	cache string
-	log   string
+	kind   string // rclone or s3fs
+	dir    string
+	cache  string
+	log    string
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has been reaped
 	start  func() (*exec.Cmd, error)
