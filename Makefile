@@ -7,7 +7,7 @@ OUT       := $(CURDIR)/_output
 FUZZTIME  ?= 20000x
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /test/sanity)
 
-.PHONY: all build demo demo-check test unit sanity fuzz verify bench-cache clean
+.PHONY: all build demo demo-check test unit sanity fuzz verify bench-cache bench-cache-smoke bench bench-smoke clean
 
 all: build
 
@@ -31,7 +31,7 @@ demo-check: build
 	@! grep cistern /proc/mounts
 
 ## test: everything CI runs (needs root for real mounts).
-test: verify unit sanity fuzz demo-check bench-cache-smoke
+test: verify unit sanity fuzz demo-check bench-cache-smoke bench-smoke
 
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
@@ -67,6 +67,22 @@ bench-cache-smoke:
 	@mkdir -p $(OUT)
 	@$(GO) run ./test/bench/cachebench -size 64Mi -files 100 -rounds 1 > $(OUT)/bench-smoke.log 2>&1 || { cat $(OUT)/bench-smoke.log; exit 1; }
 	@echo "bench-cache smoke: ok ($$(grep -c '>=' $(OUT)/bench-smoke.log) rows)"
+
+## bench: the research-platform benchmark (a remote-store model in front of a
+## local S3 server; direct, Cistern, rclone, s3fs and native side by side);
+## regenerates docs/benchmarks.md and docs/bench/*.png. Under 10 minutes
+## here; BENCH_FLAGS=--full for the large run. Needs root.
+BENCH_FLAGS ?=
+bench: build
+	$(GO) run ./test/bench/platform $(BENCH_FLAGS)
+
+## bench-smoke: the same harness at tiny sizes with every system (about a
+## minute), report under _output/bench-smoke.
+bench-smoke: build
+	@mkdir -p $(OUT)
+	@$(GO) run ./test/bench/platform --smoke > $(OUT)/bench-platform-smoke.log 2>&1 || { cat $(OUT)/bench-platform-smoke.log; exit 1; }
+	@echo "bench smoke: ok ($$(grep -c ' readers ' $(OUT)/bench-platform-smoke.log) sweep runs; report $(OUT)/bench-smoke/benchmarks.md)"
+	@! grep -q "could not run here" $(OUT)/bench-smoke/benchmarks.md || { grep "could not run here" $(OUT)/bench-smoke/benchmarks.md; exit 1; }
 
 verify:
 	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi

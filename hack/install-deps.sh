@@ -7,6 +7,11 @@ need_apt=()
 command -v mount >/dev/null || need_apt+=(mount)
 command -v make >/dev/null || need_apt+=(make)
 command -v git >/dev/null || need_apt+=(git)
+# The benchmark's peers (make bench, make bench-smoke): rclone mount and
+# s3fs-fuse, with fusermount3 for rclone.
+command -v rclone >/dev/null || need_apt+=(rclone)
+command -v s3fs >/dev/null || need_apt+=(s3fs)
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq

@@ -367,10 +367,16 @@ func (it *Item) noteRead(src Source, off, end int64) {
 	it.lastEnd = end
 	var todo []int64
 	if seq {
-		// The window grows as the reader keeps going, so a reader of a
-		// short range does not pull a long one from the source.
-		it.raWindow = min(max(1, it.raWindow*2), it.c.opts.ReadAhead)
-		for b := (end + bs - 1) / bs; b < int64(len(it.present)) && len(todo) < it.raWindow; b++ {
+		// The window grows each time the reader enters a new block, so
+		// a reader of a short range does not pull a long one from the
+		// source.
+		if (end-1)/bs != (off-1)/bs || it.raWindow == 0 {
+			it.raWindow = min(max(1, it.raWindow*2), it.c.opts.ReadAhead)
+		}
+		// The window counts blocks from the reader's position, present
+		// or not: the reader, not the fetches, moves it forward.
+		first := (end + bs - 1) / bs
+		for b := first; b < int64(len(it.present)) && b < first+int64(it.raWindow); b++ {
 			if !it.present[b] && it.inflight[b] == nil {
 				todo = append(todo, b)
 			}
