@@ -276,3 +276,48 @@ func TestWarmManyBlocks(t *testing.T) {
 		t.Fatalf("progress ended at %d, want %d", last, len(want))
 	}
 }
+
+// slowVersioned hands out the first half of every read, reports it, and
+// holds the rest until release is closed.
+type slowVersioned struct {
+	Source
+	release chan struct{}
+}
+
+func (s *slowVersioned) ReadAtVersion(ctx context.Context, name, _ string, p []byte, off int64, progress func(int)) (int, error) {
+	half := len(p) / 2
+	n, err := s.Source.ReadAt(ctx, name, p[:half], off)
+	if err != nil {
+		return n, err
+	}
+	progress(n)
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return n, ctx.Err()
+	}
+	m, err := s.Source.ReadAt(ctx, name, p[half:], off+int64(half))
+	return n + m, err
+}
+
+// TestReadServedAsTheBlockArrives: a reader of the beginning of a block
+// gets its bytes when they arrive, not when the whole block has.
+func TestReadServedAsTheBlockArrives(t *testing.T) {
+	root := t.TempDir()
+	want := writeRandom(t, filepath.Join(root, "f"), 2*testBlock, 5)
+	p, _ := NewPosix(root)
+	src := &slowVersioned{Source: p, release: make(chan struct{})}
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	defer close(src.release)
+	a, err := p.Stat(context.Background(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := make([]byte, 4096)
+	if n, err := c.ReadAt(ctx, src, "ds", "f", a, got, 0); err != nil || n != len(got) || !bytes.Equal(got, want[:4096]) {
+		t.Fatalf("read of the block's first 4 KiB while its second half is held: %d, %v", n, err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -46,11 +47,52 @@ type Item struct {
 	saveMu sync.Mutex // serialises index writes
 }
 
-// fetchCall is one in-flight block fetch; waiters read buf after done.
+// fetchCall is one in-flight block fetch. buf is allocated up front and
+// filled as the bytes arrive: a waiter for a range is served as soon as
+// its bytes are there (a reader of the block's first MiB does not wait for
+// all four), the others after done.
 type fetchCall struct {
 	done chan struct{}
 	buf  []byte
 	err  error
+
+	mu     sync.Mutex
+	filled int           // guarded by mu; buf[:filled] is final
+	moved  chan struct{} // guarded by mu; closed (and replaced) when filled grows
+}
+
+func newFetchCall(size int64) *fetchCall {
+	return &fetchCall{done: make(chan struct{}), buf: make([]byte, max(size, 0)), moved: make(chan struct{})}
+}
+
+// progress records that buf[:n] is final.
+func (c *fetchCall) progress(n int) {
+	c.mu.Lock()
+	if n > c.filled {
+		c.filled = n
+		close(c.moved)
+		c.moved = make(chan struct{})
+	}
+	c.mu.Unlock()
+}
+
+// wait returns once buf[:need] is final (nil) or the fetch failed first.
+func (c *fetchCall) wait(ctx context.Context, need int) error {
+	for {
+		c.mu.Lock()
+		filled, moved := c.filled, c.moved
+		c.mu.Unlock()
+		if filled >= need {
+			return nil
+		}
+		select {
+		case <-c.done:
+			return c.err
+		case <-moved:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 var errTierFull = errors.New("cache tier full")
@@ -76,10 +118,13 @@ func (it *Item) blocks() int64 {
 
 func (it *Item) blockLen(b int64) int64 {
 	it.mu.Lock()
-	size := it.size
-	it.mu.Unlock()
+	defer it.mu.Unlock()
+	return it.blockLenLocked(b)
+}
+
+func (it *Item) blockLenLocked(b int64) int64 {
 	bs := it.c.opts.BlockSize
-	return min(bs, size-b*bs)
+	return min(bs, it.size-b*bs)
 }
 
 func (it *Item) presentBytes() int64 { return it.bytes.Load() }
@@ -96,14 +141,14 @@ func (it *Item) readBlock(ctx context.Context, src Source, b int64, dst []byte, 
 			return n, nil
 		}
 	}
-	buf, err := it.fetch(ctx, src, b)
+	buf, err := it.fetchUpTo(ctx, src, b, int(boff)+len(dst))
 	if err != nil {
 		return 0, err
 	}
 	if int(boff) >= len(buf) {
 		return 0, io.EOF
 	}
-	n := copy(dst, buf[boff:])
+	n := copy(dst, buf[boff:min(int(boff)+len(dst), len(buf))])
 	if n < len(dst) {
 		return n, io.ErrUnexpectedEOF
 	}
@@ -167,6 +212,12 @@ func (it *Item) verify(b int64) bool {
 // fetch itself runs under the cache's, so one impatient reader does not
 // fail the others.
 func (it *Item) fetch(ctx context.Context, src Source, b int64) ([]byte, error) {
+	return it.fetchUpTo(ctx, src, b, math.MaxInt)
+}
+
+// fetchUpTo is fetch that returns as soon as the block's first need bytes
+// are there; the caller reads only buf[:need] of what it returns.
+func (it *Item) fetchUpTo(ctx context.Context, src Source, b int64, need int) ([]byte, error) {
 	it.mu.Lock()
 	if b < int64(len(it.present)) && it.present[b] && it.verified[b] {
 		// Stored by a fetch (read-ahead, say) that finished after the
@@ -186,7 +237,7 @@ func (it *Item) fetch(ctx context.Context, src Source, b int64) ([]byte, error) 
 			it.mu.Unlock()
 			return nil, fmt.Errorf("cache closed: %w", err)
 		}
-		call = &fetchCall{done: make(chan struct{})}
+		call = newFetchCall(it.blockLenLocked(b))
 		it.inflight[b] = call
 		gen, fp := it.gen, it.fingerprint
 		it.busy.Add(1)
@@ -194,12 +245,10 @@ func (it *Item) fetch(ctx context.Context, src Source, b int64) ([]byte, error) 
 		go it.runFetch(src, b, gen, fp, call)
 	}
 	it.mu.Unlock()
-	select {
-	case <-call.done:
-		return call.buf, call.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := call.wait(ctx, need); err != nil {
+		return nil, err
 	}
+	return call.buf, nil
 }
 
 func (it *Item) runFetch(src Source, b int64, gen uint64, fingerprint string, call *fetchCall) {
@@ -219,17 +268,17 @@ func (it *Item) runFetch(src Source, b int64, gen uint64, fingerprint string, ca
 		return
 	}
 	defer func() { <-c.sem }()
-	bl := it.blockLen(b)
+	bl := int64(len(call.buf))
 	if bl <= 0 {
 		call.err = io.EOF
 		return
 	}
-	buf := make([]byte, bl)
+	buf := call.buf
 	start := time.Now()
 	var n int
 	var err error
 	if vs, ok := src.(VersionedSource); ok {
-		n, err = vs.ReadAtVersion(c.ctx, it.name, fingerprint, buf, b*c.opts.BlockSize)
+		n, err = vs.ReadAtVersion(c.ctx, it.name, fingerprint, buf, b*c.opts.BlockSize, call.progress)
 	} else {
 		n, err = src.ReadAt(c.ctx, it.name, buf, b*c.opts.BlockSize)
 	}
@@ -242,7 +291,6 @@ func (it *Item) runFetch(src Source, b int64, gen uint64, fingerprint string, ca
 	}
 	c.misses.Add(1)
 	it.ctr.misses.Add(1)
-	call.buf = buf
 	if err := it.store(b, buf, gen); err != nil {
 		c.readThrough.Add(1)
 		if !errors.Is(err, errTierFull) {

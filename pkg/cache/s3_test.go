@@ -446,7 +446,7 @@ func TestS3LookupBringsSmallFiles(t *testing.T) {
 		t.Error("the lookup's bytes were served for another version")
 	}
 	e.srv.Freeze()
-	n, err := src.ReadAtVersion(ctx, name, a.Fingerprint(), got, 0)
+	n, err := src.ReadAtVersion(ctx, name, a.Fingerprint(), got, 0, nil)
 	e.srv.Thaw()
 	if err != nil || n != len(want) || !bytes.Equal(got, want) {
 		t.Fatalf("first read after the lookup, store frozen: %d, %v", n, err)

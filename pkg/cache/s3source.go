@@ -18,8 +18,11 @@ import (
 // conditional (S3 If-Match on the ETag) implements it, so a block of a newer
 // version is never stored under an older version's index. A read of a
 // version that is gone fails with an error wrapping syscall.ESTALE.
+//
+// progress, if not nil, is called as bytes arrive with how many of p are
+// final, so waiters for the beginning of a block need not wait for its end.
 type VersionedSource interface {
-	ReadAtVersion(ctx context.Context, name, fingerprint string, p []byte, off int64) (int, error)
+	ReadAtVersion(ctx context.Context, name, fingerprint string, p []byte, off int64, progress func(n int)) (int, error)
 }
 
 // ObjectSource is a writable source whose files are whole objects (S3). Its
@@ -315,12 +318,12 @@ func (s *S3) ReadAt(ctx context.Context, name string, p []byte, off int64) (int,
 // ReadAtVersion implements VersionedSource: the read names the ETag of the
 // fingerprint (see Attr.Fingerprint). Bytes that came with the lookup are
 // served without a request.
-func (s *S3) ReadAtVersion(ctx context.Context, name, fingerprint string, p []byte, off int64) (int, error) {
+func (s *S3) ReadAtVersion(ctx context.Context, name, fingerprint string, p []byte, off int64, progress func(n int)) (int, error) {
 	if n, ok := s.takeHead(name, fingerprint, p, off); ok {
 		return n, nil
 	}
 	etag, _ := strings.CutPrefix(fingerprint, "etag:")
-	n, err := s.c.ReadAt(ctx, name, etag, p, off)
+	n, err := s.c.ReadAtProgress(ctx, name, etag, p, off, progress)
 	if errors.Is(err, syscall.ESTALE) {
 		s.forget(name)
 	}

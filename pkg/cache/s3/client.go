@@ -347,6 +347,12 @@ func (c *Client) ListUpTo(ctx context.Context, rel string, max int) (out []Objec
 // etag makes the read conditional: if the object changed, the error wraps
 // ErrChanged and no byte of the new version is returned.
 func (c *Client) ReadAt(ctx context.Context, rel, etag string, p []byte, off int64) (int, error) {
+	return c.ReadAtProgress(ctx, rel, etag, p, off, nil)
+}
+
+// ReadAtProgress is ReadAt calling progress (if not nil) with how many
+// bytes of p are filled as they arrive.
+func (c *Client) ReadAtProgress(ctx context.Context, rel, etag string, p []byte, off int64, progress func(n int)) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -375,6 +381,9 @@ func (c *Client) ReadAt(ctx context.Context, rel, etag string, p []byte, off int
 	for n < len(p) {
 		m, err := body.Read(p[n:])
 		n += m
+		if progress != nil && m > 0 {
+			progress(n)
+		}
 		switch {
 		case err == io.EOF && n == len(p):
 			return n, nil

@@ -7,7 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -61,7 +61,8 @@ func machine() string {
 	mem := ""
 	if out, err := os.ReadFile("/proc/meminfo"); err == nil {
 		l := strings.SplitN(string(out), "\n", 2)[0]
-		mem = strings.TrimSpace(strings.TrimPrefix(l, "MemTotal:"))
+		kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(strings.TrimPrefix(l, "MemTotal:")), " kB"), 10, 64)
+		mem = fmt.Sprintf("%.0f GiB", float64(kb)/(1<<20))
 	}
 	kernel, _ := exec.Command("uname", "-r").Output()
 	fmt.Fprintf(&b, "- CPU: %s, %d cores; memory %s; kernel %s; %s\n", cpu, runtime.NumCPU(), mem, strings.TrimSpace(string(kernel)), runtime.Version())
@@ -93,7 +94,7 @@ func (r *report) write() error {
 	w("")
 	w("## Set-up")
 	w("")
-	w("%s", machine())
+	b.WriteString(machine())
 	w("- The store: versitygw %s (posix backend) on loopback, behind a TCP proxy that models a remote store: every chunk is delayed %s in each direction, and each direction is capped at %d Mbit/s shared by all connections.", s3server.Version, c.latency, c.bandwidth/1_000_000)
 	w("- The dataset: %d small files of %d KiB and %d large files of %d MiB, seeded random bytes.", len(r.ds.small), r.ds.smallSize>>10, len(r.ds.large), r.ds.largeSize>>20)
 	w("- A sweep step runs N concurrent readers (pods) with the same reader program (plain `open`/`read`/`pread`/`close`, or GETs for `direct`): small files, each reader reads %d files chosen by a seeded shuffle (a read = one whole file); large files, each reader reads %d MiB of one file sequentially in 1 MiB reads (a read = 1 MiB). Steps: %v readers.", c.perReaderFiles, c.perReaderBytes>>20, c.levels)
@@ -281,7 +282,9 @@ cores, so any extra CPU per request shows up as latency.`
 func (r *report) latencyPlot(kind, path string) error {
 	p := plot.New()
 	p.Title.Text = "average read latency, " + kind + " files"
-	p.X.Label.Text = "concurrent readers"
+	p.X.Label.Text = "concurrent readers (log scale)"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Y.Label.Text = "ms (log scale)"
 	p.Y.Scale = plot.LogScale{}
 	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
@@ -301,39 +304,38 @@ func (r *report) latencyPlot(kind, path string) error {
 		return err
 	}
 	p.Legend.Top = true
+	p.Legend.Left = true
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 
 func (r *report) throughputPlot(path string) error {
 	p := plot.New()
 	top := r.top()
-	p.Title.Text = fmt.Sprintf("aggregate throughput at %d readers (MiB/s)", top)
+	p.Title.Text = fmt.Sprintf("aggregate throughput at %d readers", top)
+	p.Y.Label.Text = "MiB/s (log scale)"
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	var names []string
-	w := vg.Points(12)
-	for i, kind := range []string{"small", "large"} {
-		var vals plotter.Values
-		names = names[:0]
-		for _, l := range labels {
-			if x, ok := r.find(kind, top, l); ok {
-				vals = append(vals, x.mibps())
-				names = append(names, l)
+	for _, l := range labels {
+		if _, ok := r.find("small", top, l); ok {
+			names = append(names, l)
+		}
+	}
+	var args []any
+	for _, kind := range []string{"small", "large"} {
+		var pts plotter.XYs
+		for i, l := range names {
+			if x, ok := r.find(kind, top, l); ok && x.mibps() > 0 {
+				pts = append(pts, plotter.XY{X: float64(i), Y: x.mibps()})
 			}
 		}
-		if len(vals) == 0 {
-			continue
-		}
-		bars, err := plotter.NewBarChart(vals, w)
-		if err != nil {
-			return err
-		}
-		bars.Color = plotutil.Color(i)
-		bars.Offset = vg.Length(i-1)*w + w/2
-		p.Add(bars)
-		p.Legend.Add(kind+" files", bars)
+		args = append(args, kind+" files", pts)
 	}
-	p.NominalX(slices.Clone(names)...)
+	if err := plotutil.AddScatters(p, args...); err != nil {
+		return err
+	}
+	p.NominalX(names...)
 	p.Legend.Top = true
-	p.X.Tick.Label.Rotation = 0.5
-	p.X.Tick.Label.XAlign = -0.9
+	p.Legend.Left = true
 	return p.Save(8*vg.Inch, 4.5*vg.Inch, path)
 }
