@@ -153,6 +153,9 @@ type Cache struct {
 	opts  Options
 	tiers []*tier
 	sem   chan struct{}
+	// raSem bounds read-ahead fetches to a quarter of the fetch slots, so
+	// readers' own blocks never queue behind speculation.
+	raSem chan struct{}
 	kick  chan struct{}
 	ctx   context.Context // cancelled by Close; owns read-ahead and the cleaner
 	stop  context.CancelFunc
@@ -188,6 +191,7 @@ func New(opts Options) (*Cache, error) {
 	c := &Cache{
 		opts:   opts,
 		sem:    make(chan struct{}, opts.MaxFetches),
+		raSem:  make(chan struct{}, max(1, opts.MaxFetches/4)),
 		kick:   make(chan struct{}, 1),
 		ctx:    ctx,
 		stop:   stop,

@@ -434,7 +434,16 @@ func (it *Item) noteRead(src Source, off, end int64) {
 	}
 	it.mu.Unlock()
 	for _, b := range todo {
-		go func() { _, _ = it.fetch(it.c.ctx, src, b) }()
+		// The read-ahead slot is taken before the fetch exists: a reader
+		// who needs the block meanwhile fetches it at once, it never
+		// waits for a speculative fetch to get a slot.
+		go func() {
+			if err := acquire(it.c.ctx, it.c.raSem); err != nil {
+				return
+			}
+			defer func() { <-it.c.raSem }()
+			_, _ = it.fetch(it.c.ctx, src, b)
+		}()
 	}
 }
 
