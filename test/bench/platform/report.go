@@ -270,14 +270,22 @@ func (r *report) write() error {
 
 // lossCauses is what we understand of the places Cistern loses, kept with
 // the generator so the report says it every time it lists a loss.
-const lossCauses = `What we think causes these: (1) on a cold run Cistern fetches whole 4 MiB
-blocks and, for a sequential reader, four blocks ahead, so the first read of
-a file waits for a whole block where rclone and s3fs start streaming the
-first bytes sooner; (2) Cistern serves cold reads through its daemon in
-128 KiB FUSE requests until a file is complete, while the page cache of an
-rclone or s3fs mount is already in play; (3) this is a 2-core machine: the
-S3 server, the store model, the FUSE daemon and up to 100 readers share two
-cores, so any extra CPU per request shows up as latency.`
+const lossCauses = `What we think causes these. With many cold readers of large files the link
+to the store is the bottleneck (all systems together cannot beat its
+bandwidth), and the systems share it differently. Cistern runs up to
+--max-fetches (16) block fetches of 4 MiB at once and every reader waits
+for its own block: readers progress at the same pace, so the average read
+waits long but the slowest reader finishes early (Cistern's p99, completion
+time and aggregate throughput are the best of the cold systems at 50 and
+100 readers, and it fetches each byte once). s3fs downloads a whole file
+with parallel ranged GETs when it is opened, and rclone streams each open
+file in order: the first readers of a file are served at once and later
+ones wait seconds, which gives a lower average and a much higher p99, at the
+cost of 1.3 to 3 times the store traffic. A fairer average for Cistern would
+need per-reader prioritisation of block fetches (deadline order rather than
+first come), which it does not have yet. At 10 readers and below the
+differences are within this machine's noise: two cores run the S3 server,
+the store model, the FUSE daemon and the readers.`
 
 func (r *report) latencyPlot(kind, path string) error {
 	p := plot.New()
