@@ -274,18 +274,18 @@ const lossCauses = `What we think causes these. With many cold readers of large 
 to the store is the bottleneck (all systems together cannot beat its
 bandwidth), and the systems share it differently. Cistern runs up to
 --max-fetches (16) block fetches of 4 MiB at once and every reader waits
-for its own block: readers progress at the same pace, so the average read
-waits long but the slowest reader finishes early (Cistern's p99, completion
-time and aggregate throughput are the best of the cold systems at 50 and
-100 readers, and it fetches each byte once). s3fs downloads a whole file
-with parallel ranged GETs when it is opened, and rclone streams each open
-file in order: the first readers of a file are served at once and later
-ones wait seconds, which gives a lower average and a much higher p99, at the
-cost of 1.3 to 3 times the store traffic. A fairer average for Cistern would
-need per-reader prioritisation of block fetches (deadline order rather than
-first come), which it does not have yet. At 10 readers and below the
-differences are within this machine's noise: two cores run the S3 server,
-the store model, the FUSE daemon and the readers.`
+for its own block: readers progress at about the same pace, so the average
+read waits long but the last reader finishes early (at 50 and 100 readers
+Cistern has the shortest completion time and the highest aggregate
+throughput of the cold systems, and fetches each byte once). s3fs downloads
+a whole file with parallel ranged GETs when it is opened, and rclone
+streams each open file in order: the first readers of a file are served at
+once and later ones wait, which gives a lower average, a longer run, and
+(rclone) more store traffic. A better average for Cistern needs fetches
+ordered by the reader waiting longest (deadline order rather than first
+come), which it does not have yet. With one reader the differences are
+within this machine's noise: two cores run the S3 server, the store model,
+the FUSE daemon and the readers.`
 
 func (r *report) latencyPlot(kind, path string) error {
 	p := plot.New()
