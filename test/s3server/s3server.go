@@ -174,8 +174,32 @@ func (s *Server) Stop() error {
 }
 
 // Freeze stops the server with SIGSTOP: connections stay open and nothing
-// answers, like a stalled store. Thaw resumes it.
-func (s *Server) Freeze() error { return s.cmd.Process.Signal(syscall.SIGSTOP) }
+// answers, like a stalled store. It returns once every thread is stopped.
+// Thaw resumes it.
+func (s *Server) Freeze() error {
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	tasks := fmt.Sprintf("/proc/%d/task", s.cmd.Process.Pid)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		ents, err := os.ReadDir(tasks)
+		if err != nil {
+			return err
+		}
+		stopped := 0
+		for _, e := range ents {
+			b, err := os.ReadFile(tasks + "/" + e.Name() + "/stat")
+			// The state follows the command name in parentheses.
+			if i := strings.LastIndexByte(string(b), ')'); err == nil && i >= 0 && i+2 < len(b) && (b[i+2] == 'T' || b[i+2] == 't') {
+				stopped++
+			}
+		}
+		if stopped == len(ents) {
+			return nil
+		}
+	}
+	return errors.New("versitygw did not stop within 5s")
+}
 
 // Thaw resumes a frozen server.
 func (s *Server) Thaw() error { return s.cmd.Process.Signal(syscall.SIGCONT) }
