@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
 
 	"github.com/minio/minio-go/v7"
 
@@ -49,40 +48,11 @@ func startDemoStore(ctx context.Context, dir string, trees map[string]string) (*
 	return st, nil
 }
 
-// upload puts every file under root as prefix/relative-path, 16 at a time.
+// upload puts every file under root as prefix/relative-path.
 func (st *demoStore) upload(ctx context.Context, prefix, root string) error {
-	var files []string
-	if err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err == nil && e.Type().IsRegular() {
-			files = append(files, p)
-		}
-		return err
-	}); err != nil {
-		return err
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	sem := make(chan struct{}, 16)
-	for _, p := range files {
-		rel, _ := filepath.Rel(root, p)
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_, err := st.mc.FPutObject(ctx, demoBucket, prefix+"/"+filepath.ToSlash(rel), p, minio.PutObjectOptions{})
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
-			st.uploaded++
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	n, err := st.srv.UploadTree(ctx, demoBucket, prefix, root)
+	st.uploaded += n
+	return err
 }
 
 // location is the S3 location of a dataset.

@@ -254,3 +254,49 @@ func (s *Server) Port() int {
 	n, _ := strconv.Atoi(p)
 	return n
 }
+
+// UploadTree puts every regular file under root into bucket as
+// prefix/<relative path> ("" prefix: the relative path), 16 at a time, and
+// returns how many it uploaded.
+func (s *Server) UploadTree(ctx context.Context, bucket, prefix, root string) (int, error) {
+	mc, err := s.Client()
+	if err != nil {
+		return 0, err
+	}
+	var files []string
+	if err := filepath.WalkDir(root, func(p string, e os.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() {
+			files = append(files, p)
+		}
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	work := make(chan string)
+	errs := make(chan error, 16)
+	for range 16 {
+		go func() {
+			var first error
+			for p := range work {
+				rel, _ := filepath.Rel(root, p)
+				key := filepath.ToSlash(rel)
+				if prefix != "" {
+					key = prefix + "/" + key
+				}
+				if _, err := mc.FPutObject(ctx, bucket, key, p, minio.PutObjectOptions{PartSize: 64 << 20}); err != nil && first == nil {
+					first = fmt.Errorf("upload %s: %w", key, err)
+				}
+			}
+			errs <- first
+		}()
+	}
+	for _, p := range files {
+		work <- p
+	}
+	close(work)
+	var all []error
+	for range 16 {
+		all = append(all, <-errs)
+	}
+	return len(files), errors.Join(all...)
+}

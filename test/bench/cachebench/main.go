@@ -13,7 +13,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/signal"
@@ -23,8 +22,6 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
-
-	"github.com/minio/minio-go/v7"
 
 	"github.com/cistern-csi/cistern/pkg/cache"
 	"github.com/cistern-csi/cistern/pkg/cache/s3"
@@ -293,29 +290,7 @@ func startS3(dir, root string) (*s3server.Server, cache.Source, error) {
 	if err := srv.CreateBucket(ctx, "bench"); err != nil {
 		return fail(err)
 	}
-	mc, err := srv.Client()
-	if err != nil {
-		return fail(err)
-	}
-	var files []string
-	if err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err == nil && e.Type().IsRegular() {
-			files = append(files, p)
-		}
-		return err
-	}); err != nil {
-		return fail(err)
-	}
-	err = readers.Parallel(16, func(i int) error {
-		for j := i; j < len(files); j += 16 {
-			rel, _ := filepath.Rel(root, files[j])
-			if _, err := mc.FPutObject(ctx, "bench", rel, files[j], minio.PutObjectOptions{PartSize: 64 << 20}); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if _, err := srv.UploadTree(ctx, "bench", "", root); err != nil {
 		return fail(err)
 	}
 	loc := s3.Location{Bucket: "bench", Endpoint: srv.Endpoint, Region: "us-east-1", Addressing: "path"}

@@ -29,7 +29,6 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/cistern-csi/cistern/pkg/mounter"
-	"github.com/cistern-csi/cistern/test/bench/readers"
 	"github.com/cistern-csi/cistern/test/s3server"
 )
 
@@ -412,29 +411,8 @@ func upload(ctx context.Context, srv *s3server.Server, root string) error {
 	if err := srv.CreateBucket(ctx, "bench"); err != nil {
 		return err
 	}
-	mc, err := srv.Client()
-	if err != nil {
-		return err
-	}
-	var files []string
-	if err := filepath.WalkDir(root, func(p string, e os.DirEntry, err error) error {
-		if err == nil && e.Type().IsRegular() {
-			files = append(files, p)
-		}
-		return err
-	}); err != nil {
-		return err
-	}
 	start := time.Now()
-	err = readers.Parallel(16, func(i int) error {
-		for j := i; j < len(files); j += 16 {
-			rel, _ := filepath.Rel(root, files[j])
-			if _, err := mc.FPutObject(ctx, "bench", "ds/"+filepath.ToSlash(rel), files[j], minio.PutObjectOptions{PartSize: 64 << 20}); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	say("uploaded %d objects in %s", len(files), time.Since(start).Round(time.Millisecond))
+	n, err := srv.UploadTree(ctx, "bench", "ds", root)
+	say("uploaded %d objects in %s", n, time.Since(start).Round(time.Millisecond))
 	return err
 }
