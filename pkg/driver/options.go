@@ -50,7 +50,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.NodeID, "node-id", "", "this node's name (required for node and all modes)")
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/cistern", "directory for local state")
 	fs.StringVar(&o.CacheGroup, "cache-group", "", "cache pool this node serves (topology key cistern.csi.dev/cache-group)")
-	fs.Func("inline-sources", "comma-separated source prefixes inline volumes may use, e.g. file:///datasets/ (empty: inline volumes refused)", func(s string) error {
+	fs.Func("inline-sources", "comma-separated source prefixes inline volumes may use, e.g. file:///datasets/,s3://public/?endpoint=https%3A%2F%2Fs3.example.com (an S3 prefix names its endpoint; empty: inline volumes refused)", func(s string) error {
 		o.InlineSources = nil
 		for _, p := range strings.Split(s, ",") {
 			if p = strings.TrimSpace(p); p != "" {
