@@ -301,6 +301,31 @@ func TestS3ReadWrite(t *testing.T) {
 	if err := e.srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	// A failed fsync keeps the data: once the store is back, close
+	// uploads all of it.
+	r, err := os.Create(filepath.Join(ma, "out/retried.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	retried := bytes.Repeat([]byte("retry!"), 300_000) // 1.8 MB
+	if _, err := r.Write(retried); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Errorf("fsync with the store down: %v, want EIO", err)
+	}
+	if err := e.srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("close once the store is back: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mb, "out/retried.bin")); err != nil || !bytes.Equal(got, retried) {
+		t.Errorf("the retried upload: %d bytes, %v; want %d", len(got), err, len(retried))
+	}
 	want := []string{"big.bin", "day-00/sym-0.csv"} // spot checks of the seed data
 	got := e.keys(t)
 	for _, k := range got {

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -336,7 +337,9 @@ func (s *S3) Upload(ctx context.Context, name string, f *os.File, size int64) (A
 		return Attr{}, syscall.EISDIR
 	}
 	defer s.forget(name)
-	if _, err := s.c.Put(ctx, name, f, size); err != nil {
+	// A section reader reads from offset 0 whatever the file's offset
+	// (an upload retried after a failed one reads it all again).
+	if _, err := s.c.Put(ctx, name, io.NewSectionReader(f, 0, size), size); err != nil {
 		return Attr{}, err
 	}
 	// The store's own view (multipart ETags, its clock).
