@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -275,7 +276,8 @@ func (s *S3) Stat(ctx context.Context, name string) (Attr, error) {
 	o, n, err := s.c.StatRead(ctx, name, buf)
 	if err == nil {
 		a := s.fileAttr(o)
-		s.keepHead(name, a, buf[:n])
+		// A copy of exactly what came, not the 256 KiB buffer.
+		s.keepHead(name, a, bytes.Clone(buf[:n]))
 		return a, nil
 	}
 	if !errors.Is(err, syscall.ENOENT) {
