@@ -30,6 +30,7 @@ type uploadHandle struct {
 	size   int64    // guarded by mu
 	dirty  bool     // guarded by mu; the object must be stored on flush
 	locked bool     // guarded by mu; an existing object: no write may change it
+	gone   bool     // guarded by mu; unlinked while open: never stored
 }
 
 var (
@@ -142,7 +143,7 @@ func (h *uploadHandle) Fsync(ctx context.Context, _ uint32) syscall.Errno {
 }
 
 func (h *uploadHandle) storeLocked(ctx context.Context) syscall.Errno {
-	if !h.dirty {
+	if !h.dirty || h.gone {
 		return 0
 	}
 	n := h.n
@@ -185,7 +186,7 @@ func (h *uploadHandle) truncate(size int64) syscall.Errno {
 // close that should have stored them failed.
 func (h *uploadHandle) Release(context.Context) syscall.Errno {
 	h.mu.Lock()
-	if h.dirty {
+	if h.dirty && !h.gone {
 		klog.InfoS("A file closed without a successful upload was discarded", "dataset", h.n.fsys.opts.Dataset, "path", h.n.rel(), "bytes", h.size)
 	}
 	h.spool.Close()
@@ -198,6 +199,23 @@ func (h *uploadHandle) Release(context.Context) syscall.Errno {
 	}
 	n.mu.Unlock()
 	return 0
+}
+
+// unlinkPending marks the write handles of a file being written as
+// unlinked (their bytes are never stored, as a removed file's data goes
+// with its last close) and reports whether there was one.
+func (n *node) unlinkPending() bool {
+	n.mu.Lock()
+	h := n.upload
+	n.upload = nil
+	n.mu.Unlock()
+	if h == nil {
+		return false
+	}
+	h.mu.Lock()
+	h.gone = true
+	h.mu.Unlock()
+	return true
 }
 
 // pendingAttr returns the attributes of a file being written that the

@@ -103,7 +103,16 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if ob := n.objects(); ob != nil {
 		p := n.child(name)
+		pending := false
+		if ch := n.GetChild(name); ch != nil {
+			if cn, ok := ch.Operations().(*node); ok {
+				pending = cn.unlinkPending()
+			}
+		}
 		if _, err := ob.Stat(ctx, p); err != nil {
+			if pending && Errno(err) == syscall.ENOENT {
+				return 0 // never stored: nothing to delete
+			}
 			return Errno(err)
 		}
 		err := ob.RemoveFile(ctx, p)

@@ -301,6 +301,25 @@ func TestS3ReadWrite(t *testing.T) {
 	if err := e.srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	// A file removed while it is being written is never stored (a
+	// temporary file pattern: create, unlink, write, close).
+	tmp, err := os.Create(filepath.Join(ma, "out/scratch.tmp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(ma, "out/scratch.tmp")); err != nil {
+		t.Fatalf("unlink a file being written: %v", err)
+	}
+	if _, err := tmp.Write([]byte("scratch")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tmp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(mb, "out/scratch.tmp")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("an unlinked file came back at close: %v", err)
+	}
+
 	// A failed fsync keeps the data: once the store is back, close
 	// uploads all of it.
 	r, err := os.Create(filepath.Join(ma, "out/retried.bin"))
