@@ -160,6 +160,11 @@ func (s s3Dataset) Archive(ctx context.Context, sub string, now time.Time) (stri
 	copied := 0
 	err := s.c.Walk(ctx, sub, func(name string, o s3.Object) error {
 		copied++
+		if name == "" || strings.HasSuffix(name, "/") {
+			// A directory marker is written, not copied (some stores
+			// refuse to copy directory objects).
+			return s.c.PutMarker(ctx, path.Join(dst, name))
+		}
 		return s.c.Copy(ctx, sub+"/"+name, dst+"/"+name, o.Size)
 	})
 	if err != nil {
