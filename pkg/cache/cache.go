@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -62,6 +63,11 @@ type Options struct {
 	MaxFetches int
 	// ReadAhead is how many blocks a sequential reader prefetches (4).
 	ReadAhead int
+	// MaxOpenFiles bounds the cache files held open at once (the least
+	// recently used is closed and reopened on demand): a dataset of a
+	// million files must not exhaust the daemon's descriptors. Default:
+	// a quarter of RLIMIT_NOFILE, at most 4096.
+	MaxOpenFiles int
 }
 
 func (o *Options) setDefaults() error {
@@ -90,6 +96,13 @@ func (o *Options) setDefaults() error {
 	}
 	if o.ReadAhead == 0 {
 		o.ReadAhead = 4
+	}
+	if o.MaxOpenFiles <= 0 {
+		o.MaxOpenFiles = 4096
+		var rl unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur/4 < uint64(o.MaxOpenFiles) {
+			o.MaxOpenFiles = max(16, int(rl.Cur/4))
+		}
 	}
 	return nil
 }
@@ -153,6 +166,10 @@ type Cache struct {
 	opts  Options
 	tiers []*tier
 	sem   chan struct{}
+
+	fdMu    sync.Mutex
+	fdOrder *list.List // guarded by fdMu; items with an open data file, most recent first
+
 	// raSem bounds read-ahead fetches to a quarter of the fetch slots, so
 	// readers' own blocks never queue behind speculation.
 	raSem chan struct{}
@@ -189,15 +206,16 @@ func New(opts Options) (*Cache, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	c := &Cache{
-		opts:   opts,
-		sem:    make(chan struct{}, opts.MaxFetches),
-		raSem:  make(chan struct{}, max(1, opts.MaxFetches/4)),
-		kick:   make(chan struct{}, 1),
-		ctx:    ctx,
-		stop:   stop,
-		items:  map[string]*Item{},
-		perDS:  map[string]*counters{},
-		logged: map[string]bool{},
+		opts:    opts,
+		sem:     make(chan struct{}, opts.MaxFetches),
+		raSem:   make(chan struct{}, max(1, opts.MaxFetches/4)),
+		fdOrder: list.New(),
+		kick:    make(chan struct{}, 1),
+		ctx:     ctx,
+		stop:    stop,
+		items:   map[string]*Item{},
+		perDS:   map[string]*counters{},
+		logged:  map[string]bool{},
 	}
 	for _, t := range opts.Tiers {
 		if err := os.MkdirAll(t.Dir, 0o700); err != nil {
@@ -573,4 +591,38 @@ func (c *Cache) clean(t *tier) {
 	if len(victims) > 0 {
 		klog.V(3).InfoS("Evicted cache items", "tier", t.Name, "items", len(victims), "usedBytes", t.used.Load())
 	}
+}
+
+// noteOpen records that it's data file is open and in use, and closes the
+// least recently used files beyond MaxOpenFiles. A reader holding a file
+// that is closed under it reopens it (see Item.pread).
+func (c *Cache) noteOpen(it *Item) {
+	c.fdMu.Lock()
+	if it.fdElem != nil {
+		c.fdOrder.MoveToFront(it.fdElem)
+	} else {
+		it.fdElem = c.fdOrder.PushFront(it)
+	}
+	var victims []*Item
+	for c.fdOrder.Len() > c.opts.MaxOpenFiles {
+		e := c.fdOrder.Back()
+		v := e.Value.(*Item)
+		c.fdOrder.Remove(e)
+		v.fdElem = nil
+		victims = append(victims, v)
+	}
+	c.fdMu.Unlock()
+	for _, v := range victims {
+		_ = v.closeFile()
+	}
+}
+
+// forgetOpen drops it from the open-file order (its file is closed).
+func (c *Cache) forgetOpen(it *Item) {
+	c.fdMu.Lock()
+	if it.fdElem != nil {
+		c.fdOrder.Remove(it.fdElem)
+		it.fdElem = nil
+	}
+	c.fdMu.Unlock()
 }

@@ -321,3 +321,44 @@ func TestReadServedAsTheBlockArrives(t *testing.T) {
 		t.Fatalf("read of the block's first 4 KiB while its second half is held: %d, %v", n, err)
 	}
 }
+
+// TestOpenFilesAreBounded: with more cached files than MaxOpenFiles the
+// cache closes the least recently used and reopens on demand; concurrent
+// readers always get the right bytes (a dataset of a million files must not
+// run the daemon out of descriptors: with one open file per cached file it
+// once failed reads with EIO at 20,000 files).
+func TestOpenFilesAreBounded(t *testing.T) {
+	root := t.TempDir()
+	want := map[string][]byte{}
+	for i := range 60 {
+		name := fmt.Sprintf("f%02d", i)
+		want[name] = writeRandom(t, filepath.Join(root, name), 3*testBlock/2+i, uint64(i))
+	}
+	p, _ := NewPosix(root)
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: testBlock, MaxOpenFiles: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fds := func() int {
+		ents, _ := os.ReadDir("/proc/self/fd")
+		return len(ents)
+	}
+	before := fds()
+	for round := range 2 { // cold, then from the cache
+		var wg sync.WaitGroup
+		for name, w := range want {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if got := readAll(t, c, p, name); !bytes.Equal(got, w) {
+					t.Errorf("round %d: %s: wrong bytes", round, name)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	if open := fds() - before; open > 4+8 {
+		t.Errorf("%d more descriptors open after reading 60 files with MaxOpenFiles=4", open)
+	}
+}

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"container/list"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,6 +46,8 @@ type Item struct {
 	removed      bool                 // guarded by mu
 
 	saveMu sync.Mutex // serialises index writes
+
+	fdElem *list.Element // guarded by c.fdMu; in c.fdOrder while the data file is open
 }
 
 // fetchCall is one in-flight block fetch. buf is allocated up front and
@@ -156,16 +159,18 @@ func (it *Item) readBlock(ctx context.Context, src Source, b int64, dst []byte, 
 }
 
 func (it *Item) pread(dst []byte, off int64) (int, error) {
-	it.mu.Lock()
-	f := it.file
-	it.mu.Unlock()
-	if f == nil {
-		var err error
-		if f, err = it.openFile(); err != nil {
+	for range 3 {
+		f, err := it.openFile()
+		if err != nil {
 			return 0, err
 		}
+		n, err := f.ReadAt(dst, off)
+		if errors.Is(err, os.ErrClosed) {
+			continue // closed by the open-file bound meanwhile: reopen
+		}
+		return n, err
 	}
-	return f.ReadAt(dst, off)
+	return 0, fmt.Errorf("cache file of %s closed under three reads in a row: %w", it.name, os.ErrClosed)
 }
 
 // verify reports whether block b is present and intact. A block not yet
@@ -307,11 +312,17 @@ func (it *Item) store(b int64, buf []byte, gen uint64) error {
 		it.c.kickCleaner()
 		return errTierFull
 	}
-	f, err := it.openFile()
-	if err != nil {
-		return err
+	var err error
+	for range 3 {
+		var f *os.File
+		if f, err = it.openFile(); err != nil {
+			return err
+		}
+		if _, err = f.WriteAt(buf, b*it.c.opts.BlockSize); !errors.Is(err, os.ErrClosed) {
+			break // closed by the open-file bound meanwhile: reopen
+		}
 	}
-	if _, err := f.WriteAt(buf, b*it.c.opts.BlockSize); err != nil {
+	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			it.c.kickCleaner()
 		}
@@ -334,7 +345,17 @@ func (it *Item) store(b int64, buf []byte, gen uint64) error {
 	return it.save()
 }
 
+// openFile returns the item's data file, opening it if needed; the cache
+// bounds how many stay open.
 func (it *Item) openFile() (*os.File, error) {
+	f, err := it.openFileLocked()
+	if err == nil {
+		it.c.noteOpen(it)
+	}
+	return f, err
+}
+
+func (it *Item) openFileLocked() (*os.File, error) {
 	it.mu.Lock()
 	defer it.mu.Unlock()
 	if it.removed {
@@ -362,6 +383,7 @@ func (it *Item) openFile() (*os.File, error) {
 }
 
 func (it *Item) closeFile() error {
+	it.c.forgetOpen(it)
 	it.mu.Lock()
 	f := it.file
 	it.file = nil
@@ -376,22 +398,21 @@ func (it *Item) closeFile() error {
 // new version.
 func (it *Item) truncateFile() error {
 	it.mu.Lock()
-	f, size := it.file, it.size
+	size := it.size
 	it.mu.Unlock()
-	if f == nil {
-		if err := os.Truncate(it.dataPath, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
+	// By path: an open descriptor may be closed by the open-file bound.
+	if err := os.Truncate(it.dataPath, 0); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
 		}
-		return nil
-	}
-	if err := f.Truncate(0); err != nil {
 		return err
 	}
-	return f.Truncate(size)
+	return os.Truncate(it.dataPath, size)
 }
 
 // remove deletes the item's files; the caller has taken it out of the map.
 func (it *Item) remove() {
+	it.c.forgetOpen(it)
 	it.mu.Lock()
 	it.removed = true
 	f := it.file

@@ -48,6 +48,7 @@ type config struct {
 	rounds         int
 	work, out      string
 	binDir         string
+	keep           bool
 }
 
 func main() {
@@ -61,6 +62,7 @@ func main() {
 	flag.StringVar(&c.out, "out", "", "where the report and plots go (default docs, or _output/bench-smoke with --smoke)")
 	flag.StringVar(&c.work, "work-dir", "", "work directory (default: a new one under /var/tmp)")
 	flag.StringVar(&c.binDir, "bin-dir", "bin", "where cistern-csi and cistern-cache are (make build)")
+	flag.BoolVar(&c.keep, "keep", false, "keep the work directory (data, caches and the daemons' logs) at the end")
 	flag.Parse()
 	c.smallSize, c.largeFiles = 64<<10, 4
 	switch {
@@ -149,6 +151,10 @@ func (b *bench) cleanup() {
 			}
 			cancel()
 		}
+	}
+	if b.c.keep {
+		fmt.Fprintf(os.Stderr, "platform: work directory kept: %s\n", b.work)
+		return
 	}
 	os.RemoveAll(b.work)
 }
