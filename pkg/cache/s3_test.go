@@ -32,15 +32,7 @@ type s3Env struct {
 func newS3Env(t *testing.T) *s3Env {
 	t.Helper()
 	requireFUSE(t)
-	srv := s3server.StartT(t)
-	ctx := context.Background()
-	if err := srv.CreateBucket(ctx, "data"); err != nil {
-		t.Fatal(err)
-	}
-	mc, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, mc := s3server.StartBucketT(t, "data")
 	e := &s3Env{srv: srv, mc: mc, files: map[string][]byte{},
 		loc: s3.Location{Bucket: "data", Prefix: "ds", Endpoint: srv.Endpoint, Region: "us-east-1", Addressing: "path"}}
 	local := t.TempDir()

@@ -17,15 +17,8 @@ import (
 // The controller on an s3:// dataset against a real S3 server: markers,
 // exact-prefix delete, archive, the sharing guard, and credentials.
 func TestControllerS3(t *testing.T) {
-	srv := s3server.StartT(t)
+	srv, mc := s3server.StartBucketT(t, "data")
 	ctx := context.Background()
-	if err := srv.CreateBucket(ctx, "data"); err != nil {
-		t.Fatal(err)
-	}
-	mc, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
 	keys := func(prefix string) []string {
 		var out []string
 		for o := range mc.ListObjects(ctx, "data", minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {

@@ -89,12 +89,9 @@ func TestSecretsNeverLeak(t *testing.T) {
 	testutil.UnmountAllUnder(t, dir)
 	bin := filepath.Join(dir, "bin")
 	buildBinaries(t, bin)
-	srv := s3server.StartT(t)
+	srv, mc := s3server.StartBucketT(t, "data")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := srv.CreateBucket(ctx, "data"); err != nil {
-		t.Fatal(err)
-	}
 	secrets := srv.Secrets()
 
 	cacheSock, csiSock := filepath.Join(dir, "cache.sock"), filepath.Join(dir, "csi.sock")
@@ -145,10 +142,6 @@ func TestSecretsNeverLeak(t *testing.T) {
 		t.Fatalf("read back: %q, %v", got, err)
 	}
 	// The object is in the store, under the volume's prefix.
-	mc, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := mc.StatObject(ctx, "data", "features/quant-a/claim/f.csv", minio.StatObjectOptions{}); err != nil {
 		t.Fatalf("the written file is not in the bucket: %v", err)
 	}

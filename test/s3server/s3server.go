@@ -300,3 +300,18 @@ func (s *Server) UploadTree(ctx context.Context, bucket, prefix, root string) (i
 	}
 	return len(files), errors.Join(all...)
 }
+
+// StartBucketT is StartT with one bucket created, and a client with the
+// server's root credentials to work behind Cistern's back.
+func StartBucketT(t testing.TB, bucket string) (*Server, *minio.Client) {
+	t.Helper()
+	s := StartT(t)
+	if err := s.CreateBucket(context.Background(), bucket); err != nil {
+		t.Fatalf("create bucket %s: %v", bucket, err)
+	}
+	mc, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, mc
+}

@@ -69,20 +69,13 @@ func TestSanity(t *testing.T) {
 			return out
 		}
 	case "s3":
-		srv := s3server.StartT(t)
+		srv, mc := s3server.StartBucketT(t, "sanity")
 		ctx := context.Background()
-		if err := srv.CreateBucket(ctx, "sanity"); err != nil {
-			t.Fatal(err)
-		}
 		cfg.TestVolumeParameters["source"] = "s3://sanity/datasets"
 		cfg.TestVolumeParameters["endpoint"] = srv.Endpoint
 		cfg.TestVolumeParameters["region"] = "us-east-1"
 		cfg.TestVolumeParameters["addressing"] = "path"
 		cfg.SecretsFile = writeSecrets(t, dir, srv.Secrets())
-		mc, err := srv.Client()
-		if err != nil {
-			t.Fatal(err)
-		}
 		left = func() []string {
 			var out []string
 			for o := range mc.ListObjects(ctx, "sanity", minio.ListObjectsOptions{Prefix: "datasets/", Recursive: true}) {

@@ -31,15 +31,7 @@ type env struct {
 
 func newEnv(t *testing.T, prefix string) *env {
 	t.Helper()
-	srv := s3server.StartT(t)
-	ctx := context.Background()
-	if err := srv.CreateBucket(ctx, "data"); err != nil {
-		t.Fatal(err)
-	}
-	mc, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, mc := s3server.StartBucketT(t, "data")
 	return &env{srv: srv, mc: mc, bucket: "data", loc: s3.Location{Bucket: "data", Prefix: prefix, Endpoint: srv.Endpoint, Addressing: "path"}}
 }
 
