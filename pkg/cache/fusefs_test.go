@@ -207,3 +207,33 @@ func TestFSReadWrite(t *testing.T) {
 		t.Fatalf("unlink did not reach the source: %v", err)
 	}
 }
+
+// TestOpenWhileCachedHandleOpen: a file that becomes complete while a
+// handle reading it through the page cache is still open opens again
+// without error (the kernel answers EIO to a passthrough open of an inode
+// open in cached mode, so the second open must not ask for passthrough).
+func TestOpenWhileCachedHandleOpen(t *testing.T) {
+	root := t.TempDir()
+	want := writeRandom(t, filepath.Join(root, "f"), 2*testBlock+3, 11)
+	p, _ := NewPosix(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	fsys, mnt := mountTest(t, p, c, FSOptions{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	first, err := os.Open(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if got, err := io.ReadAll(first); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("cold read: %v", err) // the file is complete in the cache now
+	}
+	for i := range 3 {
+		got, err := os.ReadFile(filepath.Join(mnt, "f"))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("open %d while a cached handle is open: %v", i, err)
+		}
+	}
+	if n := fsys.Passthrough.Load(); n != 0 {
+		t.Errorf("%d passthrough opens while a cached handle was open", n)
+	}
+}

@@ -1,8 +1,11 @@
 package cache
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -69,4 +72,65 @@ func TestShortSequentialReadStaysShort(t *testing.T) {
 	if got := c.Stats().SourceBytes; got > 36<<20 {
 		t.Errorf("reading 16 MiB fetched %d MiB from the source, want at most 36", got>>20)
 	}
+}
+
+// blockingSource holds every read past the first block until release is
+// closed, and counts the held reads.
+type blockingSource struct {
+	Source
+	release  chan struct{}
+	inflight atomic.Int32
+	peak     atomic.Int32
+}
+
+func (s *blockingSource) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	if off < testBlock {
+		return s.Source.ReadAt(ctx, name, p, off)
+	}
+	n := s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	for old := s.peak.Load(); n > old && !s.peak.CompareAndSwap(old, n); old = s.peak.Load() {
+	}
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return s.Source.ReadAt(ctx, name, p, off)
+}
+
+// TestReadAheadTakesAQuarterOfTheSlots: however many sequential readers
+// ask for read-ahead, speculative fetches hold at most MaxFetches/4 slots,
+// so a reader's own block always finds one.
+func TestReadAheadTakesAQuarterOfTheSlots(t *testing.T) {
+	root := t.TempDir()
+	for i := range 8 {
+		writeRandom(t, filepath.Join(root, fmt.Sprintf("f%d", i)), 8*testBlock, uint64(i))
+	}
+	p, _ := NewPosix(root)
+	src := &blockingSource{Source: p, release: make(chan struct{})}
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: testBlock, MaxFetches: 8, ReadAhead: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	// Each reader's first block is served at once; its read-ahead then
+	// asks for the next block, which the source holds.
+	for i := range 8 {
+		name := fmt.Sprintf("f%d", i)
+		a, err := p.Stat(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		if _, err := c.ReadAt(ctx, src, "ds", name, a, buf, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // read-ahead goroutines take their slots
+	if got := src.peak.Load(); got == 0 || got > 2 {
+		t.Errorf("%d speculative fetches in flight at once with MaxFetches=8, want 1 or 2", got)
+	}
+	close(src.release)
 }

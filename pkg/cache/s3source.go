@@ -58,10 +58,10 @@ type S3 struct {
 	started time.Time // directories' modification time
 
 	mu        sync.Mutex
-	dirs      map[string]*dirListing   // guarded by mu
-	listing   map[string]chan struct{} // guarded by mu; directories being listed for lookups
-	heads     map[string]*head         // guarded by mu; first bytes fetched by lookups
-	headBytes int64                    // guarded by mu; bytes held in heads
+	dirs      map[string]*dirListing // guarded by mu
+	listing   map[string]bool        // guarded by mu; directories being listed for lookups
+	heads     map[string]*head       // guarded by mu; first bytes fetched by lookups
+	headBytes int64                  // guarded by mu; bytes held in heads
 }
 
 // head is the beginning of a file, fetched by its lookup, kept until its
@@ -143,7 +143,7 @@ const lookupListing = 1000
 // NewS3 returns a source for the client's location; listings are trusted
 // for ttl (0: never).
 func NewS3(c *s3.Client, ttl time.Duration) *S3 {
-	return &S3{c: c, ttl: ttl, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]chan struct{}{}, heads: map[string]*head{}}
+	return &S3{c: c, ttl: ttl, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]bool{}, heads: map[string]*head{}}
 }
 
 var (
@@ -183,23 +183,21 @@ func (s *S3) cached(dir string) *dirListing {
 // (a lookup costs one round trip), its siblings find it.
 func (s *S3) listInBackground(dir string) {
 	s.mu.Lock()
-	if _, busy := s.listing[dir]; busy {
+	if s.listing[dir] {
 		s.mu.Unlock()
 		return
 	}
-	done := make(chan struct{})
-	s.listing[dir] = done
+	s.listing[dir] = true
 	s.mu.Unlock()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		objs, _, err := s.c.ListUpTo(ctx, dir, lookupListing)
+		objs, err := s.c.ListUpTo(ctx, dir, lookupListing)
 		if err == nil {
 			s.keep(dir, objs)
 		}
 		s.mu.Lock()
 		delete(s.listing, dir)
-		close(done)
 		s.mu.Unlock()
 	}()
 }

@@ -289,13 +289,11 @@ func stalled(ctx context.Context, err error) error {
 // file names (empty segments, ".", "..") are skipped and logged; a name that
 // is both an object and a prefix is shown as the directory.
 func (c *Client) List(ctx context.Context, rel string) ([]Object, error) {
-	out, _, err := c.ListUpTo(ctx, rel, 0)
-	return out, err
+	return c.ListUpTo(ctx, rel, 0)
 }
 
-// ListUpTo is List stopped after max entries (0: no limit); complete says
-// whether the listing has every entry.
-func (c *Client) ListUpTo(ctx context.Context, rel string, max int) (out []Object, complete bool, err error) {
+// ListUpTo is List stopped after max entries (0: no limit).
+func (c *Client) ListUpTo(ctx context.Context, rel string, max int) (out []Object, err error) {
 	prefix := c.loc.DirKey(rel)
 	// A long listing is many pages: it may take as long as it makes
 	// progress.
@@ -309,10 +307,10 @@ func (c *Client) ListUpTo(ctx context.Context, rel string, max int) (out []Objec
 	}
 	for obj := range c.mc.ListObjectsIter(ctx2, c.loc.Bucket, opts) {
 		if obj.Err != nil {
-			return nil, false, c.fail(ctx, "LIST", prefix, stalled(ctx2, obj.Err))
+			return nil, c.fail(ctx, "LIST", prefix, stalled(ctx2, obj.Err))
 		}
 		if max > 0 && len(out) >= max {
-			return out, false, nil // there is more
+			return out, nil // there is more
 		}
 		step()
 		name := strings.TrimPrefix(obj.Key, prefix)
@@ -340,7 +338,7 @@ func (c *Client) ListUpTo(ctx context.Context, rel string, max int) (out []Objec
 			out = append(out, Object{Name: name, Size: obj.Size, ETag: obj.ETag, Mtime: obj.LastModified})
 		}
 	}
-	return out, true, nil
+	return out, nil
 }
 
 // ReadAt reads len(p) bytes of rel at off with one ranged GET. A non-empty
