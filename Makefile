@@ -87,6 +87,7 @@ bench-smoke: build
 verify:
 	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
+	@hack/verify-layout.sh
 
 clean:
 	rm -rf $(BIN) $(OUT)

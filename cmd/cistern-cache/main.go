@@ -12,7 +12,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/daemon"
 )
 
 var version = "dev"
@@ -20,7 +20,7 @@ var version = "dev"
 func main() {
 	fs := flag.NewFlagSet("cistern-cache", flag.ContinueOnError)
 	klog.InitFlags(fs)
-	var opts cache.DaemonOptions
+	var opts daemon.Options
 	opts.AddFlags(fs)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -38,7 +38,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "cistern-cache: %v\n", err)
 		os.Exit(2)
 	}
-	d, err := cache.NewDaemon(opts)
+	d, err := daemon.New(opts)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cistern-cache: %v\n", err)
 		os.Exit(1)

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
 // cacheFlags are the flags every cache command takes.
@@ -29,7 +29,7 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	st, err := cache.NewClient(cf.socket).Stats(ctx)
+	st, err := api.NewClient(cf.socket).Stats(ctx)
 	if err != nil {
 		return err
 	}
@@ -78,7 +78,7 @@ func runWarmup(ctx context.Context, args []string, out io.Writer) error {
 	if len(paths) == 0 {
 		paths = []string{""}
 	}
-	cl := cache.NewClient(cf.socket)
+	cl := api.NewClient(cf.socket)
 	if *key == "" {
 		if *dataset == "" {
 			return errors.New("--dataset or --key is required")
@@ -102,8 +102,8 @@ func runWarmup(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("dataset %q is mounted %d times (keys %s): pick one with --key", *dataset, len(keys), strings.Join(keys, ", "))
 		}
 	}
-	var last cache.WarmupProgress
-	err := cl.Warmup(ctx, *key, paths, func(p cache.WarmupProgress) {
+	var last api.WarmupProgress
+	err := cl.Warmup(ctx, *key, paths, func(p api.WarmupProgress) {
 		last = p
 		fmt.Fprintf(out, "\r%s", progressBar(p))
 	})
@@ -115,7 +115,7 @@ func runWarmup(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-func progressBar(p cache.WarmupProgress) string {
+func progressBar(p api.WarmupProgress) string {
 	const width = 30
 	frac := 1.0
 	if p.TotalBytes > 0 {

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/driver"
 )
 
@@ -70,7 +70,7 @@ type demo struct {
 	work      string
 	csiProc   *proc
 	cacheProc *proc
-	cache     *cache.Client
+	cache     *api.Client
 	conn      *grpc.ClientConn
 	ctrl      csi.ControllerClient
 	node      csi.NodeClient
@@ -302,7 +302,7 @@ func (d *demo) startDriver(ctx context.Context, csiBin string) error {
 		return err
 	}
 	d.ctrl, d.node = csi.NewControllerClient(d.conn), csi.NewNodeClient(d.conn)
-	d.cache = cache.NewClient(cacheSock)
+	d.cache = api.NewClient(cacheSock)
 	info, err := csi.NewIdentityClient(d.conn).GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
 	if err != nil {
 		return fmt.Errorf("GetPluginInfo: %w", err)

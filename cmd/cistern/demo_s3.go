@@ -10,7 +10,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"github.com/cistern-csi/cistern/pkg/cache/s3"
+	"github.com/cistern-csi/cistern/pkg/cache/s3store"
 	"github.com/cistern-csi/cistern/test/s3server"
 )
 
@@ -56,8 +56,8 @@ func (st *demoStore) upload(ctx context.Context, prefix, root string) error {
 }
 
 // location is the S3 location of a dataset.
-func (st *demoStore) location(name string) s3.Location {
-	return s3.Location{Bucket: demoBucket, Prefix: name, Endpoint: st.srv.Endpoint, Region: "us-east-1", Addressing: "path"}
+func (st *demoStore) location(name string) s3store.Location {
+	return s3store.Location{Bucket: demoBucket, Prefix: name, Endpoint: st.srv.Endpoint, Region: "us-east-1", Addressing: "path"}
 }
 
 // count returns how many objects lie under prefix/.

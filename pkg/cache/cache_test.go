@@ -4,25 +4,28 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
 )
 
 // countingSource wraps a real source and counts reads per (file, offset).
 type countingSource struct {
-	Source
+	source.Source
 	mu    sync.Mutex
 	reads map[string]int
 	total atomic.Int64
 	delay time.Duration
 }
 
-func newCounting(s Source) *countingSource {
+func newCounting(s source.Source) *countingSource {
 	return &countingSource{Source: s, reads: map[string]int{}}
 }
 
@@ -37,34 +40,16 @@ func (s *countingSource) ReadAt(ctx context.Context, name string, p []byte, off 
 	return s.Source.ReadAt(ctx, name, p, off)
 }
 
-const testBlock = 64 << 10
-
-func writeRandom(t *testing.T, path string, size int, seed uint64) []byte {
-	t.Helper()
-	b := make([]byte, size)
-	r := rand.New(rand.NewPCG(seed, seed))
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func newTestCache(t *testing.T, dir string, quota int64) *Cache {
 	t.Helper()
-	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: dir, Quota: quota}}, BlockSize: testBlock})
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: dir, Quota: quota}}, BlockSize: cachetest.Block})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
 }
 
-func readAll(t *testing.T, c *Cache, src Source, name string) []byte {
+func readAll(t *testing.T, c *Cache, src source.Source, name string) []byte {
 	t.Helper()
 	a, err := src.Stat(context.Background(), name)
 	if err != nil {
@@ -74,7 +59,7 @@ func readAll(t *testing.T, c *Cache, src Source, name string) []byte {
 	// Odd-sized reads cross block boundaries.
 	for off := 0; off < len(out); off += 100_003 {
 		end := min(off+100_003, len(out))
-		n, err := c.ReadAt(context.Background(), src, "ds", name, a, out[off:end], int64(off))
+		n, err := c.Dataset("ds", src).ReadAt(context.Background(), name, a, out[off:end], int64(off))
 		if n != end-off || (err != nil && end != len(out)) {
 			t.Fatalf("ReadAt(%s, %d) = %d, %v", name, off, n, err)
 		}
@@ -84,8 +69,8 @@ func readAll(t *testing.T, c *Cache, src Source, name string) []byte {
 
 func TestSingleFlight(t *testing.T) {
 	root := t.TempDir()
-	want := writeRandom(t, filepath.Join(root, "big"), 40*testBlock+123, 1)
-	p, _ := NewPosix(root)
+	want := cachetest.WriteRandom(t, filepath.Join(root, "big"), 40*cachetest.Block+123, 1)
+	p, _ := posix.New(root)
 	src := newCounting(p)
 	src.delay = 2 * time.Millisecond // widen the race window
 	c := newTestCache(t, t.TempDir(), 1<<30)
@@ -100,11 +85,11 @@ func TestSingleFlight(t *testing.T) {
 			a, _ := src.Stat(context.Background(), "big")
 			buf := make([]byte, a.Size)
 			// Each reader starts somewhere else and wraps around.
-			start := (int64(g) * 7 % 40) * testBlock
+			start := (int64(g) * 7 % 40) * cachetest.Block
 			for i := int64(0); i < a.Size; i += 50_000 {
 				off := (start + i) % a.Size
 				n := min(50_000, a.Size-off)
-				if _, err := c.ReadAt(context.Background(), src, "ds", "big", a, buf[off:off+n], off); err != nil && off+n != a.Size {
+				if _, err := c.Dataset("ds", src).ReadAt(context.Background(), "big", a, buf[off:off+n], off); err != nil && off+n != a.Size {
 					errs <- err
 					return
 				}
@@ -127,12 +112,13 @@ func TestSingleFlight(t *testing.T) {
 	if len(src.reads) != 41 {
 		t.Errorf("source served %d blocks, want 41", len(src.reads))
 	}
+	checkInvariants(t, c)
 }
 
 func TestRestartKeepsCacheWarm(t *testing.T) {
 	root, dir := t.TempDir(), t.TempDir()
-	want := writeRandom(t, filepath.Join(root, "a/b/file"), 10*testBlock+7, 2)
-	p, _ := NewPosix(root)
+	want := cachetest.WriteRandom(t, filepath.Join(root, "a/b/file"), 10*cachetest.Block+7, 2)
+	p, _ := posix.New(root)
 	c := newTestCache(t, dir, 1<<30)
 	readAll(t, c, p, "a/b/file")
 	if err := c.Close(); err != nil {
@@ -151,12 +137,13 @@ func TestRestartKeepsCacheWarm(t *testing.T) {
 	if s := c2.Stats(); s.Hits == 0 || s.TierBytes["disk"] != int64(len(want)) {
 		t.Fatalf("stats after restart = %+v", s)
 	}
+	checkInvariants(t, c2)
 }
 
 func TestCorruptBlockIsRefetched(t *testing.T) {
 	root, dir := t.TempDir(), t.TempDir()
-	want := writeRandom(t, filepath.Join(root, "f"), 8*testBlock, 3)
-	p, _ := NewPosix(root)
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 8*cachetest.Block, 3)
+	p, _ := posix.New(root)
 	c := newTestCache(t, dir, 1<<30)
 	readAll(t, c, p, "f")
 	c.Close()
@@ -169,7 +156,7 @@ func TestCorruptBlockIsRefetched(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	flip := int64(5*testBlock + 1234)
+	flip := int64(5*cachetest.Block + 1234)
 	b := []byte{0}
 	f.ReadAt(b, flip)
 	b[0] ^= 0xff
@@ -185,22 +172,24 @@ func TestCorruptBlockIsRefetched(t *testing.T) {
 	if s := c2.Stats(); s.Corrupt != 1 {
 		t.Fatalf("corrupt blocks = %d, want 1", s.Corrupt)
 	}
-	if n := src.reads[fmt.Sprintf("f@%d", 5*testBlock)]; n != 1 || src.total.Load() != 1 {
+	if n := src.reads[fmt.Sprintf("f@%d", 5*cachetest.Block)]; n != 1 || src.total.Load() != 1 {
 		t.Fatalf("source reads %v, want only block 5 once", src.reads)
 	}
+	checkInvariants(t, c2)
 }
 
 func TestChangedSourceInvalidates(t *testing.T) {
 	root := t.TempDir()
-	writeRandom(t, filepath.Join(root, "f"), 3*testBlock, 4)
-	p, _ := NewPosix(root)
+	cachetest.WriteRandom(t, filepath.Join(root, "f"), 3*cachetest.Block, 4)
+	p, _ := posix.New(root)
 	c := newTestCache(t, t.TempDir(), 1<<30)
 	defer c.Close()
 	readAll(t, c, p, "f")
-	want := writeRandom(t, filepath.Join(root, "f"), 3*testBlock+10, 5)
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 3*cachetest.Block+10, 5)
 	if got := readAll(t, c, p, "f"); !bytes.Equal(got, want) {
 		t.Fatal("stale bytes served after the source changed")
 	}
+	checkInvariants(t, c)
 }
 
 func TestEvictionHonoursWatermarks(t *testing.T) {
@@ -208,10 +197,10 @@ func TestEvictionHonoursWatermarks(t *testing.T) {
 	files := map[string][]byte{}
 	for i := range 12 {
 		name := fmt.Sprintf("f%02d", i)
-		files[name] = writeRandom(t, filepath.Join(root, name), 4*testBlock, uint64(10+i))
+		files[name] = cachetest.WriteRandom(t, filepath.Join(root, name), 4*cachetest.Block, uint64(10+i))
 	}
-	p, _ := NewPosix(root)
-	quota := int64(16 * testBlock) // room for 4 of the 12 files
+	p, _ := posix.New(root)
+	quota := int64(16 * cachetest.Block) // room for 4 of the 12 files
 	c := newTestCache(t, t.TempDir(), quota)
 	defer c.Close()
 	for round := range 2 {
@@ -219,7 +208,7 @@ func TestEvictionHonoursWatermarks(t *testing.T) {
 			if got := readAll(t, c, p, name); !bytes.Equal(got, want) {
 				t.Fatalf("round %d: %s differs", round, name)
 			}
-			c.clean(c.tiers[0]) // what the cleaner does on a kick
+			c.cleanTier(c.tiers[0]) // what the cleaner does on a kick
 			if used := c.tiers[0].used.Load(); used > quota {
 				t.Fatalf("tier holds %d bytes, over its quota %d", used, quota)
 			}
@@ -229,16 +218,17 @@ func TestEvictionHonoursWatermarks(t *testing.T) {
 	if s.Evictions == 0 {
 		t.Fatal("nothing was evicted")
 	}
-	if s.TierBytes["disk"] > int64(float64(quota)*0.8)+4*testBlock {
+	if s.TierBytes["disk"] > int64(float64(quota)*0.8)+4*cachetest.Block {
 		t.Fatalf("tier at %d bytes after cleaning, want near the low watermark %d", s.TierBytes["disk"], int64(float64(quota)*0.8))
 	}
+	checkInvariants(t, c)
 }
 
 func TestFullTierReadsThrough(t *testing.T) {
 	root := t.TempDir()
-	want := writeRandom(t, filepath.Join(root, "f"), 6*testBlock, 6)
-	p, _ := NewPosix(root)
-	c := newTestCache(t, t.TempDir(), testBlock/2) // smaller than one block
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 6*cachetest.Block, 6)
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), cachetest.Block/2) // smaller than one block
 	defer c.Close()
 	for range 2 {
 		if got := readAll(t, c, p, "f"); !bytes.Equal(got, want) {
@@ -248,15 +238,16 @@ func TestFullTierReadsThrough(t *testing.T) {
 	if s := c.Stats(); s.ReadThrough == 0 || s.TierBytes["disk"] != 0 {
 		t.Fatalf("stats = %+v, want read-through and nothing stored", s)
 	}
+	checkInvariants(t, c)
 }
 
 // TestWarmManyBlocks warms a file of more blocks than the fetch limit (a
 // warm-up that held the fetch semaphore while waiting would deadlock).
 func TestWarmManyBlocks(t *testing.T) {
 	root := t.TempDir()
-	want := writeRandom(t, filepath.Join(root, "f"), 70*testBlock+1, 9)
-	p, _ := NewPosix(root)
-	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: testBlock, MaxFetches: 4})
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 70*cachetest.Block+1, 9)
+	p, _ := posix.New(root)
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: cachetest.Block, MaxFetches: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +256,7 @@ func TestWarmManyBlocks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var last int64
-	if err := c.Warm(ctx, p, "ds", "f", a, func(d int64) { last = max(last, d) }); err != nil {
+	if err := c.Dataset("ds", p).Warm(ctx, "f", a, func(d int64) { last = max(last, d) }); err != nil {
 		t.Fatal(err)
 	}
 	src := newCounting(p)
@@ -275,12 +266,13 @@ func TestWarmManyBlocks(t *testing.T) {
 	if last != int64(len(want)) {
 		t.Fatalf("progress ended at %d, want %d", last, len(want))
 	}
+	checkInvariants(t, c)
 }
 
 // slowVersioned hands out the first half of every read, reports it, and
 // holds the rest until release is closed.
 type slowVersioned struct {
-	Source
+	source.Source
 	release chan struct{}
 }
 
@@ -304,8 +296,8 @@ func (s *slowVersioned) ReadAtVersion(ctx context.Context, name, _ string, p []b
 // gets its bytes when they arrive, not when the whole block has.
 func TestReadServedAsTheBlockArrives(t *testing.T) {
 	root := t.TempDir()
-	want := writeRandom(t, filepath.Join(root, "f"), 2*testBlock, 5)
-	p, _ := NewPosix(root)
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 2*cachetest.Block, 5)
+	p, _ := posix.New(root)
 	src := &slowVersioned{Source: p, release: make(chan struct{})}
 	c := newTestCache(t, t.TempDir(), 1<<30)
 	defer c.Close()
@@ -317,7 +309,7 @@ func TestReadServedAsTheBlockArrives(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	got := make([]byte, 4096)
-	if n, err := c.ReadAt(ctx, src, "ds", "f", a, got, 0); err != nil || n != len(got) || !bytes.Equal(got, want[:4096]) {
+	if n, err := c.Dataset("ds", src).ReadAt(ctx, "f", a, got, 0); err != nil || n != len(got) || !bytes.Equal(got, want[:4096]) {
 		t.Fatalf("read of the block's first 4 KiB while its second half is held: %d, %v", n, err)
 	}
 }
@@ -332,10 +324,10 @@ func TestOpenFilesAreBounded(t *testing.T) {
 	want := map[string][]byte{}
 	for i := range 60 {
 		name := fmt.Sprintf("f%02d", i)
-		want[name] = writeRandom(t, filepath.Join(root, name), 3*testBlock/2+i, uint64(i))
+		want[name] = cachetest.WriteRandom(t, filepath.Join(root, name), 3*cachetest.Block/2+i, uint64(i))
 	}
-	p, _ := NewPosix(root)
-	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: testBlock, MaxOpenFiles: 4})
+	p, _ := posix.New(root)
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: cachetest.Block, MaxOpenFiles: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,4 +353,5 @@ func TestOpenFilesAreBounded(t *testing.T) {
 	if open := fds() - before; open > 4+8 {
 		t.Errorf("%d more descriptors open after reading 60 files with MaxOpenFiles=4", open)
 	}
+	checkInvariants(t, c)
 }

@@ -8,6 +8,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/fusefs"
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
 )
 
 // TestSequentialReadFetchesOnce: a cold sequential read through the mount,
@@ -16,15 +21,15 @@ import (
 func TestSequentialReadFetchesOnce(t *testing.T) {
 	root := t.TempDir()
 	size := 12*(4<<20) + 21
-	writeRandom(t, filepath.Join(root, "f"), size, 8)
-	p, _ := NewPosix(root)
+	cachetest.WriteRandom(t, filepath.Join(root, "f"), size, 8)
+	p, _ := posix.New(root)
 	src := newCounting(p)
 	c, err := New(Options{Tiers: []TierOptions{{Name: "mem", Dir: t.TempDir(), Quota: 256 << 20}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_, mnt := mountTest(t, src, c, FSOptions{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	mnt := mountFS(t, c.Dataset("ds", src), fusefs.Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
 	if _, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +41,7 @@ func TestSequentialReadFetchesOnce(t *testing.T) {
 	if s := c.Stats(); s.SourceBytes != int64(size) {
 		t.Fatalf("source bytes = %d, want %d", s.SourceBytes, size)
 	}
+	checkInvariants(t, c)
 }
 
 // TestShortSequentialReadStaysShort: a reader of the first 16 MiB of a
@@ -44,14 +50,14 @@ func TestSequentialReadFetchesOnce(t *testing.T) {
 // only missing blocks and ran ahead of the reader to the end of the file).
 func TestShortSequentialReadStaysShort(t *testing.T) {
 	root := t.TempDir()
-	writeRandom(t, filepath.Join(root, "f"), 64<<20, 9)
-	p, _ := NewPosix(root)
+	cachetest.WriteRandom(t, filepath.Join(root, "f"), 64<<20, 9)
+	p, _ := posix.New(root)
 	c, err := New(Options{Tiers: []TierOptions{{Name: "mem", Dir: t.TempDir(), Quota: 256 << 20}}, BlockSize: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_, mnt := mountTest(t, p, c, FSOptions{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	mnt := mountFS(t, c.Dataset("ds", p), fusefs.Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
 	f, err := os.Open(filepath.Join(mnt, "f"))
 	if err != nil {
 		t.Fatal(err)
@@ -72,19 +78,20 @@ func TestShortSequentialReadStaysShort(t *testing.T) {
 	if got := c.Stats().SourceBytes; got > 36<<20 {
 		t.Errorf("reading 16 MiB fetched %d MiB from the source, want at most 36", got>>20)
 	}
+	checkInvariants(t, c)
 }
 
 // blockingSource holds every read past the first block until release is
 // closed, and counts the held reads.
 type blockingSource struct {
-	Source
+	source.Source
 	release  chan struct{}
 	inflight atomic.Int32
 	peak     atomic.Int32
 }
 
 func (s *blockingSource) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
-	if off < testBlock {
+	if off < cachetest.Block {
 		return s.Source.ReadAt(ctx, name, p, off)
 	}
 	n := s.inflight.Add(1)
@@ -105,11 +112,11 @@ func (s *blockingSource) ReadAt(ctx context.Context, name string, p []byte, off 
 func TestReadAheadTakesAQuarterOfTheSlots(t *testing.T) {
 	root := t.TempDir()
 	for i := range 8 {
-		writeRandom(t, filepath.Join(root, fmt.Sprintf("f%d", i)), 8*testBlock, uint64(i))
+		cachetest.WriteRandom(t, filepath.Join(root, fmt.Sprintf("f%d", i)), 8*cachetest.Block, uint64(i))
 	}
-	p, _ := NewPosix(root)
+	p, _ := posix.New(root)
 	src := &blockingSource{Source: p, release: make(chan struct{})}
-	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: testBlock, MaxFetches: 8, ReadAhead: 4})
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: cachetest.Block, MaxFetches: 8, ReadAhead: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +131,7 @@ func TestReadAheadTakesAQuarterOfTheSlots(t *testing.T) {
 			t.Fatal(err)
 		}
 		buf := make([]byte, 4096)
-		if _, err := c.ReadAt(ctx, src, "ds", name, a, buf, 0); err != nil {
+		if _, err := c.Dataset("ds", src).ReadAt(ctx, name, a, buf, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

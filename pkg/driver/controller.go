@@ -7,31 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
-
-	"github.com/cistern-csi/cistern/pkg/cache/s3"
 )
-
-// records returns where the volume records of a dataset live: inside a
-// read-write dataset (they travel with the data), in the controller's state
-// directory for a read-only one (the controller never writes into it).
-func (d *Driver) records(src Source, readOnly bool, ds dataset) records {
-	if readOnly {
-		return ctxRecords{recordStore{dir: filepath.Join(d.opts.StateDir, "records", NameHash(src.String()))}}
-	}
-	return ds.Records()
-}
 
 // CreateVolume turns dataset parameters into a volume: a sub-directory of
 // the dataset, created for a read-write dataset and required to exist for a
@@ -76,10 +61,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 
-	if !d.volumeLocks.TryAcquire("name/" + req.GetName()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress", req.GetName())
+	unlock, err := d.volumeLocks.lock("name/" + req.GetName())
+	if err != nil {
+		return nil, err
 	}
-	defer d.volumeLocks.Release("name/" + req.GetName())
+	defer unlock()
 
 	id := VolumeID{
 		Dataset:  p.Dataset,
@@ -158,13 +144,14 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	id, err := ParseVolumeID(req.GetVolumeId())
 	if err != nil {
 		// Not a volume this driver made: there is nothing to delete.
-		logger.Info("Ignoring delete of a volume ID Cistern did not make", "err", err)
+		logger.Info("Ignoring delete of a volume ID Cistern did not make", "reason", err)
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	if !d.volumeLocks.TryAcquire("id/" + req.GetVolumeId()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", req.GetVolumeId())
+	unlock, err := d.volumeLocks.lock("id/" + req.GetVolumeId())
+	if err != nil {
+		return nil, err
 	}
-	defer d.volumeLocks.Release("id/" + req.GetVolumeId())
+	defer unlock()
 
 	ds, err := d.openDataset(id.Source, req.GetSecrets())
 	if err != nil {
@@ -310,63 +297,6 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	}}}, nil
 }
 
-// allowedMountFlags are the per-mount flags a capability may ask for; they
-// restrict a bind mount and can weaken nothing.
-var allowedMountFlags = map[string]bool{"ro": true, "noexec": true, "nosuid": true, "nodev": true, "noatime": true, "nodiratime": true, "relatime": true}
-
-// checkCapabilities validates capabilities against a dataset: mount access
-// only, known flags, and reader modes only on a read-only dataset.
-func checkCapabilities(caps []*csi.VolumeCapability, readOnly bool, dataset string) error {
-	if len(caps) == 0 {
-		return status.Error(codes.InvalidArgument, "volume_capabilities are required")
-	}
-	for _, c := range caps {
-		if err := checkCapability(c, readOnly, dataset); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func checkCapability(c *csi.VolumeCapability, readOnly bool, dataset string) error {
-	if c == nil {
-		return status.Error(codes.InvalidArgument, "volume_capability is required")
-	}
-	if c.GetBlock() != nil {
-		return status.Error(codes.InvalidArgument, "volume_capability: block access is not supported; Cistern volumes are directories (access_type mount)")
-	}
-	if c.GetMount() == nil {
-		return status.Error(codes.InvalidArgument, "volume_capability: access_type mount is required")
-	}
-	for _, f := range c.GetMount().GetMountFlags() {
-		if !allowedMountFlags[f] {
-			return status.Errorf(codes.InvalidArgument, "volume_capability: mount flag %q is not supported (allowed: ro, noexec, nosuid, nodev, noatime, nodiratime, relatime)", f)
-		}
-	}
-	mode := c.GetAccessMode().GetMode()
-	switch mode {
-	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
-	case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER,
-		csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER:
-		if readOnly {
-			return status.Errorf(codes.InvalidArgument, "volume_capability: dataset %s is read-only; access mode %s is not allowed (use ReadOnlyMany or ReadWriteOnce with readOnly: SINGLE_NODE_READER_ONLY / MULTI_NODE_READER_ONLY)", dataset, mode)
-		}
-	default:
-		return status.Errorf(codes.InvalidArgument, "volume_capability: access mode %s is not supported", mode)
-	}
-	return nil
-}
-
-// isReaderMode reports whether the capability only reads: a reader access
-// mode, or the "ro" mount flag.
-func isReaderMode(c *csi.VolumeCapability) bool {
-	switch c.GetAccessMode().GetMode() {
-	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
-		return true
-	}
-	return slices.Contains(c.GetMount().GetMountFlags(), "ro")
-}
-
 // capacityOf returns the capacity to report. Cistern does not enforce quotas
 // (a volume is a directory of a shared dataset); it records what was asked so
 // a retry with another size is recognised.
@@ -429,53 +359,4 @@ func fingerprint(p *Params, sub string, r *csi.CapacityRange) string {
 	fmt.Fprintf(h, "subPath=%s\x00required=%s\x00limit=%s", sub,
 		strconv.FormatInt(r.GetRequiredBytes(), 10), strconv.FormatInt(r.GetLimitBytes(), 10))
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-// subPathStatus maps a sub-path operation's error to a gRPC status.
-func subPathStatus(err error, dataset, sub string) error {
-	if code, ok := storeCode(err); ok {
-		return status.Errorf(code, "dataset %s, sub-path %q: %v", dataset, sub, err)
-	}
-	switch {
-	case errors.Is(err, ErrEscapes), errors.Is(err, ErrInvalidSubPath):
-		return status.Errorf(codes.InvalidArgument, "dataset %s, sub-path %q: %v", dataset, sub, err)
-	case errors.Is(err, fs.ErrNotExist):
-		return status.Errorf(codes.NotFound, "dataset %s, sub-path %q: %v", dataset, sub, err)
-	}
-	return status.Errorf(codes.Internal, "dataset %s, sub-path %q: %v", dataset, sub, err)
-}
-
-// storeCode maps an object store's errno to a gRPC code: refused
-// credentials are PermissionDenied, an unreachable or failing store is
-// Unavailable (the CO retries).
-func storeCode(err error) (codes.Code, bool) {
-	var se *s3.Error
-	if !errors.As(err, &se) {
-		return 0, false
-	}
-	switch se.Errno {
-	case syscall.EACCES:
-		return codes.PermissionDenied, true
-	case syscall.ENOENT:
-		return codes.NotFound, true
-	}
-	return codes.Unavailable, true
-}
-
-// sourceStatus is the error of a dataset root that cannot be reached.
-func sourceStatus(err error, dataset string, src Source) error {
-	code, ok := storeCode(err)
-	if !ok || code == codes.NotFound {
-		code = codes.FailedPrecondition
-	}
-	return status.Errorf(code, "dataset %s: source %s cannot be reached: %v", dataset, src.URL(), err)
-}
-
-// recordStatus is the error of a volume record operation.
-func recordStatus(op string, err error) error {
-	code, ok := storeCode(err)
-	if !ok || code == codes.NotFound {
-		code = codes.Internal
-	}
-	return status.Errorf(code, "%s volume record: %v", op, err)
 }

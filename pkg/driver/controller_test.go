@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 )
@@ -180,7 +181,7 @@ func TestDeleteVolumeGuards(t *testing.T) {
 	}
 
 	// A volume ID without a record deletes nothing.
-	forged := VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("never"), Source: Source{Scheme: "file", Path: root}, SubPath: "team-a/rt"}
+	forged := VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("never"), Source: api.Source{Scheme: "file", Path: root}, SubPath: "team-a/rt"}
 	del(forged.String())
 	if !exists("team-a/rt/keep") {
 		t.Fatal("a forged volume ID deleted data")

@@ -2,21 +2,19 @@ package driver
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/cistern-csi/cistern/pkg/cache/s3"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/pkg/cache/s3store"
 )
 
 // dataset is what the controller does to a source: check sub-directories,
@@ -37,26 +35,28 @@ type dataset interface {
 	Records() records
 }
 
-// records stores volumeRecords by name hash.
-type records interface {
-	Get(ctx context.Context, hash string) (*volumeRecord, error) // fs.ErrNotExist when absent
-	Put(ctx context.Context, hash string, r *volumeRecord) error
-	Delete(ctx context.Context, hash string) error
-	List(ctx context.Context) ([]*volumeRecord, error)
+// archiveTimeFormat is the UTC time suffix of an archive's name.
+const archiveTimeFormat = "20060102T150405.000000000Z"
+
+// archiveDest is where Archive moves sub at now: the directory
+// .cistern/archive/<sub's parent> and in it the name <sub's base>-<UTC time>.
+func archiveDest(sub string, now time.Time) (dir, name string) {
+	parent, base := path.Split(sub)
+	return path.Join(ReservedDir, "archive", parent), base + "-" + now.UTC().Format(archiveTimeFormat)
 }
 
 // openDataset returns the controller's view of src. secrets are the CSI
 // secrets of the call (an S3 source's credentials).
-func (d *Driver) openDataset(src Source, secrets map[string]string) (dataset, error) {
+func (d *Driver) openDataset(src api.Source, secrets map[string]string) (dataset, error) {
 	if !src.IsS3() {
 		return posixController{posixDataset{root: src.Path}}, nil
 	}
-	creds, err := s3.CredentialsFromSecrets(secrets)
+	c, err := s3store.NewFromSecrets(src.S3, secrets, s3store.Config{})
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "secrets: %v", err)
-	}
-	c, err := s3.New(src.S3, creds, s3.Config{})
-	if err != nil {
+		// Say whether the secrets or the source are at fault.
+		if _, cerr := s3store.CredentialsFromSecrets(secrets); cerr != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "secrets: %v", cerr)
+		}
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	return s3Dataset{c: c}, nil
@@ -97,21 +97,9 @@ func (p posixController) Records() records {
 	return ctxRecords{recordStore{dir: filepath.Join(p.ds.root, ReservedDir, "volumes")}}
 }
 
-// ctxRecords adapts a recordStore (local files) to records.
-type ctxRecords struct{ s recordStore }
-
-func (r ctxRecords) Get(_ context.Context, hash string) (*volumeRecord, error) { return r.s.Get(hash) }
-func (r ctxRecords) Put(_ context.Context, hash string, v *volumeRecord) error {
-	return r.s.Put(hash, v)
-}
-func (r ctxRecords) Delete(_ context.Context, hash string) error { return r.s.Delete(hash) }
-func (r ctxRecords) List(context.Context) ([]*volumeRecord, error) {
-	return r.s.List()
-}
-
 // s3Dataset is the controller's view of an s3:// dataset: a sub-directory
 // is a key prefix, made visible when empty by a directory marker.
-type s3Dataset struct{ c *s3.Client }
+type s3Dataset struct{ c *s3store.Client }
 
 func (s s3Dataset) CheckRoot(ctx context.Context) error {
 	ok, err := s.c.BucketExists(ctx)
@@ -155,10 +143,10 @@ func (s s3Dataset) Archive(ctx context.Context, sub string, now time.Time) (stri
 	if sub == "" {
 		return "", fmt.Errorf("refusing to archive the root of dataset %s", s.c.Location().Base())
 	}
-	dir, base := path.Split(sub)
-	dst := path.Join(ReservedDir, "archive", dir, base+"-"+now.UTC().Format("20060102T150405.000000000Z"))
+	dstDir, dstName := archiveDest(sub, now)
+	dst := path.Join(dstDir, dstName)
 	copied := 0
-	err := s.c.Walk(ctx, sub, func(name string, o s3.Object) error {
+	err := s.c.Walk(ctx, sub, func(name string, o s3store.Object) error {
 		copied++
 		if name == "" || strings.HasSuffix(name, "/") {
 			// A directory marker is written, not copied (some stores
@@ -180,60 +168,3 @@ func (s s3Dataset) Archive(ctx context.Context, sub string, now time.Time) (stri
 }
 
 func (s s3Dataset) Records() records { return s3Records{c: s.c} }
-
-// s3Records keeps volume records as objects .cistern/volumes/<hash>.json
-// in the dataset, so the controller stays stateless.
-type s3Records struct{ c *s3.Client }
-
-const recordsDir = ReservedDir + "/volumes"
-
-func (r s3Records) Get(ctx context.Context, hash string) (*volumeRecord, error) {
-	b, err := r.c.Get(ctx, recordsDir+"/"+hash+".json")
-	if errors.Is(err, syscall.ENOENT) {
-		return nil, fmt.Errorf("volume record %s: %w", hash, fs.ErrNotExist)
-	}
-	if err != nil {
-		return nil, err
-	}
-	var v volumeRecord
-	if err := json.Unmarshal(b, &v); err != nil {
-		return nil, fmt.Errorf("volume record %s: %w", hash, err)
-	}
-	return &v, nil
-}
-
-func (r s3Records) Put(ctx context.Context, hash string, v *volumeRecord) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	_, err = r.c.Put(ctx, recordsDir+"/"+hash+".json", strings.NewReader(string(b)), int64(len(b)))
-	return err
-}
-
-func (r s3Records) Delete(ctx context.Context, hash string) error {
-	return r.c.Remove(ctx, recordsDir+"/"+hash+".json")
-}
-
-func (r s3Records) List(ctx context.Context) ([]*volumeRecord, error) {
-	objs, err := r.c.List(ctx, recordsDir)
-	if err != nil {
-		return nil, err
-	}
-	var out []*volumeRecord
-	for _, o := range objs {
-		hash, ok := strings.CutSuffix(o.Name, ".json")
-		if o.Dir || !ok {
-			continue
-		}
-		v, err := r.Get(ctx, hash)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, nil
-}

@@ -1,5 +1,8 @@
-// Package driver implements Cistern's CSI identity, controller and node
-// services, its gRPC server, volume IDs and dataset parameters.
+// Package driver is Cistern's CSI driver: it serves the CSI services over gRPC.
+//
+// The controller turns dataset parameters into volumes (sub-directories
+// of a dataset, named by volume IDs) and the node binds them out of the
+// node's cache daemon; identity answers probes.
 package driver
 
 import (
@@ -9,7 +12,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
@@ -46,7 +49,7 @@ type Driver struct {
 // CacheClient is the node service's view of the cache daemon: the daemon
 // mounts each dataset once and the node binds volumes out of that mount.
 type CacheClient interface {
-	Mount(ctx context.Context, req cache.MountRequest) (cache.MountResponse, error)
+	Mount(ctx context.Context, req api.MountRequest) (api.MountResponse, error)
 	Release(ctx context.Context, holder string) error
 }
 
@@ -60,7 +63,7 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 		return nil, fmt.Errorf("driver: nil mounter")
 	}
 	if cc == nil {
-		cc = cache.NewClient(opts.CacheSocket)
+		cc = api.NewClient(opts.CacheSocket)
 	}
 	return &Driver{
 		opts:        opts,

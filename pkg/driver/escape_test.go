@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 )
@@ -92,7 +93,7 @@ func TestEscapes(t *testing.T) {
 	src := "file://" + root
 	long := strings.Repeat("n", 4096)
 	forgedID := func(sub string) string {
-		return VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("x"), Source: Source{Scheme: "file", Path: root}, SubPath: sub}.String()
+		return VolumeID{Dataset: "ds", OnDelete: Delete, NameHash: NameHash("x"), Source: api.Source{Scheme: "file", Path: root}, SubPath: sub}.String()
 	}
 	staging := filepath.Join(t.TempDir(), "staging")
 	target := filepath.Join(t.TempDir(), "target")

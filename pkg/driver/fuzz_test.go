@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
 // insideRoot checks the invariant every accepted sub-path must hold.
@@ -76,8 +78,8 @@ func FuzzResolveSubPath(f *testing.F) {
 }
 
 func FuzzParseVolumeID(f *testing.F) {
-	f.Add(VolumeID{Dataset: "d", OnDelete: Delete, NameHash: NameHash("n"), Source: Source{Scheme: "file", Path: "/data"}, SubPath: "ns/v"}.String())
-	f.Add(VolumeID{Dataset: "d", ReadOnly: true, OnDelete: Retain, NameHash: NameHash("n"), Source: Source{Scheme: "file", Path: "/d#x"}, SubPath: ""}.String())
+	f.Add(VolumeID{Dataset: "d", OnDelete: Delete, NameHash: NameHash("n"), Source: api.Source{Scheme: "file", Path: "/data"}, SubPath: "ns/v"}.String())
+	f.Add(VolumeID{Dataset: "d", ReadOnly: true, OnDelete: Retain, NameHash: NameHash("n"), Source: api.Source{Scheme: "file", Path: "/d#x"}, SubPath: ""}.String())
 	f.Add("cistern1#d#rw#delete#0123456789abcdef#file:%2F%2F%2Fdata#ns%2F..%2F..%2Fetc")
 	f.Add("fake-vol-id")
 	f.Fuzz(func(t *testing.T, id string) {

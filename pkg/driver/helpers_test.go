@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
 
-	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
 // fakeMounter adds forced unmount to mount-utils' FakeMounter.
@@ -28,15 +28,15 @@ func newFakeMounter() fakeMounter { return fakeMounter{mount.NewFakeMounter(nil)
 type fakeCache struct {
 	mu      sync.Mutex
 	holders map[string]string
-	last    cache.MountRequest
+	last    api.MountRequest
 }
 
-func (f *fakeCache) Mount(_ context.Context, req cache.MountRequest) (cache.MountResponse, error) {
+func (f *fakeCache) Mount(_ context.Context, req api.MountRequest) (api.MountResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.holders[req.Holder] = req.Source
 	f.last = req
-	return cache.MountResponse{Key: "k", MountPath: strings.TrimPrefix(req.Source, "file://")}, nil
+	return api.MountResponse{Key: "k", MountPath: strings.TrimPrefix(req.Source, "file://")}, nil
 }
 
 func (f *fakeCache) Release(_ context.Context, holder string) error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -15,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
@@ -63,10 +62,11 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := checkCapability(req.GetVolumeCapability(), v.readOnly, v.id.Dataset); err != nil {
 		return nil, err
 	}
-	if !d.volumeLocks.TryAcquire("id/" + req.GetVolumeId()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", req.GetVolumeId())
+	unlock, err := d.volumeLocks.lock("id/" + req.GetVolumeId())
+	if err != nil {
+		return nil, err
 	}
-	defer d.volumeLocks.Release("id/" + req.GetVolumeId())
+	defer unlock()
 
 	holder := "volume:" + req.GetVolumeId()
 	mnt, err := d.datasetMount(ctx, holder, v.params, v.readOnly, req.GetSecrets())
@@ -89,10 +89,11 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	case req.GetStagingTargetPath() == "":
 		return nil, status.Error(codes.InvalidArgument, "staging_target_path is required")
 	}
-	if !d.volumeLocks.TryAcquire("id/" + req.GetVolumeId()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", req.GetVolumeId())
+	unlock, err := d.volumeLocks.lock("id/" + req.GetVolumeId())
+	if err != nil {
+		return nil, err
 	}
-	defer d.volumeLocks.Release("id/" + req.GetVolumeId())
+	defer unlock()
 	if err := mounter.Cleanup(ctx, d.mounter, req.GetStagingTargetPath(), d.opts.UnmountTimeout); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount staging path %s: %v", req.GetStagingTargetPath(), err)
 	}
@@ -130,10 +131,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	ro := v.readOnly || req.GetReadonly() || isReaderMode(c)
 
-	if !d.pathLocks.TryAcquire(target) {
-		return nil, status.Errorf(codes.Aborted, "an operation on target path %s is already in progress", target)
+	unlock, err := d.pathLocks.lock(target)
+	if err != nil {
+		return nil, err
 	}
-	defer d.pathLocks.Release(target)
+	defer unlock()
 
 	st, err := mounter.Inspect(d.mounter, req.GetStagingTargetPath())
 	if err != nil || !st.Mounted || st.Corrupted {
@@ -183,10 +185,11 @@ func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRe
 	}
 	ro := p.ReadOnly() || req.GetReadonly() || isReaderMode(c)
 	target := req.GetTargetPath()
-	if !d.pathLocks.TryAcquire(target) {
-		return nil, status.Errorf(codes.Aborted, "an operation on target path %s is already in progress", target)
+	unlock, err := d.pathLocks.lock(target)
+	if err != nil {
+		return nil, err
 	}
-	defer d.pathLocks.Release(target)
+	defer unlock()
 
 	holder := "target:" + target
 	mnt, err := d.datasetMount(ctx, holder, p, p.ReadOnly(), req.GetSecrets())
@@ -216,7 +219,7 @@ func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, rea
 	if readOnly && !p.ReadOnly() {
 		mc = time.Hour // the volume ID says read-only: the context's default was for read-write
 	}
-	req := cache.MountRequest{
+	req := api.MountRequest{
 		Holder: holder, Dataset: p.Dataset, Source: p.Source.String(), ReadOnly: readOnly,
 		MetaCache: mc, Warmup: p.Warmup, Secrets: secrets,
 	}
@@ -227,11 +230,11 @@ func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, rea
 	switch {
 	case err == nil:
 		return resp.MountPath, nil
-	case cache.IsBadRequest(err):
+	case api.IsBadRequest(err):
 		return "", status.Errorf(codes.InvalidArgument, "dataset %s: %v", p.Dataset, err)
-	case cache.IsNotFound(err):
+	case api.IsNotFound(err):
 		return "", status.Errorf(codes.NotFound, "dataset %s: %v", p.Dataset, err)
-	case cache.IsForbidden(err):
+	case api.IsForbidden(err):
 		return "", status.Errorf(codes.PermissionDenied, "dataset %s: %v", p.Dataset, err)
 	}
 	return "", status.Errorf(codes.Unavailable, "dataset %s: %v", p.Dataset, err)
@@ -281,7 +284,7 @@ func (d *Driver) prepareTarget(ctx context.Context, path string, ro bool) (done 
 	case err != nil:
 		return false, status.Errorf(codes.Internal, "inspect %s: %v", path, err)
 	case st.Corrupted:
-		klog.FromContext(ctx).Info("Remounting a broken mount", "path", path, "err", st.Err)
+		klog.FromContext(ctx).Error(st.Err, "Remounting a broken mount", "path", path)
 		if err := mounter.Cleanup(ctx, d.mounter, path, d.opts.UnmountTimeout); err != nil {
 			return false, status.Errorf(codes.Internal, "clean up broken mount %s: %v", path, err)
 		}
@@ -305,10 +308,11 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	case req.GetTargetPath() == "":
 		return nil, status.Error(codes.InvalidArgument, "target_path is required")
 	}
-	if !d.pathLocks.TryAcquire(req.GetTargetPath()) {
-		return nil, status.Errorf(codes.Aborted, "an operation on target path %s is already in progress", req.GetTargetPath())
+	unlock, err := d.pathLocks.lock(req.GetTargetPath())
+	if err != nil {
+		return nil, err
 	}
-	defer d.pathLocks.Release(req.GetTargetPath())
+	defer unlock()
 	if err := mounter.Cleanup(ctx, d.mounter, req.GetTargetPath(), d.opts.UnmountTimeout); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount %s: %v", req.GetTargetPath(), err)
 	}
@@ -441,10 +445,4 @@ func checkVolumePath(m mounter.Interface, id VolumeID, path string) *csi.VolumeH
 		return bad(reasonStaleMount, "%s shows a directory that was removed from dataset %s", path, id.Dataset)
 	}
 	return nil
-}
-
-// mountFlags returns the capability's extra mount flags, minus "ro", which
-// the read-only decision already covers.
-func mountFlags(c *csi.VolumeCapability) []string {
-	return slices.DeleteFunc(slices.Clone(c.GetMount().GetMountFlags()), func(f string) bool { return f == "ro" })
 }

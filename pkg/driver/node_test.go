@@ -14,7 +14,10 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// stagedVolume creates a volume through the controller and returns it.
+// createTestVolume creates the volume "pvc-1" of namespace team-a through
+// the controller's CreateVolume, on a read-write file:// dataset at root
+// (kv overrides or adds parameters; access=read-only asks for a reader
+// capability), and returns it. It does not stage or publish the volume.
 func createTestVolume(t *testing.T, d *Driver, root string, kv ...string) *csi.Volume {
 	t.Helper()
 	params := map[string]string{"dataset": "ds", "source": "file://" + root, "access": "read-write", MetaPVCNamespace: "team-a", MetaPVCName: "claim"}

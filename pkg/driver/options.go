@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
 // Mode selects which CSI services a process serves.
@@ -105,7 +107,7 @@ func checkInlinePrefix(p string) error {
 	if hasQuery {
 		base += "?" + query
 	}
-	if _, err := ParseSource(base); err != nil {
+	if _, err := api.ParseSource(base); err != nil {
 		return fmt.Errorf("prefix %q: %w", p, err)
 	}
 	return nil
@@ -113,7 +115,7 @@ func checkInlinePrefix(p string) error {
 
 // inlineAllowed reports whether src is one of prefixes or lies under one, by
 // whole path segments.
-func inlineAllowed(src Source, prefixes []string) bool {
+func inlineAllowed(src api.Source, prefixes []string) bool {
 	if src.IsS3() {
 		// Bucket, key prefix and endpoint must match: an inline volume
 		// must not make the node's daemon talk to a host of its choosing.

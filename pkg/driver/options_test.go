@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
 func TestOptionsValidate(t *testing.T) {
@@ -48,7 +50,7 @@ func TestInlineAllowed(t *testing.T) {
 		"/exact/sub":                true,
 		"/exactly":                  false,
 	} {
-		if got := inlineAllowed(Source{Scheme: "file", Path: src}, prefixes); got != want {
+		if got := inlineAllowed(api.Source{Scheme: "file", Path: src}, prefixes); got != want {
 			t.Errorf("inlineAllowed(%s) = %t, want %t", src, got, want)
 		}
 	}
@@ -71,9 +73,9 @@ func TestInlineAllowedS3(t *testing.T) {
 		"s3://aws-open/imagenet?region=eu-west-1":                      true, // the region does not change the host allowed
 		"s3://aws-open/imagenet?endpoint=http%3A%2F%2F169.254.169.254": false,
 	} {
-		src, err := ParseSource(raw)
+		src, err := api.ParseSource(raw)
 		if err != nil {
-			t.Fatalf("ParseSource(%q): %v", raw, err)
+			t.Fatalf("api.ParseSource(%q): %v", raw, err)
 		}
 		if got := inlineAllowed(src, o.InlineSources); got != want {
 			t.Errorf("inlineAllowed(%s) = %t, want %t", raw, got, want)

@@ -2,14 +2,13 @@ package driver
 
 import (
 	"fmt"
-	"path"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/cistern-csi/cistern/pkg/cache/s3"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
 // Dataset parameter keys. The same keys serve StorageClass parameters and
@@ -76,82 +75,12 @@ const DefaultSubPath = "${pvc.namespace}/${pvc.name}"
 // DefaultInlineSubPath is the sub-path template of a non-shared inline volume.
 const DefaultInlineSubPath = "${pod.namespace}"
 
-// Source is where a dataset's data lives.
-type Source struct {
-	// Scheme is "file" or "s3".
-	Scheme string
-	// Path is the absolute, clean root of a file:// dataset on the node.
-	Path string
-	// S3 is an s3:// dataset's bucket, prefix and connection options.
-	S3 s3.Location
-}
-
-// IsS3 reports whether the source is an object store.
-func (s Source) IsS3() bool { return s.Scheme == "s3" }
-
-// String returns the canonical URL of the source, with an S3 source's
-// connection options (endpoint, region, addressing, anonymous) as a query:
-// it is what volume IDs and the cache daemon carry. It never carries
-// credentials: they are not part of a Source.
-func (s Source) String() string {
-	if s.IsS3() {
-		return s.S3.String()
-	}
-	return s.Scheme + "://" + s.Path
-}
-
-// URL is the source as a user writes it in the source parameter: without
-// the S3 connection options, which have their own parameters.
-func (s Source) URL() string {
-	if s.IsS3() {
-		return s.S3.Base()
-	}
-	return s.String()
-}
-
-// ParseSource parses and validates a dataset source URL.
-func ParseSource(raw string) (Source, error) {
-	if raw == "" {
-		return Source{}, fmt.Errorf("%s is required", ParamSource)
-	}
-	if strings.IndexByte(raw, 0) >= 0 {
-		return Source{}, fmt.Errorf("%s must not contain a NUL byte", ParamSource)
-	}
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		return Source{}, fmt.Errorf("%s %q is not a URL: want file:///path or s3://bucket/prefix", ParamSource, raw)
-	}
-	switch scheme {
-	case "file":
-	case "s3":
-		loc, err := s3.ParseURL(raw)
-		if err != nil {
-			return Source{}, fmt.Errorf("%s: %w", ParamSource, err)
-		}
-		return Source{Scheme: scheme, S3: loc}, nil
-	case "juicefs":
-		return Source{}, fmt.Errorf("%s scheme %s:// is not supported yet", ParamSource, scheme)
-	default:
-		return Source{}, fmt.Errorf("%s scheme %q is unknown: want file://, s3:// or juicefs://", ParamSource, scheme)
-	}
-	// Everything after file:// is a literal path: no host, no user, no
-	// URL escapes.
-	p := rest
-	if !strings.HasPrefix(p, "/") {
-		return Source{}, fmt.Errorf("%s %q: a file:// source is file:///absolute/path, with no host or user", ParamSource, raw)
-	}
-	if path.Clean(p) != p || p == "/" {
-		return Source{}, fmt.Errorf("%s %q: the path must be absolute, clean (no '..', '.', '//' or trailing '/') and not '/'", ParamSource, raw)
-	}
-	return Source{Scheme: scheme, Path: p}, nil
-}
-
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // Params are validated dataset parameters.
 type Params struct {
 	Dataset    string
-	Source     Source
+	Source     api.Source
 	Access     Access
 	SubPath    string // the template, see ResolveSubPath
 	Shared     bool
@@ -204,7 +133,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	if strings.Contains(m[ParamSource], "?") {
 		return nil, fmt.Errorf("parameter %s %q must not have a query: S3 connection options are the parameters %s, %s, %s and %s", ParamSource, m[ParamSource], ParamEndpoint, ParamRegion, ParamAddressing, ParamAnonymous)
 	}
-	src, err := ParseSource(m[ParamSource])
+	src, err := api.ParseSource(m[ParamSource])
 	if err != nil {
 		return nil, fmt.Errorf("parameter %w", err)
 	}
@@ -350,7 +279,7 @@ func (p *Params) Context() map[string]string {
 
 // applyS3Params sets an S3 source's connection options from their
 // parameters; they are refused for any other source.
-func applyS3Params(src *Source, m map[string]string) error {
+func applyS3Params(src *api.Source, m map[string]string) error {
 	for _, k := range []string{ParamEndpoint, ParamRegion, ParamAddressing, ParamAnonymous} {
 		if _, ok := m[k]; ok && !src.IsS3() {
 			return fmt.Errorf("parameter %s applies to s3:// sources only", k)

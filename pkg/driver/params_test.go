@@ -7,7 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cistern-csi/cistern/pkg/cache/s3"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/pkg/cache/s3store"
 )
 
 func TestParseParams(t *testing.T) {
@@ -29,18 +30,18 @@ func TestParseParams(t *testing.T) {
 		want    Params
 		wantErr string
 	}{
-		{name: "defaults", in: base(), want: Params{Dataset: "imagenet", Source: Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
-		{name: "inline defaults", in: base(), inline: true, want: Params{Dataset: "imagenet", Source: Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultInlineSubPath, OnDelete: Retain, MetaCache: time.Hour}},
-		{name: "shared defaults to root", in: base("shared", "true"), want: Params{Dataset: "imagenet", Source: Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, Shared: true, OnDelete: Retain, MetaCache: time.Hour}},
+		{name: "defaults", in: base(), want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
+		{name: "inline defaults", in: base(), inline: true, want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultInlineSubPath, OnDelete: Retain, MetaCache: time.Hour}},
+		{name: "shared defaults to root", in: base("shared", "true"), want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, Shared: true, OnDelete: Retain, MetaCache: time.Hour}},
 		{name: "read-write delete", in: base("access", "read-write", "onDelete", "delete", "cacheGroup", "research-groups", "subPath", "${pvc.namespace}/${pv.name}"),
-			want: Params{Dataset: "imagenet", Source: Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadWrite, SubPath: "${pvc.namespace}/${pv.name}", CacheGroup: "research-groups", OnDelete: Delete, MetaCache: time.Second}},
-		{name: "metadata keys are skipped", in: base(MetaPVCNamespace, "a", "csi.storage.k8s.io/provisioner-secret-name", "s"), want: Params{Dataset: "imagenet", Source: Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
+			want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadWrite, SubPath: "${pvc.namespace}/${pv.name}", CacheGroup: "research-groups", OnDelete: Delete, MetaCache: time.Second}},
+		{name: "metadata keys are skipped", in: base(MetaPVCNamespace, "a", "csi.storage.k8s.io/provisioner-secret-name", "s"), want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
 
 		{name: "unknown key", in: base("acess", "read-write"), wantErr: `unknown parameter "acess"`},
 		{name: "not built yet", in: base("blockSize", "4Mi"), wantErr: `parameter "blockSize" is not supported yet`},
-		{name: "small files", in: base("accessPattern", "small-files"), want: Params{Dataset: "imagenet", Source: Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, SmallFiles: true, MetaCache: time.Hour}},
+		{name: "small files", in: base("accessPattern", "small-files"), want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, SmallFiles: true, MetaCache: time.Hour}},
 		{name: "small files read-write", in: base("accessPattern", "small-files", "access", "read-write"), wantErr: "needs access=read-only"},
-		{name: "metacache and warmup", in: base("metacache", "0", "warmup", "/, train/shard-0/ ,val"), want: Params{Dataset: "imagenet", Source: Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, Warmup: []string{"", "train/shard-0", "val"}}},
+		{name: "metacache and warmup", in: base("metacache", "0", "warmup", "/, train/shard-0/ ,val"), want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, Warmup: []string{"", "train/shard-0", "val"}}},
 		{name: "bad metacache", in: base("metacache", "forever"), wantErr: "metacache \"forever\" must be a duration"},
 		{name: "negative metacache", in: base("metacache", "-1s"), wantErr: "must be a duration"},
 		{name: "warmup escapes", in: base("warmup", "train,../etc"), wantErr: `".." segment`},
@@ -50,9 +51,9 @@ func TestParseParams(t *testing.T) {
 		{name: "dataset not a label", in: base("dataset", "Image_Net"), wantErr: "must be a DNS label"},
 		{name: "missing source", in: base("source", "<unset>"), wantErr: "source is required"},
 		{name: "s3", in: base("source", "s3://bucket/prefix", "endpoint", "http://127.0.0.1:9000", "region", "us-east-1", "addressing", "path"),
-			want: Params{Dataset: "imagenet", Source: Source{Scheme: "s3", S3: s3.Location{Bucket: "bucket", Prefix: "prefix", Endpoint: "http://127.0.0.1:9000", Region: "us-east-1", Addressing: "path"}}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
+			want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "s3", S3: s3store.Location{Bucket: "bucket", Prefix: "prefix", Endpoint: "http://127.0.0.1:9000", Region: "us-east-1", Addressing: "path"}}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
 		{name: "s3 anonymous", in: base("source", "s3://public", "anonymous", "true"),
-			want: Params{Dataset: "imagenet", Source: Source{Scheme: "s3", S3: s3.Location{Bucket: "public", Anonymous: true}}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
+			want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "s3", S3: s3store.Location{Bucket: "public", Anonymous: true}}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, MetaCache: time.Hour}},
 		{name: "s3 query in source", in: base("source", "s3://bucket/p?endpoint=http%3A%2F%2Fh"), wantErr: "must not have a query"},
 		{name: "s3 bad endpoint", in: base("source", "s3://bucket", "endpoint", "http://user:pw@h"), wantErr: "parameter endpoint"},
 		{name: "s3 bad addressing", in: base("source", "s3://bucket", "addressing", "dns"), wantErr: "addressing \"dns\""},

@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,15 +11,18 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
 )
 
 // posixDataset operates on a file:// dataset's tree. Every path it takes is a
-// sub-path relative to the root, and every one is resolved with openat2
-// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS: no component may be a symbolic link
-// (inside the dataset or pointing out) and nothing may resolve outside the
-// root. Refusing symlinks inside the dataset too keeps namespaces apart: a pod
-// that can write team-a/x cannot plant team-a/x/l -> ../../team-b for a later
-// volume to follow.
+// sub-path relative to the root, and every one is resolved with posix.OpenAt
+// (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS): no component may be a
+// symbolic link (inside the dataset or pointing out) and nothing may resolve
+// outside the root. Refusing symlinks inside the dataset too keeps namespaces
+// apart: a pod that can write team-a/x cannot plant team-a/x/l -> ../../team-b
+// for a later volume to follow.
 type posixDataset struct {
 	root string
 }
@@ -29,21 +31,20 @@ type posixDataset struct {
 // the dataset root.
 var ErrEscapes = errors.New("sub-path crosses a symbolic link or leaves the dataset root")
 
-const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
-
+// openRoot opens the dataset root as an O_PATH directory.
 func (d posixDataset) openRoot() (int, error) {
-	fd, err := unix.Open(d.root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := posix.Root(d.root).OpenRoot()
 	if err != nil {
-		return -1, fmt.Errorf("dataset root %s: %w", d.root, err)
+		return -1, fmt.Errorf("dataset root %s: %w", d.root, pathErrno(err))
 	}
 	return fd, nil
 }
 
-func openBeneath(dirfd int, rel string) (int, error) {
-	fd, err := unix.Openat2(dirfd, rel, &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-		Resolve: resolveFlags,
-	})
+// openDirAt opens the directory rel beneath dirfd with posix.OpenAt and
+// maps its errors to the driver's: ErrEscapes, fs.ErrNotExist or
+// ErrInvalidSubPath.
+func openDirAt(dirfd int, rel string) (int, error) {
+	fd, err := posix.OpenAt(dirfd, rel, unix.O_PATH|unix.O_DIRECTORY, 0)
 	switch {
 	case err == nil:
 		return fd, nil
@@ -53,8 +54,19 @@ func openBeneath(dirfd int, rel string) (int, error) {
 		return -1, fmt.Errorf("%q: %w", rel, fs.ErrNotExist)
 	case errors.Is(err, unix.ENOTDIR):
 		return -1, fmt.Errorf("%q: a component is not a directory: %w", rel, ErrInvalidSubPath)
+	case errors.Is(err, source.ErrBadPath):
+		return -1, fmt.Errorf("%w: %w", ErrInvalidSubPath, pathErrno(err))
 	}
-	return -1, fmt.Errorf("open %q: %w", rel, err)
+	return -1, fmt.Errorf("open %q: %w", rel, pathErrno(err))
+}
+
+// pathErrno is the error inside a *fs.PathError (the errno), or err itself.
+func pathErrno(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // OpenDir opens root/sub as an O_PATH directory. "" is the root itself. The
@@ -69,7 +81,7 @@ func (d posixDataset) OpenDir(sub string) (*os.File, error) {
 		return os.NewFile(uintptr(rfd), d.root), nil
 	}
 	defer unix.Close(rfd)
-	fd, err := openBeneath(rfd, sub)
+	fd, err := openDirAt(rfd, sub)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +112,7 @@ func (d posixDataset) MkdirAll(sub string) error {
 			unix.Close(fd)
 			return fmt.Errorf("mkdir %q in %s: %w", seg, d.root, err)
 		}
-		next, err := openBeneath(fd, seg)
+		next, err := openDirAt(fd, seg)
 		unix.Close(fd)
 		if err != nil {
 			return err
@@ -136,8 +148,8 @@ func (d posixDataset) moveAway(sub, dstDir, dstName string) error {
 }
 
 // Trash renames root/sub into .cistern/trash (atomic: the volume disappears
-// whole or not at all) and returns the trash entry's absolute path, for the
-// caller to remove with EmptyTrash outside its locks.
+// whole or not at all). The caller removes the trash with EmptyTrash,
+// outside its locks.
 func (d posixDataset) Trash(sub string) error {
 	if sub == "" {
 		return fmt.Errorf("refusing to remove the root of dataset %s", d.root)
@@ -158,107 +170,9 @@ func (d posixDataset) Archive(sub string, now time.Time) (string, error) {
 	if sub == "" {
 		return "", fmt.Errorf("refusing to archive the root of dataset %s", d.root)
 	}
-	dir, base := path.Split(sub)
-	dstDir := path.Join(ReservedDir, "archive", dir)
-	name := base + "-" + now.UTC().Format("20060102T150405.000000000Z")
+	dstDir, name := archiveDest(sub, now)
 	if err := d.moveAway(sub, dstDir, name); err != nil {
 		return "", err
 	}
 	return path.Join(dstDir, name), nil
-}
-
-// volumeRecord is what the controller remembers of a volume it created. It is
-// stored in the dataset (.cistern/volumes/<nameHash>.json) so the controller
-// stays stateless and the record travels with the data.
-type volumeRecord struct {
-	Name          string    `json:"name"`
-	VolumeID      string    `json:"volumeID"`
-	SubPath       string    `json:"subPath"`
-	Fingerprint   string    `json:"fingerprint"`
-	CapacityBytes int64     `json:"capacityBytes"`
-	Created       time.Time `json:"created"`
-}
-
-// recordStore keeps volume records as JSON files in one directory.
-type recordStore struct {
-	dir string
-}
-
-func (s recordStore) file(hash string) string { return filepath.Join(s.dir, hash+".json") }
-
-// Get returns the record, or fs.ErrNotExist.
-func (s recordStore) Get(hash string) (*volumeRecord, error) {
-	b, err := os.ReadFile(s.file(hash))
-	if err != nil {
-		return nil, err
-	}
-	var r volumeRecord
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("volume record %s: %w", s.file(hash), err)
-	}
-	return &r, nil
-}
-
-// Put writes the record atomically (temp file, fsync, rename).
-func (s recordStore) Put(hash string, r *volumeRecord) error {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return err
-	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(s.dir, ".tmp-"+hash+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), s.file(hash))
-}
-
-// Delete removes the record; a missing record is not an error.
-func (s recordStore) Delete(hash string) error {
-	err := os.Remove(s.file(hash))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	return err
-}
-
-// List returns every record in the store.
-func (s recordStore) List() ([]*volumeRecord, error) {
-	ents, err := os.ReadDir(s.dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var out []*volumeRecord
-	for _, e := range ents {
-		hash, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		r, err := s.Get(hash)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
 
 // Sub-path templates.
@@ -30,11 +32,6 @@ const (
 // ReservedDir is the directory at a dataset's root that holds Cistern's
 // volume records, archives and trash. No volume may resolve into it.
 const ReservedDir = ".cistern"
-
-const (
-	maxSegmentLen = 255
-	maxSubPathLen = 4095
-)
 
 // ErrInvalidSubPath is wrapped by every error about a sub-path or template.
 var ErrInvalidSubPath = errors.New("invalid sub-path")
@@ -148,28 +145,14 @@ func ResolveSubPath(tmpl string, vars map[string]string) (string, error) {
 	return s, nil
 }
 
-// checkSubPath validates a resolved, non-empty sub-path.
+// checkSubPath validates a resolved, non-empty sub-path: the rules of every
+// path inside a dataset (source.CheckPath), and never inside ReservedDir.
 func checkSubPath(s string) error {
-	if len(s) > maxSubPathLen {
-		return subPathErr("sub-path is %d bytes long, more than %d", len(s), maxSubPathLen)
+	if err := source.CheckPath(s); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidSubPath, err)
 	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return subPathErr("sub-path %q contains a NUL byte", s)
-	}
-	if strings.HasPrefix(s, "/") {
-		return subPathErr("sub-path %q is absolute; it must be relative to the dataset root", s)
-	}
-	for i, seg := range strings.Split(s, "/") {
-		switch {
-		case seg == "":
-			return subPathErr("sub-path %q has an empty segment", s)
-		case seg == "." || seg == "..":
-			return subPathErr("sub-path %q has a %q segment", s, seg)
-		case len(seg) > maxSegmentLen:
-			return subPathErr("sub-path segment %.20q... is %d bytes long, more than %d", seg, len(seg), maxSegmentLen)
-		case i == 0 && seg == ReservedDir:
-			return subPathErr("sub-path %q is inside %s, which Cistern reserves for its own records", s, ReservedDir)
-		}
+	if first, _, _ := strings.Cut(s, "/"); first == ReservedDir {
+		return subPathErr("sub-path %q is inside %s, which Cistern reserves for its own records", s, ReservedDir)
 	}
 	return nil
 }

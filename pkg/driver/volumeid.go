@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
 // VolumeID is what a volume ID carries: everything DeleteVolume and the node
@@ -32,7 +34,7 @@ type VolumeID struct {
 	ReadOnly bool
 	OnDelete OnDelete
 	NameHash string
-	Source   Source
+	Source   api.Source
 	SubPath  string
 }
 
@@ -94,7 +96,7 @@ func ParseVolumeID(id string) (VolumeID, error) {
 	if err != nil {
 		return bad("source", err)
 	}
-	if v.Source, err = ParseSource(src); err != nil {
+	if v.Source, err = api.ParseSource(src); err != nil {
 		return bad("source", err)
 	}
 	if v.SubPath, err = url.PathUnescape(f[6]); err != nil {

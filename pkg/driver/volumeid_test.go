@@ -5,16 +5,17 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cistern-csi/cistern/pkg/cache/s3"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/pkg/cache/s3store"
 )
 
 func TestVolumeIDRoundTrip(t *testing.T) {
 	ids := []VolumeID{
-		{Dataset: "imagenet", ReadOnly: true, OnDelete: Retain, NameHash: NameHash("pvc-1"), Source: Source{Scheme: "file", Path: "/datasets/imagenet"}, SubPath: "team-a/claim"},
-		{Dataset: "feat", OnDelete: Delete, NameHash: NameHash("pvc-2"), Source: Source{Scheme: "file", Path: "/data/with#hash and%percent"}, SubPath: "ns/a#b%c d"},
-		{Dataset: "public", ReadOnly: true, OnDelete: Retain, NameHash: NameHash("x"), Source: Source{Scheme: "file", Path: "/p"}, SubPath: ""},
-		{Dataset: "objects", OnDelete: Archive, NameHash: NameHash("s3"), Source: Source{Scheme: "s3", S3: s3.Location{Bucket: "data", Prefix: "team/x", Endpoint: "http://127.0.0.1:9000", Region: "us-east-1", Addressing: "path"}}, SubPath: "ns/v"},
-		{Dataset: "open", ReadOnly: true, OnDelete: Retain, NameHash: NameHash("o"), Source: Source{Scheme: "s3", S3: s3.Location{Bucket: "open-data", Anonymous: true}}, SubPath: "ns"},
+		{Dataset: "imagenet", ReadOnly: true, OnDelete: Retain, NameHash: NameHash("pvc-1"), Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, SubPath: "team-a/claim"},
+		{Dataset: "feat", OnDelete: Delete, NameHash: NameHash("pvc-2"), Source: api.Source{Scheme: "file", Path: "/data/with#hash and%percent"}, SubPath: "ns/a#b%c d"},
+		{Dataset: "public", ReadOnly: true, OnDelete: Retain, NameHash: NameHash("x"), Source: api.Source{Scheme: "file", Path: "/p"}, SubPath: ""},
+		{Dataset: "objects", OnDelete: Archive, NameHash: NameHash("s3"), Source: api.Source{Scheme: "s3", S3: s3store.Location{Bucket: "data", Prefix: "team/x", Endpoint: "http://127.0.0.1:9000", Region: "us-east-1", Addressing: "path"}}, SubPath: "ns/v"},
+		{Dataset: "open", ReadOnly: true, OnDelete: Retain, NameHash: NameHash("o"), Source: api.Source{Scheme: "s3", S3: s3store.Location{Bucket: "open-data", Anonymous: true}}, SubPath: "ns"},
 	}
 	for _, id := range ids {
 		s := id.String()
@@ -29,7 +30,7 @@ func TestVolumeIDRoundTrip(t *testing.T) {
 }
 
 func TestParseVolumeIDRejects(t *testing.T) {
-	good := VolumeID{Dataset: "d", OnDelete: Delete, NameHash: NameHash("n"), Source: Source{Scheme: "file", Path: "/data"}, SubPath: "ns/v"}.String()
+	good := VolumeID{Dataset: "d", OnDelete: Delete, NameHash: NameHash("n"), Source: api.Source{Scheme: "file", Path: "/data"}, SubPath: "ns/v"}.String()
 	field := func(i int, v string) string {
 		f := strings.Split(good, "#")
 		f[i] = v
@@ -68,7 +69,7 @@ func TestParseVolumeIDRejects(t *testing.T) {
 func TestVolumeIDCarriesNoSecrets(t *testing.T) {
 	// A source with user information never parses, so it can never reach
 	// an ID.
-	if _, err := ParseSource("file://admin:hunter2@/data"); err == nil {
+	if _, err := api.ParseSource("file://admin:hunter2@/data"); err == nil {
 		t.Fatal("a source with credentials was accepted")
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/daemon"
 	"github.com/cistern-csi/cistern/pkg/driver"
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
@@ -49,7 +49,7 @@ func UnmountAllUnder(t testing.TB, dir string) {
 func StartCacheDaemon(t testing.TB, stateDir string) string {
 	t.Helper()
 	sock := filepath.Join(stateDir, "cache.sock")
-	d, err := cache.NewDaemon(cache.DaemonOptions{
+	d, err := daemon.New(daemon.Options{
 		Socket: sock, StateDir: stateDir, BlockSize: 1 << 20, MaxFetches: 8,
 		Tiers: "disk:" + filepath.Join(stateDir, "cache") + ":1Gi",
 	})

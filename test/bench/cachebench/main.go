@@ -24,7 +24,12 @@ import (
 	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache"
-	"github.com/cistern-csi/cistern/pkg/cache/s3"
+	"github.com/cistern-csi/cistern/pkg/cache/daemon"
+	"github.com/cistern-csi/cistern/pkg/cache/fusefs"
+	"github.com/cistern-csi/cistern/pkg/cache/s3store"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
+	s3source "github.com/cistern-csi/cistern/pkg/cache/source/s3"
 	"github.com/cistern-csi/cistern/test/bench/readers"
 	"github.com/cistern-csi/cistern/test/s3server"
 )
@@ -57,11 +62,11 @@ type env struct {
 	small []string // paths of the small files
 }
 
-func run(sizeSpec string, nFiles, rounds int, work, tierName, only, source string) (err error) {
+func run(sizeSpec string, nFiles, rounds int, work, tierName, only, from string) (err error) {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root to mount FUSE")
 	}
-	size, err := cache.ParseSize(sizeSpec)
+	size, err := daemon.ParseSize(sizeSpec)
 	if err != nil {
 		return err
 	}
@@ -78,8 +83,8 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, source strin
 		return err
 	}
 
-	var p cache.Source
-	if source == "s3" {
+	var p source.Source
+	if from == "s3" {
 		srv, src3, err := startS3(filepath.Join(work, "s3"), src)
 		if err != nil {
 			return err
@@ -87,14 +92,14 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, source strin
 		defer srv.Stop()
 		p = src3
 		fmt.Printf("cachebench: uploaded to versitygw on %s\n", srv.Endpoint)
-	} else if p, err = cache.NewPosix(src); err != nil {
+	} else if p, err = posix.New(src); err != nil {
 		return err
 	}
 	// The product's default: a memory tier on a dedicated tmpfs
 	// (huge=within_size), then disk.
 	memDir := filepath.Join(work, "mem")
 	memQuota := 4*size + 1<<30
-	if err := cache.MountTmpfs(memDir, memQuota); err != nil {
+	if err := daemon.MountTmpfs(memDir, memQuota); err != nil {
 		return err
 	}
 	defer func() { _ = syscall.Unmount(memDir, syscall.MNT_DETACH) }()
@@ -107,7 +112,7 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, source strin
 		return err
 	}
 	defer c.Close()
-	mounts := []*cache.FS{}
+	mounts := []*fusefs.FS{}
 	defer func() {
 		for _, m := range mounts {
 			if uerr := m.Unmount(); uerr != nil {
@@ -127,24 +132,25 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, source strin
 		os.RemoveAll(work)
 		os.Exit(130)
 	}()
-	mount := func(name string, o cache.FSOptions) (string, error) {
+	ds := c.Dataset("bench", p)
+	mount := func(name string, o fusefs.Options) (string, error) {
 		mnt := filepath.Join(work, name)
 		if err := os.MkdirAll(mnt, 0o755); err != nil {
 			return "", err
 		}
-		o.Dataset, o.ReadOnly, o.MetaCache = "bench", true, time.Hour
-		m, err := cache.Mount(mnt, p, c, o)
+		o.Name, o.ReadOnly, o.MetaCache = "bench", true, time.Hour
+		m, err := fusefs.Mount(mnt, ds, o)
 		if err != nil {
 			return "", err
 		}
 		mounts = append(mounts, m)
 		return mnt, nil
 	}
-	mntDefault, err := mount("mnt", cache.FSOptions{Passthrough: true})
+	mntDefault, err := mount("mnt", fusefs.Options{Passthrough: true})
 	if err != nil {
 		return err
 	}
-	mntSmall, err := mount("mnt-small", cache.FSOptions{SmallFiles: true})
+	mntSmall, err := mount("mnt-small", fusefs.Options{SmallFiles: true})
 	if err != nil {
 		return err
 	}
@@ -202,7 +208,7 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, source strin
 		return err
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "cold row (%s source)\tunit\tnative\tcistern\tratio\t\n", source)
+	fmt.Fprintf(tw, "cold row (%s source)\tunit\tnative\tcistern\tratio\t\n", from)
 	fmt.Fprintf(tw, "cold-seq\tMiB/s\t%.0f\t%.0f\t%.3f\t\n", nSeq, cold[0], cold[0]/nSeq)
 	fmt.Fprintf(tw, "cold-small16\tfiles/s\t%.0f\t%.0f\t%.3f\t\n", nSmall, cold[1], cold[1]/nSmall)
 	tw.Flush()
@@ -277,12 +283,12 @@ func generate(dir string, size int64, nFiles int) (env, error) {
 
 // startS3 starts versitygw in dir, uploads every file under root to bucket
 // "bench" and returns the server and a source for it.
-func startS3(dir, root string) (*s3server.Server, cache.Source, error) {
+func startS3(dir, root string) (*s3server.Server, source.Source, error) {
 	srv, err := s3server.Start(dir)
 	if err != nil {
 		return nil, nil, err
 	}
-	fail := func(err error) (*s3server.Server, cache.Source, error) {
+	fail := func(err error) (*s3server.Server, source.Source, error) {
 		srv.Stop()
 		return nil, nil, err
 	}
@@ -293,10 +299,10 @@ func startS3(dir, root string) (*s3server.Server, cache.Source, error) {
 	if _, err := srv.UploadTree(ctx, "bench", "", root); err != nil {
 		return fail(err)
 	}
-	loc := s3.Location{Bucket: "bench", Endpoint: srv.Endpoint, Region: "us-east-1", Addressing: "path"}
-	c, err := s3.New(loc, s3.Credentials{AccessKey: srv.AccessKey, SecretKey: srv.SecretKey}, s3.Config{})
+	loc := s3store.Location{Bucket: "bench", Endpoint: srv.Endpoint, Region: "us-east-1", Addressing: "path"}
+	c, err := s3store.New(loc, s3store.Credentials{AccessKey: srv.AccessKey, SecretKey: srv.SecretKey}, s3store.Config{})
 	if err != nil {
 		return fail(err)
 	}
-	return srv, cache.NewS3(c, time.Hour), nil
+	return srv, s3source.New(c, time.Hour), nil
 }

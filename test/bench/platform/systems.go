@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
 // system is one way pods read the dataset.
@@ -134,7 +134,7 @@ type cisternStack struct {
 	conn    *grpc.ClientConn
 	node    csi.NodeClient
 	ctrl    csi.ControllerClient
-	cache   *cache.Client
+	cache   *api.Client
 	st      store
 	vol     *csi.Volume
 	staging string
@@ -181,7 +181,7 @@ func startCistern(ctx context.Context, work, binDir string, p *procs, st store, 
 	if c.conn, err = grpc.NewClient("unix://"+csiSock, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return nil, err
 	}
-	c.node, c.ctrl, c.cache = csi.NewNodeClient(c.conn), csi.NewControllerClient(c.conn), cache.NewClient(cacheSock)
+	c.node, c.ctrl, c.cache = csi.NewNodeClient(c.conn), csi.NewControllerClient(c.conn), api.NewClient(cacheSock)
 	resp, err := c.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{
 		Name: "bench-dataset", VolumeCapabilities: []*csi.VolumeCapability{roCap}, Secrets: c.secrets(),
 		Parameters: map[string]string{

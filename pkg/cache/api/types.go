@@ -1,0 +1,184 @@
+// Package api is the cache daemon's control API: its wire types (typed
+// requests and responses for mount, release, warm-up, evict and stats),
+// the dataset source URL they carry, and the client that the node plugin
+// and the CLI use. It is all they import from the cache.
+package api
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/s3store"
+)
+
+// Access patterns of a dataset (MountRequest.AccessPattern).
+const (
+	PatternDefault    = "default"
+	PatternSmallFiles = "small-files"
+)
+
+// MountRequest asks the daemon for a dataset's mount (POST /v1/mount).
+type MountRequest struct {
+	// Holder names who holds the mount (a volume ID or a target path);
+	// the dataset stays mounted while it has holders. Mounting again with
+	// the same holder is a no-op.
+	Holder string `json:"holder"`
+	// Dataset is the dataset's name (the dataset parameter).
+	Dataset string `json:"dataset"`
+	// Source is the canonical source URL (Source.String).
+	Source        string        `json:"source"`
+	ReadOnly      bool          `json:"readOnly"`
+	AccessPattern string        `json:"accessPattern,omitempty"` // "", PatternDefault or PatternSmallFiles
+	MetaCache     time.Duration `json:"metaCache"`
+	// Warmup are paths prefetched in the background when the dataset is
+	// first mounted ("" = all of it). They do not change what is served,
+	// so they are not part of the key.
+	Warmup  []string          `json:"warmup,omitempty"`
+	Secrets map[string]string `json:"secrets,omitempty"` // never logged
+}
+
+// Key returns the dataset key of a request: it hashes the source, the
+// options that change what is served, and the identity of the credentials,
+// so two secrets never share a mount.
+func (r *MountRequest) Key() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "source=%s\x00ro=%t\x00pattern=%s\x00metacache=%s\x00", r.Source, r.ReadOnly, r.AccessPattern, r.MetaCache)
+	keys := make([]string, 0, len(r.Secrets))
+	for k := range r.Secrets {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(h, "secret:%s=%s\x00", k, r.Secrets[k])
+	}
+	return hex.EncodeToString(h.Sum(nil)[:10])
+}
+
+// Validate checks a request with the rules the driver applies to the same
+// parameters (one source parser for both).
+func (r *MountRequest) Validate() error {
+	switch {
+	case r.Holder == "":
+		return errors.New("holder is required")
+	case r.Dataset == "":
+		return errors.New("dataset is required")
+	case r.AccessPattern != "" && r.AccessPattern != PatternDefault && r.AccessPattern != PatternSmallFiles:
+		return fmt.Errorf("accessPattern %q: want %s or %s", r.AccessPattern, PatternDefault, PatternSmallFiles)
+	case r.AccessPattern == PatternSmallFiles && !r.ReadOnly:
+		return errors.New("accessPattern small-files needs a read-only dataset (its files must be immutable)")
+	case r.MetaCache < 0:
+		return errors.New("metaCache must not be negative")
+	}
+	src, err := ParseSource(r.Source)
+	if err != nil {
+		return err
+	}
+	if src.IsS3() {
+		if _, err := s3store.CredentialsFromSecrets(r.Secrets); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// MountResponse says where the dataset is mounted.
+type MountResponse struct {
+	Key       string `json:"key"`
+	MountPath string `json:"mountPath"`
+}
+
+// ReleaseRequest drops a holder (POST /v1/release).
+type ReleaseRequest struct {
+	Holder string `json:"holder"`
+}
+
+// EvictRequest drops the cached files of a mounted dataset under a prefix
+// ("" = all) (POST /v1/evict).
+type EvictRequest struct {
+	Key    string `json:"key"`
+	Prefix string `json:"prefix,omitempty"`
+}
+
+// EvictResponse says how many cached files were dropped.
+type EvictResponse struct {
+	Evicted int `json:"evicted"`
+}
+
+// WarmupRequest prefetches paths of a mounted dataset (POST /v1/warmup);
+// the answer is a stream of WarmupProgress lines (NDJSON).
+type WarmupRequest struct {
+	Key   string   `json:"key"`
+	Paths []string `json:"paths"`
+}
+
+// WarmupProgress is one line of a warm-up's progress stream.
+type WarmupProgress struct {
+	File       string `json:"file,omitempty"`
+	DoneBytes  int64  `json:"doneBytes"`
+	TotalBytes int64  `json:"totalBytes"`
+	Files      int    `json:"files"`
+	Error      string `json:"error,omitempty"`
+	Done       bool   `json:"done,omitempty"`
+}
+
+// ErrorResponse is the body of every failed request.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// StatsResponse is the daemon's view of the node (GET /v1/stats).
+type StatsResponse struct {
+	Cache    CacheStats    `json:"cache"`
+	Datasets []DatasetInfo `json:"datasets"`
+}
+
+// DatasetInfo describes a mounted dataset.
+type DatasetInfo struct {
+	Key       string       `json:"key"`
+	Dataset   string       `json:"dataset"`
+	Source    string       `json:"source"`
+	ReadOnly  bool         `json:"readOnly"`
+	MountPath string       `json:"mountPath"`
+	Holders   int          `json:"holders"`
+	Reads     int64        `json:"fuseReads"`
+	Stats     DatasetStats `json:"stats"`
+	// Warmup is the progress of the warm-up started at mount, if any.
+	Warmup *WarmupProgress `json:"warmup,omitempty"`
+}
+
+// DatasetStats are one mounted dataset's share of the cache.
+type DatasetStats struct {
+	Hits        int64            `json:"hits"`
+	Misses      int64            `json:"misses"`
+	SourceBytes int64            `json:"sourceBytes"`
+	Files       int              `json:"files"`
+	TierBytes   map[string]int64 `json:"tierBytes"`
+}
+
+// CacheStats are the node cache's counters.
+type CacheStats struct {
+	Hits        int64 // block reads served from a tier
+	Misses      int64 // blocks fetched from the source
+	ReadThrough int64 // blocks served without storing (tier full or failing)
+	Corrupt     int64 // blocks whose checksum failed
+	SourceBytes int64 // bytes read from the source
+	Evictions   int64 // items evicted
+	TierBytes   map[string]int64
+	// TierServed counts bytes served from each tier by the daemon (reads
+	// of passthrough files go to the kernel and are not seen).
+	TierServed map[string]int64
+	// SourceLatency is a histogram of source block fetches.
+	SourceLatency Histogram
+}
+
+// Histogram is a snapshot: Counts[i] observations fell in (Bounds[i-1],
+// Bounds[i]]; the last count is above every bound. Sum is in seconds.
+type Histogram struct {
+	Bounds []float64
+	Counts []uint64
+	Sum    float64
+}

@@ -1,0 +1,160 @@
+// Package daemon is cistern-cache: the registry and lifecycle of the
+// datasets a node has mounted (one FUSE mount per dataset, held by the
+// volumes that use it and released a grace period after the last one
+// leaves), warm-up, the control API on a unix socket, Prometheus metrics,
+// and the cache tiers, all over one cache engine.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/cistern-csi/cistern/pkg/cache"
+)
+
+// Daemon is cistern-cache: one FUSE mount per dataset, one cache for all.
+//
+// Lock order: Daemon.mu, then the engine's locks. No mount, unmount or
+// source request is made while Daemon.mu is held.
+type Daemon struct {
+	// immutable after New
+	opts     Options
+	log      klog.Logger
+	cache    *cache.Cache
+	memMount string          // the tmpfs of the memory tier, or ""
+	ctx      context.Context // cancelled by Close; owns mount-time warm-ups
+	stop     context.CancelFunc
+	wg       sync.WaitGroup // mount-time warm-ups
+
+	metricsAddr atomic.Value // string: where metrics are served, once listening
+
+	mu       sync.Mutex
+	datasets map[string]*mounted      // guarded by mu; by key
+	mounting map[string]chan struct{} // guarded by mu; keys being mounted, closed when done
+	holders  map[string]string        // guarded by mu; holder -> key
+}
+
+// New mounts the memory tier (if any) and opens the cache.
+func New(opts Options) (*Daemon, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	memDir := filepath.Join(opts.StateDir, "mem")
+	tiers, err := ParseTiers(opts.tiers(), memDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{opts: opts, log: klog.Background(), datasets: map[string]*mounted{}, mounting: map[string]chan struct{}{}, holders: map[string]string{}}
+	d.ctx, d.stop = context.WithCancel(context.Background())
+	for _, t := range tiers {
+		if t.Name == "mem" {
+			if err := MountTmpfs(memDir, t.Quota); err != nil {
+				return nil, err
+			}
+			d.memMount = memDir
+		}
+	}
+	d.cache, err = cache.New(cache.Options{Tiers: tiers, BlockSize: opts.BlockSize, MaxFetches: opts.MaxFetches, LowWater: opts.LowWater, FreeSpaceRatio: opts.FreeRatio,
+		Logger: d.log.WithName("cache")})
+	if err != nil {
+		d.unmountTmpfs()
+		return nil, err
+	}
+	return d, nil
+}
+
+// MetricsAddr returns the address metrics are served on ("" until Run
+// listens; useful with --metrics-address=127.0.0.1:0).
+func (d *Daemon) MetricsAddr() string {
+	a, _ := d.metricsAddr.Load().(string)
+	return a
+}
+
+// Cache returns the daemon's cache (for tests).
+func (d *Daemon) Cache() *cache.Cache { return d.cache }
+
+func (d *Daemon) unmountTmpfs() {
+	if d.memMount != "" {
+		if err := unix.Unmount(d.memMount, unix.MNT_DETACH); err != nil {
+			d.log.Error(err, "Unmounting the memory tier failed", "path", d.memMount)
+		}
+	}
+}
+
+// Close unmounts every dataset, closes the cache and the memory tier.
+func (d *Daemon) Close() error {
+	d.stop()
+	d.wg.Wait()
+	d.mu.Lock()
+	ms := d.datasets
+	d.datasets = map[string]*mounted{}
+	d.holders = map[string]string{}
+	d.mu.Unlock()
+	var errs []error
+	for _, m := range ms {
+		if m.timer != nil {
+			m.timer.Stop()
+		}
+		if err := m.fs.Unmount(); err != nil {
+			errs = append(errs, err)
+			_ = unix.Unmount(m.mnt, unix.MNT_DETACH)
+		}
+	}
+	errs = append(errs, d.cache.Close())
+	d.unmountTmpfs()
+	return errors.Join(errs...)
+}
+
+// Run serves the control API (and metrics) until ctx is cancelled, then
+// closes the daemon.
+func (d *Daemon) Run(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Dir(d.opts.Socket), 0o755); err != nil {
+		return err
+	}
+	_ = os.Remove(d.opts.Socket)
+	lis, err := net.Listen("unix", d.opts.Socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", d.opts.Socket, err)
+	}
+	if err := os.Chmod(d.opts.Socket, 0o600); err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(lis) }()
+	var msrv *http.Server
+	if d.opts.MetricsAddr != "" {
+		ml, err := net.Listen("tcp", d.opts.MetricsAddr)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		d.metricsAddr.Store(ml.Addr().String())
+		msrv = &http.Server{Handler: metricsHandler(d.Stats), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- msrv.Serve(ml) }()
+	}
+	d.log.Info("Cache daemon serving", "socket", d.opts.Socket, "metrics", d.opts.MetricsAddr, "tiers", d.opts.tiers())
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	if msrv != nil {
+		_ = msrv.Shutdown(sctx)
+	}
+	os.Remove(d.opts.Socket)
+	return errors.Join(err, d.Close())
+}

@@ -1,0 +1,99 @@
+package daemon
+
+import (
+	"net/http"
+
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are read from the daemon's counters at scrape time. Labels are
+// bounded: dataset names (one per mounted dataset) and tier names.
+var (
+	descHits        = prometheus.NewDesc("cistern_cache_hits_total", "Block reads served from a cache tier.", []string{"dataset"}, nil)
+	descMisses      = prometheus.NewDesc("cistern_cache_misses_total", "Blocks fetched from the source.", []string{"dataset"}, nil)
+	descSourceBytes = prometheus.NewDesc("cistern_cache_source_bytes_total", "Bytes read from the source.", []string{"dataset"}, nil)
+	descDSBytes     = prometheus.NewDesc("cistern_cache_dataset_bytes", "Bytes of a dataset held in a tier (warm datasets, for scheduling hints).", []string{"dataset", "tier"}, nil)
+	descTierBytes   = prometheus.NewDesc("cistern_cache_tier_bytes", "Bytes held in a tier.", []string{"tier"}, nil)
+	descEvictions   = prometheus.NewDesc("cistern_cache_evictions_total", "Cached files evicted.", nil, nil)
+	descReadThrough = prometheus.NewDesc("cistern_cache_read_through_total", "Blocks served without being stored (tier full or failing).", nil, nil)
+	descCorrupt     = prometheus.NewDesc("cistern_cache_corrupt_blocks_total", "Cached blocks that failed their checksum and were refetched.", nil, nil)
+	descServed      = prometheus.NewDesc("cistern_cache_served_bytes_total", "Bytes the daemon served from a tier (passthrough reads go to the kernel and are not counted).", []string{"tier"}, nil)
+	descLatency     = prometheus.NewDesc("cistern_cache_source_fetch_seconds", "Latency of block fetches from sources.", nil, nil)
+	descMounted     = prometheus.NewDesc("cistern_cache_mounted_datasets", "Datasets mounted on this node.", nil, nil)
+)
+
+// collector reads the daemon's stats at each scrape.
+type collector struct{ stats func() api.StatsResponse }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	counter := func(d *prometheus.Desc, v int64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
+	}
+	gauge := func(d *prometheus.Desc, v int64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), l...)
+	}
+	// Two mounts of one dataset name (say, two credentials) add up.
+	type agg struct{ hits, misses, src int64 }
+	per := map[string]*agg{}
+	tiers := map[[2]string]int64{}
+	for _, ds := range s.Datasets {
+		a := per[ds.Dataset]
+		if a == nil {
+			a = &agg{}
+			per[ds.Dataset] = a
+		}
+		a.hits += ds.Stats.Hits
+		a.misses += ds.Stats.Misses
+		a.src += ds.Stats.SourceBytes
+		for t, b := range ds.Stats.TierBytes {
+			tiers[[2]string{ds.Dataset, t}] += b
+		}
+	}
+	for name, a := range per {
+		counter(descHits, a.hits, name)
+		counter(descMisses, a.misses, name)
+		counter(descSourceBytes, a.src, name)
+	}
+	for k, b := range tiers {
+		gauge(descDSBytes, b, k[0], k[1])
+	}
+	for t, b := range s.Cache.TierBytes {
+		gauge(descTierBytes, b, t)
+	}
+	for t, b := range s.Cache.TierServed {
+		counter(descServed, b, t)
+	}
+	h := s.Cache.SourceLatency
+	buckets := map[float64]uint64{}
+	var cum, total uint64
+	for i, b := range h.Bounds {
+		cum += h.Counts[i]
+		buckets[b] = cum
+	}
+	for _, n := range h.Counts {
+		total += n
+	}
+	ch <- prometheus.MustNewConstHistogram(descLatency, total, h.Sum, buckets)
+	counter(descEvictions, s.Cache.Evictions)
+	counter(descReadThrough, s.Cache.ReadThrough)
+	counter(descCorrupt, s.Cache.Corrupt)
+	gauge(descMounted, int64(len(s.Datasets)))
+}
+
+// metricsHandler serves /metrics from stats.
+func metricsHandler(stats func() api.StatsResponse) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{stats})
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}

@@ -1,0 +1,191 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/pkg/cache/fusefs"
+)
+
+// mounted is one dataset the daemon serves.
+type mounted struct {
+	// immutable after mountDataset
+	key string
+	req api.MountRequest // Secrets cleared
+	mnt string
+	fs  *fusefs.FS
+	ds  *cache.Dataset
+	log klog.Logger
+
+	holders map[string]bool     // guarded by Daemon.mu
+	timer   *time.Timer         // guarded by Daemon.mu; pending release, or nil
+	warm    *api.WarmupProgress // guarded by Daemon.mu; the mount-time warm-up
+	cancel  context.CancelFunc  // guarded by Daemon.mu; stops the mount-time warm-up
+}
+
+// Mount returns the mount of the requested dataset, mounting it on first
+// use, and records the holder. The FUSE mount (which touches the source)
+// runs outside the daemon's lock: a slow or hung source delays only the
+// requests for that dataset, which wait with their own context.
+func (d *Daemon) Mount(ctx context.Context, req api.MountRequest) (api.MountResponse, error) {
+	if err := req.Validate(); err != nil {
+		return api.MountResponse{}, &statusError{http.StatusBadRequest, err}
+	}
+	key := req.Key()
+	secrets := req.Secrets
+	req.Secrets = nil
+	for {
+		d.mu.Lock()
+		if old, ok := d.holders[req.Holder]; ok && old != key {
+			d.mu.Unlock()
+			return api.MountResponse{}, &statusError{http.StatusConflict, fmt.Errorf("holder %q already holds another dataset", req.Holder)}
+		}
+		if m := d.datasets[key]; m != nil {
+			defer d.mu.Unlock()
+			return d.attachLocked(m, req.Holder), nil
+		}
+		if busy := d.mounting[key]; busy != nil {
+			d.mu.Unlock()
+			select {
+			case <-busy: // mounted or failed: look again
+				continue
+			case <-ctx.Done():
+				return api.MountResponse{}, ctx.Err()
+			}
+		}
+		busy := make(chan struct{})
+		d.mounting[key] = busy
+		d.mu.Unlock()
+
+		m, err := d.mountDataset(ctx, key, req, secrets)
+
+		d.mu.Lock()
+		delete(d.mounting, key)
+		close(busy)
+		if err != nil {
+			d.mu.Unlock()
+			return api.MountResponse{}, err
+		}
+		d.datasets[key] = m
+		if len(req.Warmup) > 0 {
+			d.startWarmupLocked(m)
+		}
+		defer d.mu.Unlock()
+		return d.attachLocked(m, req.Holder), nil
+	}
+}
+
+// attachLocked records holder on m and cancels a pending release.
+func (d *Daemon) attachLocked(m *mounted, holder string) api.MountResponse {
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
+	m.holders[holder] = true
+	d.holders[holder] = m.key
+	return api.MountResponse{Key: m.key, MountPath: m.mnt}
+}
+
+func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequest, secrets map[string]string) (*mounted, error) {
+	log := d.log.WithValues("dataset", req.Dataset, "key", key)
+	src, err := d.openSource(ctx, req, secrets, log)
+	if err != nil {
+		return nil, err
+	}
+	mnt := filepath.Join(d.opts.StateDir, "datasets", key, "mnt")
+	_ = unix.Unmount(mnt, unix.MNT_DETACH) // left by a crashed daemon
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return nil, err
+	}
+	ds := d.cache.Dataset(key, src)
+	fsys, err := fusefs.Mount(mnt, ds, fusefs.Options{
+		Name:        key,
+		ReadOnly:    req.ReadOnly,
+		MetaCache:   req.MetaCache,
+		SmallFiles:  req.AccessPattern == api.PatternSmallFiles,
+		Passthrough: req.ReadOnly,
+		SpoolDir:    filepath.Join(d.opts.StateDir, "uploads"),
+		Logger:      log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount dataset %s: %w", req.Dataset, err)
+	}
+	log.Info("Dataset mounted", "source", req.Source, "readOnly", req.ReadOnly, "mountPath", mnt)
+	return &mounted{key: key, req: req, mnt: mnt, fs: fsys, ds: ds, log: log, holders: map[string]bool{}}, nil
+}
+
+// Release drops a holder; the dataset is unmounted a grace period after
+// its last holder leaves. Releasing an unknown holder is a no-op.
+func (d *Daemon) Release(holder string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	key, ok := d.holders[holder]
+	if !ok {
+		return
+	}
+	delete(d.holders, holder)
+	m := d.datasets[key]
+	delete(m.holders, holder)
+	if len(m.holders) > 0 || m.timer != nil {
+		return
+	}
+	m.timer = time.AfterFunc(d.opts.Grace, func() { d.expire(m) })
+}
+
+func (d *Daemon) expire(m *mounted) {
+	d.mu.Lock()
+	if len(m.holders) > 0 || d.datasets[m.key] != m {
+		d.mu.Unlock()
+		return
+	}
+	delete(d.datasets, m.key)
+	cancel := m.cancel
+	d.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if err := m.fs.Unmount(); err != nil {
+		m.log.Error(err, "Unmounting a released dataset failed; detaching")
+		_ = unix.Unmount(m.mnt, unix.MNT_DETACH)
+	}
+	m.log.Info("Dataset unmounted after its grace period")
+}
+
+// startWarmupLocked prefetches the request's warm-up paths in the
+// background; progress shows in stats. It stops when the dataset is
+// unmounted or the daemon closes.
+func (d *Daemon) startWarmupLocked(m *mounted) {
+	ctx, cancel := context.WithCancel(d.ctx)
+	m.cancel = cancel
+	m.warm = &api.WarmupProgress{}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer cancel()
+		err := d.Warmup(ctx, m.key, m.req.Warmup, func(p api.WarmupProgress) {
+			d.mu.Lock()
+			*m.warm = p
+			d.mu.Unlock()
+		})
+		d.mu.Lock()
+		if err != nil {
+			m.warm.Error, m.warm.Done = err.Error(), true
+		}
+		w := *m.warm
+		d.mu.Unlock()
+		if err != nil {
+			m.log.Error(err, "Mount-time warm-up failed")
+			return
+		}
+		m.log.Info("Mount-time warm-up done", "files", w.Files, "bytes", w.DoneBytes)
+	}()
+}

@@ -1,0 +1,43 @@
+package daemon
+
+import (
+	"sort"
+
+	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+)
+
+// Stats returns the daemon's stats.
+func (d *Daemon) Stats() api.StatsResponse {
+	d.mu.Lock()
+	ms := make([]*mounted, 0, len(d.datasets))
+	for _, m := range d.datasets {
+		ms = append(ms, m)
+	}
+	holders := map[string]int{}
+	warm := map[string]*api.WarmupProgress{}
+	for _, m := range ms {
+		holders[m.key] = len(m.holders)
+		if m.warm != nil {
+			w := *m.warm
+			warm[m.key] = &w
+		}
+	}
+	d.mu.Unlock()
+	resp := api.StatsResponse{Cache: cacheStats(d.cache.Stats())}
+	for _, m := range ms {
+		s := m.ds.Stats()
+		resp.Datasets = append(resp.Datasets, api.DatasetInfo{Key: m.key, Dataset: m.req.Dataset, Source: m.req.Source, ReadOnly: m.req.ReadOnly,
+			MountPath: m.mnt, Holders: holders[m.key], Reads: m.fs.Reads.Load(), Warmup: warm[m.key],
+			Stats: api.DatasetStats{Hits: s.Hits, Misses: s.Misses, SourceBytes: s.SourceBytes, Files: s.Files, TierBytes: s.TierBytes}})
+	}
+	sort.Slice(resp.Datasets, func(i, j int) bool { return resp.Datasets[i].Dataset < resp.Datasets[j].Dataset })
+	return resp
+}
+
+// cacheStats is the engine's counters on the wire.
+func cacheStats(s cache.Stats) api.CacheStats {
+	return api.CacheStats{Hits: s.Hits, Misses: s.Misses, ReadThrough: s.ReadThrough, Corrupt: s.Corrupt,
+		SourceBytes: s.SourceBytes, Evictions: s.Evictions, TierBytes: s.TierBytes, TierServed: s.TierServed,
+		SourceLatency: api.Histogram{Bounds: s.SourceLatency.Bounds, Counts: s.SourceLatency.Counts, Sum: s.SourceLatency.Sum}}
+}

@@ -1,0 +1,149 @@
+// Package fusefs serves one dataset as a FUSE file system through the cache
+// engine. Reads go to the engine (or, for a fully cached file of a
+// read-only dataset, to the kernel through FUSE passthrough); changes go
+// through the one write strategy chosen at mount: none (read-only), POSIX
+// write-through, or whole-object uploads.
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"k8s.io/klog/v2"
+
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+)
+
+// Engine is what the file system needs of the cache: one dataset's view
+// (cache.Dataset implements it).
+type Engine interface {
+	// Source is the dataset's source.
+	Source() source.Source
+	// ReadAt reads p at off of name, whose current attributes are a.
+	ReadAt(ctx context.Context, name string, a source.Attr, p []byte, off int64) (int, error)
+	// CompleteFile returns a read-only descriptor of name's cache file
+	// when it is complete, or nil.
+	CompleteFile(name string, a source.Attr) *os.File
+	// Evict drops what is cached under prefix.
+	Evict(prefix string) int
+}
+
+// Options configure how a dataset is served.
+type Options struct {
+	// Name names the mount in /proc/mounts (cistern:<Name>).
+	Name string
+	// ReadOnly mounts "ro": the kernel refuses writes with EROFS.
+	ReadOnly bool
+	// MetaCache is how long the kernel trusts entries and attributes.
+	MetaCache time.Duration
+	// SmallFiles serves a read-only dataset of many small immutable files
+	// in no-open mode: OPEN and FLUSH are answered ENOSYS once and the
+	// kernel stops sending them, keeping file data in its page cache.
+	SmallFiles bool
+	// Passthrough hands fully cached files of a read-only dataset to the
+	// kernel (FUSE passthrough): reads then never reach the daemon.
+	Passthrough bool
+	// SpoolDir holds files being written to an object store until close
+	// uploads them (anonymous files: nothing is left after a crash).
+	SpoolDir string
+	// Debug logs every FUSE request.
+	Debug bool
+	// Logger logs this mount's failures and refusals (default: klog's).
+	Logger klog.Logger
+}
+
+// FS serves one dataset.
+type FS struct {
+	// immutable after Mount
+	opts Options
+	log  klog.Logger
+	eng  Engine
+	src  source.Source
+	w    writer // the write strategy
+	srv  *fuse.Server
+
+	// Reads counts READ requests that reached the daemon (a passthrough
+	// read never does).
+	Reads       atomic.Int64
+	Passthrough atomic.Int64 // opens served with passthrough
+	// CachedOpen counts open handles that read through the page cache
+	// (RELEASE arrives after close(2) returns: the count lags).
+	CachedOpen atomic.Int64
+}
+
+// Mount serves eng's dataset at dir. The caller calls Unmount.
+func Mount(dir string, eng Engine, opts Options) (*FS, error) {
+	if opts.Logger.GetSink() == nil {
+		opts.Logger = klog.Background()
+	}
+	f := &FS{opts: opts, log: opts.Logger, eng: eng, src: eng.Source()}
+	w, err := chooseWriter(f.src, opts)
+	if err != nil {
+		return nil, &fs.PathError{Op: "mount", Path: dir, Err: err}
+	}
+	f.w = w
+	mc := opts.MetaCache
+	neg := min(mc, time.Second)
+	mo := fuse.MountOptions{
+		FsName:      "cistern:" + opts.Name,
+		Name:        "cistern",
+		AllowOther:  true,
+		DirectMount: true,
+		// mount(2) only: fusermount is not needed (nor installed) on nodes.
+		DirectMountStrict: true,
+		// No atime updates: a read never changes the FUSE inode.
+		DirectMountFlags: syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOATIME,
+		MaxReadAhead:     1 << 20,
+		MaxWrite:         1 << 20,
+		DisableXAttrs:    true,
+		Debug:            opts.Debug,
+	}
+	if opts.ReadOnly {
+		mo.Options = append(mo.Options, "ro")
+	}
+	root := &node{fsys: f}
+	srv, err := gofs.Mount(dir, root, &gofs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &mc,
+		AttrTimeout:     &mc,
+		NegativeTimeout: &neg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.srv = srv
+	return f, nil
+}
+
+// chooseWriter picks the write strategy of a mount.
+func chooseWriter(src source.Source, opts Options) (writer, error) {
+	if opts.ReadOnly {
+		return readOnly{}, nil
+	}
+	switch s := src.(type) {
+	case source.Writable:
+		return posixWriter{src: s}, nil
+	case source.Objects:
+		if opts.SpoolDir == "" {
+			return nil, errors.New("a read-write object-store dataset needs a spool directory")
+		}
+		return objectWriter{src: s, spoolDir: opts.SpoolDir}, nil
+	}
+	return nil, syscall.EROFS
+}
+
+// Unmount unmounts and waits for the server to stop.
+func (f *FS) Unmount() error {
+	err := f.srv.Unmount()
+	if err == nil {
+		f.srv.Wait()
+	}
+	return err
+}

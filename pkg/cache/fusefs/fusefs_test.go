@@ -1,0 +1,214 @@
+package fusefs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
+	"github.com/hanwen/go-fuse/v2/posixtest"
+)
+
+func newTestCache(t *testing.T, dir string, quota int64) *cache.Cache {
+	t.Helper()
+	c, err := cache.New(cache.Options{Tiers: []cache.TierOptions{{Name: "disk", Dir: dir, Quota: quota}}, BlockSize: cachetest.Block})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// mountTest serves src through c at a temporary directory (the dataset key
+// is opts.Name, "ds" if empty), unmounted when the test ends.
+func mountTest(t *testing.T, src source.Source, c *cache.Cache, opts Options) (*FS, string) {
+	t.Helper()
+	cachetest.RequireFUSE(t)
+	mnt := t.TempDir()
+	if opts.Name == "" {
+		opts.Name = "ds"
+	}
+	f, err := Mount(mnt, c.Dataset(opts.Name, src), opts)
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	cachetest.UnmountAtCleanup(t, mnt, f.Unmount)
+	return f, mnt
+}
+
+func TestFSReadOnlyIsAFileSystem(t *testing.T) {
+	root := t.TempDir()
+	files := cachetest.MakeTree(t, root)
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	for _, mode := range []Options{
+		{ReadOnly: true, MetaCache: time.Hour},
+		{ReadOnly: true, MetaCache: time.Hour, Passthrough: true},
+		{ReadOnly: true, MetaCache: time.Hour, SmallFiles: true},
+	} {
+		t.Run(fmt.Sprintf("passthrough=%t,smallFiles=%t", mode.Passthrough, mode.SmallFiles), func(t *testing.T) {
+			_, mnt := mountTest(t, p, c, mode)
+			if err := fstest.TestFS(os.DirFS(mnt), files...); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range files {
+				got, err := os.ReadFile(filepath.Join(mnt, f))
+				want, _ := os.ReadFile(filepath.Join(root, f))
+				if err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("%s through the mount differs (err %v)", f, err)
+				}
+			}
+			if l, err := os.Readlink(filepath.Join(mnt, "link")); err != nil || l != "big.bin" {
+				t.Fatalf("readlink = %q, %v", l, err)
+			}
+			err := os.WriteFile(filepath.Join(mnt, "new"), []byte("x"), 0o644)
+			if !errors.Is(err, syscall.EROFS) {
+				t.Fatalf("write into a read-only dataset: %v, want EROFS", err)
+			}
+		})
+	}
+}
+
+// TestPassthroughTakesEffect: once a file is fully cached, opening it again
+// hands it to the kernel; reading it sends no READ to the daemon.
+func TestPassthroughTakesEffect(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 3*cachetest.Block+5, 7)
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	fsys, mnt := mountTest(t, p, c, Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("cold read: %v", err)
+	}
+	if fsys.Reads.Load() == 0 {
+		t.Fatal("the cold read did not reach the daemon")
+	}
+	// Drop the kernel's page cache of the file so the next read must go
+	// somewhere: to the backing file (passthrough) or to the daemon.
+	cachetest.DropPageCache(t, filepath.Join(mnt, "f"))
+	// A complete file opens in passthrough once no cached handle is
+	// open; RELEASE of the last one arrives after close(2) returned.
+	for deadline := time.Now().Add(5 * time.Second); fsys.CachedOpen.Load() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d cached handles still open 5s after every file was closed", fsys.CachedOpen.Load())
+		}
+	}
+	before := fsys.Reads.Load()
+	f, err := os.Open(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(f)
+	f.Close()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("warm read: %v", err)
+	}
+	if fsys.Passthrough.Load() == 0 {
+		t.Fatal("the complete file was not opened with passthrough")
+	}
+	if d := fsys.Reads.Load() - before; d != 0 {
+		t.Fatalf("%d READ requests reached the daemon through a passthrough file, want 0", d)
+	}
+}
+
+func TestFSReadWrite(t *testing.T) {
+	root := t.TempDir()
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	opts := Options{MetaCache: time.Second}
+	_, mnt := mountTest(t, p, c, opts)
+	_, mnt2 := mountTest(t, p, c, Options{Name: "ds", MetaCache: 0})
+
+	// go-fuse's POSIX cases that apply to a write-through dataset without
+	// hard links, xattrs, locks or open-unlinked files.
+	for _, name := range []string{
+		"FileBasic", "TruncateFile", "TruncateNoFile", "FdLeak", "MkdirRmdir",
+		"RenameOverwriteDestNoExist", "RenameOverwriteDestExist", "ReadDirBasic",
+		"ReadDirConsistency", "AppendWrite", "ParallelFileOpen", "DirectIO", "FileLarge",
+	} {
+		fn := posixtest.All[name]
+		if fn == nil {
+			t.Fatalf("posixtest has no case %s", name)
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(mnt, name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fn(t, dir)
+		})
+	}
+
+	// Write, read back through a second mount, overwrite, rename, unlink.
+	data := bytes.Repeat([]byte("cistern"), 100_000)
+	if err := os.WriteFile(filepath.Join(mnt, "out.bin"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt2, "out.bin")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("second mount reads %d bytes, %v", len(got), err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "out.bin")); !bytes.Equal(got, data) {
+		t.Fatal("the write did not reach the source")
+	}
+	data2 := []byte("rewritten")
+	if err := os.WriteFile(filepath.Join(mnt, "out.bin"), data2, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt2, "out.bin")); err != nil || !bytes.Equal(got, data2) {
+		t.Fatalf("after overwrite the second mount reads %q, %v", got, err)
+	}
+	if err := os.Rename(filepath.Join(mnt, "out.bin"), filepath.Join(mnt, "moved.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "moved.bin")); err != nil {
+		t.Fatalf("rename did not reach the source: %v", err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "moved.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "moved.bin")); !os.IsNotExist(err) {
+		t.Fatalf("unlink did not reach the source: %v", err)
+	}
+}
+
+// TestOpenWhileCachedHandleOpen: a file that becomes complete while a
+// handle reading it through the page cache is still open opens again
+// without error (the kernel answers EIO to a passthrough open of an inode
+// open in cached mode, so the second open must not ask for passthrough).
+func TestOpenWhileCachedHandleOpen(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 2*cachetest.Block+3, 11)
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	fsys, mnt := mountTest(t, p, c, Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	first, err := os.Open(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if got, err := io.ReadAll(first); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("cold read: %v", err) // the file is complete in the cache now
+	}
+	for i := range 3 {
+		got, err := os.ReadFile(filepath.Join(mnt, "f"))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("open %d while a cached handle is open: %v", i, err)
+		}
+	}
+	if n := fsys.Passthrough.Load(); n != 0 {
+		t.Errorf("%d passthrough opens while a cached handle was open", n)
+	}
+}

@@ -1,0 +1,178 @@
+package fusefs
+
+import (
+	"context"
+	"hash/fnv"
+	"io/fs"
+	"path"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+)
+
+// node is a file, directory or link of the dataset.
+type node struct {
+	gofs.Inode
+	fsys *FS
+
+	mu     sync.Mutex
+	attr   source.Attr   // guarded by mu; last attributes seen
+	upload *uploadHandle // guarded by mu; the latest write handle (object uploads only)
+	// Open handles of a read-only dataset by kind: the kernel refuses
+	// (EIO) a passthrough open while the inode is open through its page
+	// cache, and a cached open while it is open in passthrough.
+	cachedOpens, passthroughOpens int // guarded by mu
+}
+
+var (
+	_ gofs.NodeLookuper   = (*node)(nil)
+	_ gofs.NodeGetattrer  = (*node)(nil)
+	_ gofs.NodeReaddirer  = (*node)(nil)
+	_ gofs.NodeReadlinker = (*node)(nil)
+	_ gofs.NodeStatfser   = (*node)(nil)
+)
+
+func stableAttr(p string, a source.Attr) gofs.StableAttr {
+	h := fnv.New64a()
+	h.Write([]byte(p))
+	return gofs.StableAttr{Mode: fuseMode(a.Mode) &^ 0o7777, Ino: h.Sum64() | 1}
+}
+
+func fuseMode(m fs.FileMode) uint32 {
+	mode := uint32(m.Perm())
+	switch {
+	case m.IsDir():
+		mode |= syscall.S_IFDIR
+	case m&fs.ModeSymlink != 0:
+		mode |= syscall.S_IFLNK
+	default:
+		mode |= syscall.S_IFREG
+	}
+	return mode
+}
+
+func (n *node) fill(a source.Attr, out *fuse.Attr) {
+	out.Mode = fuseMode(a.Mode)
+	out.Size = uint64(a.Size)
+	if a.Mode&fs.ModeSymlink != 0 {
+		out.Size = uint64(len(a.Target))
+	}
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 1 << 20
+	out.Nlink = 1
+	out.SetTimes(nil, &a.Mtime, &a.Mtime)
+}
+
+func (n *node) setAttr(a source.Attr) {
+	n.mu.Lock()
+	n.attr = a
+	n.mu.Unlock()
+}
+
+// currentAttr returns the attributes to read with: those of a file being
+// written, the remembered ones on a read-only dataset (trusted for the
+// metacache period by the kernel too), fresh ones on a read-write dataset.
+func (n *node) currentAttr(ctx context.Context) (source.Attr, error) {
+	if a, ok := n.fsys.w.pending(n); ok {
+		return a, nil
+	}
+	n.mu.Lock()
+	a := n.attr
+	n.mu.Unlock()
+	if n.fsys.opts.ReadOnly && a.Mtime != (time.Time{}) {
+		return a, nil
+	}
+	a, err := n.fsys.src.Stat(ctx, n.rel())
+	if err == nil {
+		n.setAttr(a)
+	}
+	return a, err
+}
+
+// rel is the node's path in the dataset ("" for the root), from go-fuse's
+// tree, which follows renames.
+func (n *node) rel() string { return n.Path(n.Root()) }
+
+func (n *node) child(name string) string { return path.Join(n.rel(), name) }
+
+// newChild looks up name in the source after a change made it and returns
+// its inode.
+func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, *node, syscall.Errno) {
+	p := n.child(name)
+	a, err := n.fsys.src.Stat(ctx, p)
+	if err != nil {
+		return nil, nil, source.Errno(err)
+	}
+	n.fill(a, &out.Attr)
+	c := &node{fsys: n.fsys, attr: a}
+	return n.NewInode(ctx, c, stableAttr(p, a)), c, 0
+}
+
+// Lookup implements gofs.NodeLookuper.
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if in, a, ok := n.fsys.w.pendingChild(n, name); ok {
+		n.fill(a, &out.Attr)
+		return in, 0
+	}
+	in, _, errno := n.newChild(ctx, name, out)
+	return in, errno
+}
+
+// Getattr implements gofs.NodeGetattrer.
+func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if g, ok := fh.(gofs.FileGetattrer); ok {
+		return g.Getattr(ctx, out)
+	}
+	if a, ok := n.fsys.w.pending(n); ok {
+		n.fill(a, &out.Attr)
+		return 0
+	}
+	a, err := n.fsys.src.Stat(ctx, n.rel())
+	if err != nil {
+		return source.Errno(err)
+	}
+	n.setAttr(a)
+	n.fill(a, &out.Attr)
+	return 0
+}
+
+// Readdir implements gofs.NodeReaddirer.
+func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ents, err := n.fsys.src.List(ctx, n.rel())
+	if err != nil {
+		return nil, source.Errno(err)
+	}
+	list := make([]fuse.DirEntry, 0, len(ents))
+	for _, e := range ents {
+		sa := stableAttr(n.child(e.Name), e.Attr)
+		list = append(list, fuse.DirEntry{Name: e.Name, Mode: sa.Mode, Ino: sa.Ino})
+	}
+	return gofs.NewListDirStream(list), 0
+}
+
+// Readlink implements gofs.NodeReadlinker.
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	a, err := n.fsys.src.Stat(ctx, n.rel())
+	if err != nil {
+		return nil, source.Errno(err)
+	}
+	if a.Mode&fs.ModeSymlink == 0 {
+		return nil, syscall.EINVAL
+	}
+	return []byte(a.Target), 0
+}
+
+// Statfs implements gofs.NodeStatfser.
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	out.Bsize = 1 << 20
+	out.Frsize = 1 << 20
+	out.NameLen = 255
+	out.Blocks = 1 << 30
+	out.Bfree, out.Bavail = out.Blocks, out.Blocks
+	return 0
+}

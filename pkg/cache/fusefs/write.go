@@ -1,0 +1,117 @@
+package fusefs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+)
+
+// writer is a mount's write strategy, chosen once at mount: readOnly,
+// posixWriter (write-through to a POSIX tree) or objectWriter (whole
+// objects uploaded on close). The node operations that change the tree
+// check what every strategy shares and hand the rest to it.
+type writer interface {
+	// pending returns the attributes of n while it is being written and
+	// the source does not have it yet.
+	pending(n *node) (source.Attr, bool)
+	// pendingChild returns parent's child name while it is being written.
+	pendingChild(parent *node, name string) (*gofs.Inode, source.Attr, bool)
+	// open opens n (attributes a) on a read-write dataset.
+	open(ctx context.Context, n *node, a source.Attr, flags uint32) (gofs.FileHandle, uint32, syscall.Errno)
+	// write writes through a handle opened by open.
+	write(ctx context.Context, n *node, data []byte, off int64) (uint32, syscall.Errno)
+	create(ctx context.Context, parent *node, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno)
+	mkdir(ctx context.Context, parent *node, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno)
+	unlink(ctx context.Context, parent *node, name string) syscall.Errno
+	rmdir(ctx context.Context, parent *node, name string) syscall.Errno
+	rename(ctx context.Context, parent *node, name string, newParent *node, newName string) syscall.Errno
+	// setSize truncates n, through fh if it is one of the strategy's.
+	setSize(ctx context.Context, n *node, fh gofs.FileHandle, size int64) syscall.Errno
+}
+
+var (
+	_ gofs.NodeCreater   = (*node)(nil)
+	_ gofs.NodeMkdirer   = (*node)(nil)
+	_ gofs.NodeUnlinker  = (*node)(nil)
+	_ gofs.NodeRmdirer   = (*node)(nil)
+	_ gofs.NodeRenamer   = (*node)(nil)
+	_ gofs.NodeSetattrer = (*node)(nil)
+)
+
+// Create implements gofs.NodeCreater.
+func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return n.fsys.w.create(ctx, n, name, flags, mode, out)
+}
+
+// Mkdir implements gofs.NodeMkdirer.
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.fsys.w.mkdir(ctx, n, name, mode, out)
+}
+
+// Unlink implements gofs.NodeUnlinker.
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return n.fsys.w.unlink(ctx, n, name)
+}
+
+// Rmdir implements gofs.NodeRmdirer.
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return n.fsys.w.rmdir(ctx, n, name)
+}
+
+// Rename implements gofs.NodeRenamer.
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if n.fsys.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	if flags != 0 {
+		return syscall.EINVAL // RENAME_EXCHANGE / NOREPLACE are not supported
+	}
+	np, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	return n.fsys.w.rename(ctx, n, name, np, newName)
+}
+
+// Setattr implements gofs.NodeSetattrer: size changes only.
+func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if sz, ok := in.GetSize(); ok {
+		if errno := n.fsys.w.setSize(ctx, n, fh, int64(sz)); errno != 0 {
+			return errno
+		}
+	}
+	return n.Getattr(ctx, fh, out)
+}
+
+// readOnly is the strategy of a read-only dataset: the mount is "ro", so
+// the kernel refuses changes before they get here; EROFS in any case.
+type readOnly struct{}
+
+func (readOnly) pending(*node) (source.Attr, bool) { return source.Attr{}, false }
+func (readOnly) pendingChild(*node, string) (*gofs.Inode, source.Attr, bool) {
+	return nil, source.Attr{}, false
+}
+func (readOnly) open(context.Context, *node, source.Attr, uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, 0, syscall.EROFS
+}
+func (readOnly) write(context.Context, *node, []byte, int64) (uint32, syscall.Errno) {
+	return 0, syscall.EROFS
+}
+func (readOnly) create(context.Context, *node, string, uint32, uint32, *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EROFS
+}
+func (readOnly) mkdir(context.Context, *node, string, uint32, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+func (readOnly) unlink(context.Context, *node, string) syscall.Errno { return syscall.EROFS }
+func (readOnly) rmdir(context.Context, *node, string) syscall.Errno  { return syscall.EROFS }
+func (readOnly) rename(context.Context, *node, string, *node, string) syscall.Errno {
+	return syscall.EROFS
+}
+func (readOnly) setSize(context.Context, *node, gofs.FileHandle, int64) syscall.Errno {
+	return syscall.EROFS
+}

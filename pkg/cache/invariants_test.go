@@ -1,0 +1,175 @@
+package cache
+
+import (
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/fusefs"
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
+)
+
+// mountFS serves a dataset of the engine through FUSE in a temporary
+// directory, unmounted when the test ends.
+func mountFS(t *testing.T, eng fusefs.Engine, opts fusefs.Options) string {
+	t.Helper()
+	cachetest.RequireFUSE(t)
+	mnt := t.TempDir()
+	if opts.Name == "" {
+		opts.Name = "ds"
+	}
+	f, err := fusefs.Mount(mnt, eng, opts)
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	cachetest.UnmountAtCleanup(t, mnt, f.Unmount)
+	return mnt
+}
+
+// reporter is the part of testing.T the checks use (a test of the checks
+// records what they report).
+type reporter interface {
+	Helper()
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
+// settle waits until no fetch or read-ahead goroutine runs.
+func settle(t reporter, c *Cache) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); c.env.fetch.running.Load() > 0; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d fetches still running after 10s", c.env.fetch.running.Load())
+		}
+	}
+}
+
+// checkInvariants checks the engine's INVARIANT comments on a settled
+// cache: every item's block index is consistent (one entry per block, a
+// count that matches, verified blocks present, bytes that add up, and the
+// bytes on disk match their checksums), no item in the map is removed,
+// each tier's used bytes are the sum over its items, and the open-file
+// order respects its bound and holds only open files.
+func checkInvariants(t reporter, c *Cache) {
+	t.Helper()
+	settle(t, c)
+	used := map[*tier]int64{}
+	c.mu.Lock()
+	for key, it := range c.items {
+		it.mu.Lock()
+		bs := it.env.blockSize
+		nb := (it.size + bs - 1) / bs
+		switch {
+		case key != itemKey(it.dataset, it.name):
+			t.Errorf("item %s is in the map under another key", it.name)
+		case it.removed:
+			t.Errorf("item %s is in the map and removed", it.name)
+		case int64(len(it.present)) != nb || len(it.sums) != len(it.present) || len(it.verified) != len(it.present):
+			t.Errorf("item %s: %d blocks of size %d, index has %d present, %d sums, %d verified", it.name, nb, it.size, len(it.present), len(it.sums), len(it.verified))
+		}
+		var count, bytes int64
+		for b, p := range it.present {
+			if it.verified[b] && !p {
+				t.Errorf("item %s: block %d verified but not present", it.name, b)
+			}
+			if !p {
+				continue
+			}
+			count++
+			bl := min(bs, it.size-int64(b)*bs)
+			bytes += bl
+			if it.verified[b] {
+				buf := make([]byte, bl)
+				if f, err := os.Open(it.dataPath); err != nil {
+					t.Errorf("item %s: %v", it.name, err)
+				} else {
+					_, err := f.ReadAt(buf, int64(b)*bs)
+					f.Close()
+					if err != nil || crc32.Checksum(buf, castagnoli) != it.sums[b] {
+						t.Errorf("item %s: block %d does not match its checksum (%v)", it.name, b, err)
+					}
+				}
+			}
+		}
+		if count != it.presentCount {
+			t.Errorf("item %s: presentCount %d, %d blocks present", it.name, it.presentCount, count)
+		}
+		if bytes != it.bytes.Load() {
+			t.Errorf("item %s: bytes %d, present blocks hold %d", it.name, it.bytes.Load(), bytes)
+		}
+		used[it.tier] += it.bytes.Load()
+		it.mu.Unlock()
+	}
+	c.mu.Unlock()
+	for _, tr := range c.tiers {
+		if got := tr.used.Load(); got != used[tr] {
+			t.Errorf("tier %s reports %d bytes, its items hold %d", tr.Name, got, used[tr])
+		}
+	}
+	o := c.env.files
+	o.mu.Lock()
+	n := o.order.Len()
+	var order []*Item
+	for e := o.order.Front(); e != nil; e = e.Next() {
+		order = append(order, e.Value.(*Item))
+	}
+	o.mu.Unlock()
+	if n > o.max {
+		t.Errorf("%d files in the open-file order, bound %d", n, o.max)
+	}
+	for _, it := range order {
+		it.mu.Lock()
+		if it.file == nil {
+			t.Errorf("item %s is in the open-file order with no open file", it.name)
+		}
+		it.mu.Unlock()
+	}
+}
+
+// recorder is a reporter that keeps what it is told.
+type recorder struct{ errs []string }
+
+func (r *recorder) Helper() {}
+func (r *recorder) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+func (r *recorder) Fatalf(format string, args ...any) { r.Errorf(format, args...) }
+
+// TestCheckInvariantsCatchesDrift: each invariant the checks guard, broken
+// on purpose, is reported (a check that cannot fail checks nothing).
+func TestCheckInvariantsCatchesDrift(t *testing.T) {
+	root := t.TempDir()
+	cachetest.WriteRandom(t, filepath.Join(root, "f"), 3*cachetest.Block+5, 1)
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	readAll(t, c, p, "f")
+	checkInvariants(t, c) // sound before
+	it := c.items[itemKey("ds", "f")]
+	for _, tc := range []struct {
+		name         string
+		break_, mend func()
+		want         string
+	}{
+		{"tier bytes", func() { c.tiers[0].used.Add(1) }, func() { c.tiers[0].used.Add(-1) }, "reports"},
+		{"present count", func() { it.presentCount++ }, func() { it.presentCount-- }, "presentCount"},
+		{"item bytes", func() { it.bytes.Add(7); c.tiers[0].used.Add(7) }, func() { it.bytes.Add(-7); c.tiers[0].used.Add(-7) }, "present blocks hold"},
+		{"removed in the map", func() { it.removed = true }, func() { it.removed = false }, "removed"},
+		{"verified, not present", func() { it.present[1] = false }, func() { it.present[1] = true }, "verified but not present"},
+		{"checksum", func() { it.sums[0]++ }, func() { it.sums[0]-- }, "checksum"},
+	} {
+		tc.break_()
+		var r recorder
+		checkInvariants(&r, c)
+		tc.mend()
+		if !strings.Contains(strings.Join(r.errs, "\n"), tc.want) {
+			t.Errorf("%s broken: checks reported %q, want a report containing %q", tc.name, r.errs, tc.want)
+		}
+	}
+	checkInvariants(t, c) // sound after
+}

@@ -1,0 +1,179 @@
+package cache
+
+import (
+	"container/list"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+)
+
+// openFiles bounds how many items' data files are open at once: the least
+// recently used beyond max are handed back to be closed (and reopened on
+// demand), so a dataset of millions of files cannot exhaust the daemon's
+// descriptors.
+type openFiles struct {
+	max int
+
+	mu    sync.Mutex
+	order *list.List // guarded by mu; *Item with an open data file, most recent first
+	// INVARIANT: order.Len() <= max once touch returns.
+}
+
+func newOpenFiles(max int) *openFiles { return &openFiles{max: max, order: list.New()} }
+
+// touch puts it first and returns the items pushed out of the bound, for
+// the caller to close outside the lock.
+func (o *openFiles) touch(it *Item) []*Item {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if it.fdElem != nil {
+		o.order.MoveToFront(it.fdElem)
+	} else {
+		it.fdElem = o.order.PushFront(it)
+	}
+	var victims []*Item
+	for o.order.Len() > o.max {
+		e := o.order.Back()
+		v := e.Value.(*Item)
+		o.order.Remove(e)
+		v.fdElem = nil
+		victims = append(victims, v)
+	}
+	return victims
+}
+
+// forget drops it from the order (its file is being closed).
+func (o *openFiles) forget(it *Item) {
+	o.mu.Lock()
+	if it.fdElem != nil {
+		o.order.Remove(it.fdElem)
+		it.fdElem = nil
+	}
+	o.mu.Unlock()
+}
+
+// openFile returns the item's data file, opening it if needed, and closes
+// the files the open-file bound pushes out.
+func (it *Item) openFile() (*os.File, error) {
+	f, err := it.ensureOpen()
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range it.env.files.touch(it) {
+		_ = v.closeFile()
+	}
+	return f, nil
+}
+
+// ensureOpen opens the data file unless it is open; it takes it.mu.
+func (it *Item) ensureOpen() (*os.File, error) {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.removed {
+		return nil, errors.New("cache item evicted")
+	}
+	if it.file != nil {
+		return it.file, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(it.dataPath), 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(it.dataPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	// A sparse file of the full size: on the tmpfs memory tier
+	// (huge=within_size) pages inside i_size may be huge pages, which
+	// passthrough reads at page-cache speed.
+	if err := f.Truncate(it.size); err != nil {
+		f.Close()
+		return nil, err
+	}
+	it.file = f
+	return f, nil
+}
+
+// pread reads the data file at off. A file closed by the open-file bound
+// meanwhile is reopened.
+func (it *Item) pread(dst []byte, off int64) (int, error) {
+	for range 3 {
+		f, err := it.openFile()
+		if err != nil {
+			return 0, err
+		}
+		n, err := f.ReadAt(dst, off)
+		if errors.Is(err, os.ErrClosed) {
+			continue
+		}
+		return n, err
+	}
+	return 0, fmt.Errorf("cache file of %s closed under three reads in a row: %w", it.name, os.ErrClosed)
+}
+
+// pwrite writes the data file at off, as pread reads it. A full file
+// system kicks the cleaner.
+func (it *Item) pwrite(buf []byte, off int64) error {
+	var err error
+	for range 3 {
+		var f *os.File
+		if f, err = it.openFile(); err != nil {
+			return err
+		}
+		if _, err = f.WriteAt(buf, off); !errors.Is(err, os.ErrClosed) {
+			break
+		}
+	}
+	if errors.Is(err, syscall.ENOSPC) {
+		it.env.kick()
+	}
+	return err
+}
+
+func (it *Item) closeFile() error {
+	it.env.files.forget(it)
+	it.mu.Lock()
+	f := it.file
+	it.file = nil
+	it.mu.Unlock()
+	if f != nil {
+		return f.Close()
+	}
+	return nil
+}
+
+// truncateFile drops the data of a reset item and sizes the file for the
+// new version.
+func (it *Item) truncateFile() error {
+	it.mu.Lock()
+	size := it.size
+	it.mu.Unlock()
+	// By path: an open descriptor may be closed by the open-file bound.
+	if err := os.Truncate(it.dataPath, 0); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return os.Truncate(it.dataPath, size)
+}
+
+// remove deletes the item's files; the caller has taken it out of the map.
+func (it *Item) remove() {
+	it.env.files.forget(it)
+	it.mu.Lock()
+	it.removed = true
+	f := it.file
+	it.file = nil
+	it.tier.used.Add(-it.bytes.Swap(0))
+	it.mu.Unlock()
+	if f != nil {
+		f.Close()
+	}
+	it.saveMu.Lock()
+	os.Remove(it.metaPath)
+	os.Remove(it.dataPath)
+	it.saveMu.Unlock()
+}

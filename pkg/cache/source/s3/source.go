@@ -1,0 +1,232 @@
+// Package s3 serves a dataset from an S3-compatible store through the
+// s3store client: keys as a file tree, listings and the first bytes of
+// files kept for lookups, conditional reads of one version, and
+// whole-object writes.
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"path"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/s3store"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+)
+
+// Source serves a dataset from an S3-compatible store. Directory listings are
+// kept for the dataset's metacache period, so the lookups that follow a
+// readdir cost no request.
+type Source struct {
+	c       *s3store.Client
+	ttl     time.Duration
+	started time.Time // directories' modification time
+
+	mu        sync.Mutex
+	dirs      map[string]*dirListing // guarded by mu
+	listing   map[string]bool        // guarded by mu; directories being listed for lookups
+	heads     map[string]*head       // guarded by mu; first bytes fetched by lookups
+	headBytes int64                  // guarded by mu; bytes held in heads
+}
+
+// lookupListing is how many entries a lookup lists of its directory: one
+// request answers the lookups of up to that many siblings (a data loader
+// opening the files of a directory one by one), where a HEAD per file
+// would cost one request each.
+const lookupListing = 1000
+
+// New returns a source for the client's location; listings are trusted
+// for ttl (0: never).
+func New(c *s3store.Client, ttl time.Duration) *Source {
+	return &Source{c: c, ttl: ttl, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]bool{}, heads: map[string]*head{}}
+}
+
+var (
+	_ source.Source    = (*Source)(nil)
+	_ source.Versioned = (*Source)(nil)
+	_ source.Objects   = (*Source)(nil)
+)
+
+func (s *Source) dirAttr() source.Attr {
+	return source.Attr{Mode: fs.ModeDir | 0o755, Mtime: s.started}
+}
+
+func (s *Source) fileAttr(o s3store.Object) source.Attr {
+	mt := o.Mtime
+	if mt.IsZero() {
+		mt = s.started
+	}
+	return source.Attr{Mode: 0o644, Size: o.Size, Mtime: mt, ETag: o.ETag}
+}
+
+// cached returns the listing of dir if it is fresh.
+func (s *Source) cached(dir string) *dirListing {
+	if s.ttl <= 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.dirs[dir]
+	if l == nil || time.Since(l.at) > s.ttl {
+		return nil
+	}
+	return l
+}
+
+// listInBackground starts a listing of up to lookupListing entries of dir
+// unless one is fresh or running: the lookup that asks does not wait for it
+// (a lookup costs one round trip), its siblings find it.
+func (s *Source) listInBackground(dir string) {
+	s.mu.Lock()
+	if s.listing[dir] {
+		s.mu.Unlock()
+		return
+	}
+	s.listing[dir] = true
+	s.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		objs, err := s.c.ListUpTo(ctx, dir, lookupListing)
+		if err == nil {
+			s.keep(dir, objs)
+		}
+		s.mu.Lock()
+		delete(s.listing, dir)
+		s.mu.Unlock()
+	}()
+}
+
+// keep stores a listing of dir and returns its entries.
+func (s *Source) keep(dir string, objs []s3store.Object) []source.Entry {
+	out := make([]source.Entry, 0, len(objs))
+	ents := make(map[string]source.Attr, len(objs))
+	for _, o := range objs {
+		a := s.dirAttr()
+		if !o.Dir {
+			a = s.fileAttr(o)
+		}
+		out = append(out, source.Entry{Name: o.Name, Attr: a})
+		ents[o.Name] = a
+	}
+	if s.ttl > 0 {
+		s.mu.Lock()
+		if len(s.dirs) > 65536 {
+			clear(s.dirs)
+		}
+		s.dirs[dir] = &dirListing{at: time.Now(), entries: ents}
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// forget drops the listings a change to name makes stale: its parent's,
+// and its own if it is a directory.
+func (s *Source) forget(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.dirs, parentDir(name))
+	delete(s.dirs, name)
+	if h := s.heads[name]; h != nil {
+		delete(s.heads, name)
+		s.headBytes -= int64(len(h.data))
+	}
+}
+
+func parentDir(name string) string {
+	d := path.Dir(name)
+	if d == "." {
+		return ""
+	}
+	return d
+}
+
+// Stat implements source.Source: a fresh listing of the parent answers, else an
+// object (HEAD) and then a directory (a listing of name/).
+func (s *Source) Stat(ctx context.Context, name string) (source.Attr, error) {
+	if err := source.CheckName(name); err != nil {
+		return source.Attr{}, err
+	}
+	if name == "" {
+		return s.dirAttr(), nil
+	}
+	// A listing answers "it exists"; "it does not" is always asked of
+	// the store, because a name that appeared since (a volume the
+	// controller just created, say) must be found. The kernel keeps
+	// negative answers for at most a second.
+	if s.ttl > 0 {
+		if l := s.cached(parentDir(name)); l != nil {
+			if a, ok := l.entries[path.Base(name)]; ok {
+				return a, nil
+			}
+		} else {
+			s.listInBackground(parentDir(name))
+		}
+	}
+	// A GET of the first bytes, not a HEAD: a small file's content comes
+	// with its attributes, and its first read then costs no request.
+	buf := make([]byte, headBytes)
+	o, n, err := s.c.StatRead(ctx, name, buf)
+	if err == nil {
+		a := s.fileAttr(o)
+		// A copy of exactly what came, not the 256 KiB buffer.
+		s.keepHead(name, a, bytes.Clone(buf[:n]))
+		return a, nil
+	}
+	if !errors.Is(err, syscall.ENOENT) {
+		return source.Attr{}, err
+	}
+	ok, err := s.c.DirExists(ctx, name)
+	switch {
+	case err != nil:
+		return source.Attr{}, err
+	case !ok:
+		return source.Attr{}, &fs.PathError{Op: "stat", Path: name, Err: syscall.ENOENT}
+	}
+	return s.dirAttr(), nil
+}
+
+// List implements source.Source.
+func (s *Source) List(ctx context.Context, dir string) ([]source.Entry, error) {
+	if err := source.CheckName(dir); err != nil {
+		return nil, err
+	}
+	objs, err := s.c.List(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	if len(objs) == 0 && dir != "" {
+		// An empty listing is a missing directory unless it has a marker.
+		if ok, err := s.c.DirExists(ctx, dir); err != nil {
+			return nil, err
+		} else if !ok {
+			return nil, &fs.PathError{Op: "readdir", Path: dir, Err: syscall.ENOENT}
+		}
+	}
+	return s.keep(dir, objs), nil
+}
+
+// ReadAt implements source.Source (an unconditional read).
+func (s *Source) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	return s.c.ReadAt(ctx, name, "", p, off)
+}
+
+// ReadAtVersion implements source.Versioned: the read names the ETag of the
+// fingerprint (see source.Attr.Fingerprint). Bytes that came with the lookup are
+// served without a request.
+func (s *Source) ReadAtVersion(ctx context.Context, name, fingerprint string, p []byte, off int64, progress func(n int)) (int, error) {
+	if n, ok := s.takeHead(name, fingerprint, p, off); ok {
+		return n, nil
+	}
+	etag, _ := strings.CutPrefix(fingerprint, "etag:")
+	n, err := s.c.ReadAtProgress(ctx, name, etag, p, off, progress)
+	if errors.Is(err, syscall.ESTALE) {
+		s.forget(name)
+	}
+	return n, err
+}

@@ -1,0 +1,73 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/s3store"
+)
+
+// TestS3ListingAnswersLookups: a lookup lists its directory once and its
+// siblings cost no request; a name created since is still found (a
+// listing never answers "does not exist").
+func TestS3ListingAnswersLookups(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	src := New(e.Client(t, s3store.Config{}), time.Hour)
+	ctx := context.Background()
+	a, err := src.Stat(ctx, "day-00/sym-0.csv")
+	if err != nil || a.Size != int64(len(e.Files["day-00/sym-0.csv"])) || a.ETag == "" {
+		t.Fatalf("Stat = %+v, %v", a, err)
+	}
+	// The lookup started a listing of its directory in the background.
+	for deadline := time.Now().Add(10 * time.Second); src.cached("day-00") == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no listing of day-00 after a lookup in it")
+		}
+	}
+	e.Srv.Freeze() // siblings must come from the listing now
+	for _, n := range []string{"day-00/sym-5.csv", "day-00/sym-10.csv"} {
+		if a, err := src.Stat(ctx, n); err != nil || a.Size != int64(len(e.Files[n])) {
+			e.Srv.Thaw()
+			t.Fatalf("Stat(%s) from the listing = %+v, %v", n, a, err)
+		}
+	}
+	e.Srv.Thaw()
+	e.Put(t, "day-00/new.csv", []byte("arrived later"))
+	if a, err := src.Stat(ctx, "day-00/new.csv"); err != nil || a.Size != 13 {
+		t.Errorf("a name created after the listing: %+v, %v", a, err)
+	}
+	if _, err := src.Stat(ctx, "day-00/never.csv"); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("a missing name: %v, want ENOENT", err)
+	}
+}
+
+// TestS3LookupBringsSmallFiles: the lookup of a small file is a GET of its
+// first bytes, so its first read needs no request (and never serves bytes
+// of another version).
+func TestS3LookupBringsSmallFiles(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	src := New(e.Client(t, s3store.Config{Timeout: 2 * time.Second, MaxRetries: 1}), time.Hour)
+	ctx := context.Background()
+	name := "day-02/sym-7.csv"
+	a, err := src.Stat(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := e.Files[name]
+	got := make([]byte, len(want))
+	// Another version's fingerprint is never served from the lookup's bytes.
+	if _, ok := src.takeHead(name, "etag:other", got, 0); ok {
+		t.Error("the lookup's bytes were served for another version")
+	}
+	e.Srv.Freeze()
+	n, err := src.ReadAtVersion(ctx, name, a.Fingerprint(), got, 0, nil)
+	e.Srv.Thaw()
+	if err != nil || n != len(want) || !bytes.Equal(got, want) {
+		t.Fatalf("first read after the lookup, store frozen: %d, %v", n, err)
+	}
+}

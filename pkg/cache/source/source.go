@@ -1,0 +1,102 @@
+// Package source defines what the cache reads datasets from: file
+// attributes, directory entries, the source interfaces (read-only,
+// write-through POSIX, whole-object stores), the errno a file-system caller
+// sees for a source error, and the one rule for a path inside a dataset.
+// One package beneath it per kind of source (posix, s3).
+package source
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Attr describes a file or directory of a source.
+type Attr struct {
+	Mode  fs.FileMode // type bits and permissions
+	Size  int64
+	Mtime time.Time
+	// ETag is the object store's version tag; empty for POSIX sources.
+	ETag string
+	// Target is a symbolic link's target.
+	Target string
+}
+
+// Fingerprint identifies a version of a file's content: the ETag when the
+// source has one, else size and modification time. A cached item whose
+// fingerprint differs from the source's is stale.
+func (a Attr) Fingerprint() string {
+	if a.ETag != "" {
+		return "etag:" + a.ETag
+	}
+	return "sm:" + strconv.FormatInt(a.Size, 10) + ":" + strconv.FormatInt(a.Mtime.UnixNano(), 10)
+}
+
+// Entry is one name in a directory listing.
+type Entry struct {
+	Name string
+	Attr Attr
+}
+
+// Source is where a dataset's bytes come from. Paths are clean, relative,
+// '/'-separated names inside the dataset ("" is its root; see CheckName).
+// Errors wrap the errno a file system caller should see (fs.ErrNotExist for
+// a missing name).
+type Source interface {
+	// Stat returns the attributes of name, without following a final
+	// symbolic link.
+	Stat(ctx context.Context, name string) (Attr, error)
+	// List returns the entries of directory dir.
+	List(ctx context.Context, dir string) ([]Entry, error)
+	// ReadAt reads len(p) bytes of name at off; it returns io.EOF with a
+	// short count at the end of the file.
+	ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error)
+}
+
+// Writable is a source that a read-write dataset changes in place (a
+// POSIX tree): every change reaches the source before the call returns.
+type Writable interface {
+	Source
+	// WriteAt writes p to name at off, creating the file (mode) if
+	// needed.
+	WriteAt(ctx context.Context, name string, p []byte, off int64, mode fs.FileMode) (int, error)
+	Truncate(ctx context.Context, name string, size int64) error
+	Mkdir(ctx context.Context, name string, mode fs.FileMode) error
+	Remove(ctx context.Context, name string) error
+	Rename(ctx context.Context, from, to string) error
+}
+
+// Versioned reads one version of a file: a store that can make a read
+// conditional (S3 If-Match on the ETag) implements it, so a block of a newer
+// version is never stored under an older one's index. A read of a version
+// that is gone fails with an error wrapping syscall.ESTALE.
+//
+// progress, if not nil, is called as bytes arrive with how many of p are
+// final, so waiters for the beginning of a block need not wait for its end.
+type Versioned interface {
+	ReadAtVersion(ctx context.Context, name, fingerprint string, p []byte, off int64, progress func(n int)) (int, error)
+}
+
+// Objects is a writable source whose files are whole objects (S3). Its
+// semantics, like mountpoint-s3's:
+//   - a new file is written sequentially and stored when it is closed (or
+//     fsynced); close returns only after the store accepted it, and a failed
+//     upload leaves nothing behind;
+//   - opening a file with O_TRUNC and writing it whole replaces the object;
+//   - a write anywhere else in an existing object fails with EOPNOTSUPP;
+//   - a file renames by a server-side copy; a directory does not rename
+//     (EXDEV, so mv(1) copies it instead).
+type Objects interface {
+	Source
+	// Upload stores size bytes of f as name, replacing any object.
+	Upload(ctx context.Context, name string, f *os.File, size int64) (Attr, error)
+	// Mkdir writes a directory marker.
+	Mkdir(ctx context.Context, name string) error
+	// RemoveFile deletes a file; RemoveDir an empty directory.
+	RemoveFile(ctx context.Context, name string) error
+	RemoveDir(ctx context.Context, name string) error
+	// RenameFile moves a file.
+	RenameFile(ctx context.Context, from, to string, a Attr) error
+}

@@ -1,0 +1,111 @@
+package cache
+
+import (
+	"sort"
+	"sync/atomic"
+	"time"
+)
+
+// Stats are the cache's counters.
+type Stats struct {
+	Hits        int64 // block reads served from a tier
+	Misses      int64 // blocks fetched from the source
+	ReadThrough int64 // blocks served without storing (tier full or failing)
+	Corrupt     int64 // blocks whose checksum failed
+	SourceBytes int64 // bytes read from the source
+	Evictions   int64 // items evicted
+	TierBytes   map[string]int64
+	// TierServed counts bytes served from each tier by the engine (reads
+	// of passthrough files go to the kernel and are not seen).
+	TierServed map[string]int64
+	// SourceLatency is a histogram of source block fetches.
+	SourceLatency Histogram
+}
+
+// DatasetStats are one dataset's share of the cache.
+type DatasetStats struct {
+	Hits        int64
+	Misses      int64
+	SourceBytes int64
+	Files       int
+	TierBytes   map[string]int64
+}
+
+// counters count what the engine did, node-wide or for one dataset (which
+// uses hits, misses and sourceBytes only).
+type counters struct {
+	hits, misses, readThrough, corrupt, sourceBytes, evictions atomic.Int64
+}
+
+// latencyBuckets are the upper bounds, in seconds, of SourceLatency.
+var latencyBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// Histogram is a snapshot: Counts[i] observations fell in (Bounds[i-1],
+// Bounds[i]]; the last count is above every bound. Sum is in seconds.
+type Histogram struct {
+	Bounds []float64
+	Counts []uint64
+	Sum    float64
+}
+
+type histogram struct {
+	counts [14]atomic.Uint64
+	sumNs  atomic.Int64
+}
+
+func (h *histogram) observe(d time.Duration) {
+	i := sort.SearchFloat64s(latencyBuckets, d.Seconds())
+	h.counts[i].Add(1)
+	h.sumNs.Add(int64(d))
+}
+
+func (h *histogram) snapshot() Histogram {
+	out := Histogram{Bounds: latencyBuckets, Counts: make([]uint64, len(h.counts)), Sum: float64(h.sumNs.Load()) / 1e9}
+	for i := range h.counts {
+		out.Counts[i] = h.counts[i].Load()
+	}
+	return out
+}
+
+// Stats returns a snapshot of the counters.
+func (c *Cache) Stats() Stats {
+	t := c.env.total
+	s := Stats{
+		Hits: t.hits.Load(), Misses: t.misses.Load(), ReadThrough: t.readThrough.Load(),
+		Corrupt: t.corrupt.Load(), SourceBytes: t.sourceBytes.Load(), Evictions: t.evictions.Load(),
+		TierBytes: map[string]int64{}, TierServed: map[string]int64{}, SourceLatency: c.env.fetch.latency.snapshot(),
+	}
+	for _, t := range c.tiers {
+		s.TierBytes[t.Name] = t.used.Load()
+		s.TierServed[t.Name] = t.served.Load()
+	}
+	return s
+}
+
+// countersLocked returns dataset's counters; c.mu is held.
+func (c *Cache) countersLocked(dataset string) *counters {
+	ct := c.perDS[dataset]
+	if ct == nil {
+		ct = &counters{}
+		c.perDS[dataset] = ct
+	}
+	return ct
+}
+
+// datasetStats returns the counters and cached bytes of one dataset.
+func (c *Cache) datasetStats(dataset string) DatasetStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ct := c.countersLocked(dataset)
+	s := DatasetStats{Hits: ct.hits.Load(), Misses: ct.misses.Load(), SourceBytes: ct.sourceBytes.Load(), TierBytes: map[string]int64{}}
+	for _, t := range c.tiers {
+		s.TierBytes[t.Name] = 0
+	}
+	for _, it := range c.items {
+		if it.dataset == dataset {
+			s.Files++
+			s.TierBytes[it.tier.Name] += it.bytes.Load()
+		}
+	}
+	return s
+}
