@@ -12,22 +12,34 @@ import (
 // restrict a bind mount and can weaken nothing.
 var allowedMountFlags = map[string]bool{"ro": true, "noexec": true, "nosuid": true, "nodev": true, "noatime": true, "nodiratime": true, "relatime": true}
 
-// checkCapabilities validates capabilities against a dataset: mount access
-// only, known flags, and reader modes only on a read-only dataset.
+// checkCapabilities validates the capabilities a volume is created or
+// validated with: each well formed (checkCapability), and reader modes
+// only on a read-only dataset, so a PVC that asks to write a read-only
+// dataset fails at provisioning with a message that says why.
 func checkCapabilities(caps []*csi.VolumeCapability, readOnly bool, dataset string) error {
 	if len(caps) == 0 {
 		return status.Error(codes.InvalidArgument, "volume_capabilities are required")
 	}
 	for _, c := range caps {
-		if err := checkCapability(c, readOnly, dataset); err != nil {
+		if err := checkCapability(c); err != nil {
 			return err
+		}
+		if readOnly && !isReaderAccess(c) {
+			return status.Errorf(codes.InvalidArgument, "volume_capability: dataset %s is read-only; access mode %s is not allowed (use ReadOnlyMany: MULTI_NODE_READER_ONLY)", dataset, c.GetAccessMode().GetMode())
 		}
 	}
 	return nil
 }
 
-// checkCapability validates one capability (see checkCapabilities).
-func checkCapability(c *csi.VolumeCapability, readOnly bool, dataset string) error {
+// checkCapability validates one capability's shape: mount access, known
+// mount flags, a known access mode. The node takes every mode: the
+// kubelet sends ReadWriteOnce (SINGLE_NODE_WRITER, or
+// SINGLE_NODE_SINGLE_WRITER since the driver advertises
+// SINGLE_NODE_MULTI_WRITER) for every inline volume and the PV's first
+// access mode for the others, whatever the dataset allows; a read-only
+// dataset is enforced by mounting it read-only (EROFS), not by refusing
+// the request.
+func checkCapability(c *csi.VolumeCapability) error {
 	if c == nil {
 		return status.Error(codes.InvalidArgument, "volume_capability is required")
 	}
@@ -42,28 +54,30 @@ func checkCapability(c *csi.VolumeCapability, readOnly bool, dataset string) err
 			return status.Errorf(codes.InvalidArgument, "volume_capability: mount flag %q is not supported (allowed: ro, noexec, nosuid, nodev, noatime, nodiratime, relatime)", f)
 		}
 	}
-	mode := c.GetAccessMode().GetMode()
-	switch mode {
-	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
-	case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER,
+	switch mode := c.GetAccessMode().GetMode(); mode {
+	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY,
+		csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+		csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER, csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER,
 		csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER:
-		if readOnly {
-			return status.Errorf(codes.InvalidArgument, "volume_capability: dataset %s is read-only; access mode %s is not allowed (use ReadOnlyMany or ReadWriteOnce with readOnly: SINGLE_NODE_READER_ONLY / MULTI_NODE_READER_ONLY)", dataset, mode)
-		}
 	default:
 		return status.Errorf(codes.InvalidArgument, "volume_capability: access mode %s is not supported", mode)
 	}
 	return nil
 }
 
-// isReaderMode reports whether the capability only reads: a reader access
-// mode, or the "ro" mount flag.
-func isReaderMode(c *csi.VolumeCapability) bool {
+// isReaderAccess reports whether the access mode only reads.
+func isReaderAccess(c *csi.VolumeCapability) bool {
 	switch c.GetAccessMode().GetMode() {
 	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
 		return true
 	}
-	return slices.Contains(c.GetMount().GetMountFlags(), "ro")
+	return false
+}
+
+// isReaderMode reports whether the capability only reads: a reader access
+// mode, or the "ro" mount flag.
+func isReaderMode(c *csi.VolumeCapability) bool {
+	return isReaderAccess(c) || slices.Contains(c.GetMount().GetMountFlags(), "ro")
 }
 
 // mountFlags returns the capability's extra mount flags, minus "ro", which

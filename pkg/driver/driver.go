@@ -42,6 +42,8 @@ type Driver struct {
 
 	volumeLocks *keyLocks // CreateVolume by name, DeleteVolume and NodeStage/Unstage by volume ID
 	pathLocks   *keyLocks // NodePublish/Unpublish by target path
+	// singleWriters holds single-writer volumes to one target path.
+	singleWriters *singleWriters
 
 	recordsMu sync.Mutex // serialises record updates so overlap checks see a stable set
 }
@@ -66,10 +68,11 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 		cc = api.NewClient(opts.CacheSocket)
 	}
 	return &Driver{
-		opts:        opts,
-		mounter:     m,
-		cache:       cc,
-		volumeLocks: newKeyLocks(),
-		pathLocks:   newKeyLocks(),
+		opts:          opts,
+		mounter:       m,
+		cache:         cc,
+		volumeLocks:   newKeyLocks(),
+		pathLocks:     newKeyLocks(),
+		singleWriters: newSingleWriters(),
 	}, nil
 }

@@ -59,7 +59,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCapability(req.GetVolumeCapability(), v.readOnly, v.id.Dataset); err != nil {
+	if err := checkCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
 	}
 	unlock, err := d.volumeLocks.lock("id/" + req.GetVolumeId())
@@ -73,7 +73,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	if err := d.bindDatasetDir(ctx, mnt, v.id, staging, v.readOnly); err != nil {
+	if err := d.bindDatasetDir(ctx, mnt, v.id, staging, v.readOnly || isReaderMode(req.GetVolumeCapability())); err != nil {
 		d.release(ctx, holder)
 		return nil, err
 	}
@@ -126,7 +126,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	c := req.GetVolumeCapability()
-	if err := checkCapability(c, v.readOnly, v.id.Dataset); err != nil {
+	if err := checkCapability(c); err != nil {
 		return nil, err
 	}
 	ro := v.readOnly || req.GetReadonly() || isReaderMode(c)
@@ -141,11 +141,18 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil || !st.Mounted || st.Corrupted {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
 	}
+	if err := d.singleWriters.claim(req.GetVolumeId(), target, c); err != nil {
+		return nil, err
+	}
 	done, err := d.prepareTarget(ctx, target, ro)
 	if err != nil || done {
+		if err != nil {
+			d.singleWriters.release(req.GetVolumeId(), target)
+		}
 		return &csi.NodePublishVolumeResponse{}, err
 	}
 	if err := mounter.BindMount(d.mounter, req.GetStagingTargetPath(), target, ro, mountFlags(c)...); err != nil {
+		d.singleWriters.release(req.GetVolumeId(), target)
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	klog.FromContext(ctx).V(2).Info("Volume published", "targetPath", target, "readOnly", ro)
@@ -180,7 +187,7 @@ func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRe
 		return nil, status.Errorf(codes.InvalidArgument, "inline volume: %v", err)
 	}
 	c := req.GetVolumeCapability()
-	if err := checkCapability(c, p.ReadOnly(), p.Dataset); err != nil {
+	if err := checkCapability(c); err != nil {
 		return nil, err
 	}
 	ro := p.ReadOnly() || req.GetReadonly() || isReaderMode(c)
@@ -316,6 +323,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := mounter.Cleanup(ctx, d.mounter, req.GetTargetPath(), d.opts.UnmountTimeout); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount %s: %v", req.GetTargetPath(), err)
 	}
+	d.singleWriters.release(req.GetVolumeId(), req.GetTargetPath())
 	// An inline volume holds its dataset's mount by target path; for any
 	// other volume this is a no-op.
 	if err := d.cache.Release(ctx, "target:"+req.GetTargetPath()); err != nil {
@@ -333,13 +341,16 @@ func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.Nod
 	return &csi.NodeGetInfoResponse{NodeId: d.opts.NodeID, AccessibleTopology: &csi.Topology{Segments: seg}}, nil
 }
 
-// NodeGetCapabilities advertises staging, stats and volume health.
+// NodeGetCapabilities advertises staging, stats, volume health, and
+// SINGLE_NODE_MULTI_WRITER (so ReadWriteOncePod reaches the driver as
+// SINGLE_NODE_SINGLE_WRITER, published at one target path at a time).
 func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
 	var caps []*csi.NodeServiceCapability
 	for _, t := range []csi.NodeServiceCapability_RPC_Type{
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
 	}

@@ -1,0 +1,136 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+)
+
+// What the kubelet sends (pkg/volume/csi): for a PV, the CSI form of the
+// PV's first access mode; for an inline volume, ReadWriteOnce; readonly
+// from the pod's volume source. A driver that advertises
+// SINGLE_NODE_MULTI_WRITER (Cistern does) gets ReadWriteOnce as
+// SINGLE_NODE_MULTI_WRITER and ReadWriteOncePod as SINGLE_NODE_SINGLE_WRITER
+// (asSingleNodeMultiWriterCapableCSIAccessModeV1).
+var kubeletModes = map[string]csi.VolumeCapability_AccessMode_Mode{
+	"ReadWriteOnce":    csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER,
+	"ReadOnlyMany":     csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY,
+	"ReadWriteMany":    csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER,
+	"ReadWriteOncePod": csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
+}
+
+// TestNodeAdvertisesSingleNodeMultiWriter: the capability that makes the
+// kubelet send the modes above.
+func TestNodeAdvertisesSingleNodeMultiWriter(t *testing.T) {
+	d, _ := newTestDriver(t)
+	resp, err := d.NodeGetCapabilities(context.Background(), &csi.NodeGetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(resp.GetCapabilities(), func(c *csi.NodeServiceCapability) bool {
+		return c.GetRpc().GetType() == csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER
+	}) {
+		t.Fatal("NodeGetCapabilities does not advertise SINGLE_NODE_MULTI_WRITER")
+	}
+}
+
+// TestKubeletRequests drives stage and publish as the kubelet does for
+// every (lifecycle, access mode, readonly flag, dataset access): each is
+// served, and every mount is read-only exactly when the dataset is
+// read-only, the pod asked for readOnly, or the mode only reads.
+func TestKubeletRequests(t *testing.T) {
+	ctx := context.Background()
+	for _, access := range []string{"read-only", "read-write"} {
+		for _, k8sMode := range []string{"ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"} {
+			for _, readonly := range []bool{false, true} {
+				name := fmt.Sprintf("persistent/%s/%s/readonly=%t", access, k8sMode, readonly)
+				t.Run(name, func(t *testing.T) {
+					root := t.TempDir()
+					if err := os.MkdirAll(filepath.Join(root, "team-a/claim"), 0o755); err != nil {
+						t.Fatal(err)
+					}
+					d, m := newTestDriver(t)
+					vol := createTestVolume(t, d, root, "access", access)
+					c := mountCap(kubeletModes[k8sMode])
+					dir := t.TempDir()
+					staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "target")
+					if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: c, VolumeContext: vol.VolumeContext}); err != nil {
+						t.Fatalf("NodeStageVolume: %v", err)
+					}
+					if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c, Readonly: readonly, VolumeContext: vol.VolumeContext}); err != nil {
+						t.Fatalf("NodePublishVolume: %v", err)
+					}
+					datasetRO := access == "read-only"
+					wantRO := map[string]bool{
+						staging: datasetRO || k8sMode == "ReadOnlyMany",
+						target:  datasetRO || k8sMode == "ReadOnlyMany" || readonly,
+					}
+					for _, mp := range m.MountPoints {
+						if got := slices.Contains(mp.Opts, "ro"); got != wantRO[mp.Path] {
+							t.Errorf("mount %s: ro=%t, want %t (opts %v)", mp.Path, got, wantRO[mp.Path], mp.Opts)
+						}
+					}
+				})
+			}
+		}
+	}
+	// Inline volumes: always ReadWriteOnce, readonly from the pod spec.
+	for _, kv := range [][]string{{"access", "read-only"}, {"shared", "true"}, {"access", "read-write"}} {
+		for _, readonly := range []bool{false, true} {
+			t.Run(fmt.Sprintf("ephemeral/%s=%s/readonly=%t", kv[0], kv[1], readonly), func(t *testing.T) {
+				root := t.TempDir()
+				if err := os.MkdirAll(filepath.Join(root, "team-a"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				d, m := newTestDriver(t, "file://"+root)
+				attrs := map[string]string{"dataset": "ds", "source": "file://" + root, MetaEphemeral: "true", MetaPodNamespace: "team-a", kv[0]: kv[1]}
+				target := filepath.Join(t.TempDir(), "target")
+				if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "csi-0123", TargetPath: target, VolumeCapability: mountCap(kubeletModes["ReadWriteOnce"]), Readonly: readonly, VolumeContext: attrs}); err != nil {
+					t.Fatalf("NodePublishVolume: %v", err)
+				}
+				want := readonly || kv[1] != "read-write"
+				if len(m.MountPoints) != 1 || slices.Contains(m.MountPoints[0].Opts, "ro") != want {
+					t.Errorf("mounts %+v, want one with ro=%t", m.MountPoints, want)
+				}
+			})
+		}
+	}
+}
+
+// TestSingleWriterPublishedOnce: a ReadWriteOncePod volume is published
+// at one target path at a time (what csi-sanity checks of a driver with
+// SINGLE_NODE_MULTI_WRITER); the same target again is idempotent.
+func TestSingleWriterPublishedOnce(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newTestDriver(t)
+	vol := createTestVolume(t, d, t.TempDir())
+	c := mountCap(kubeletModes["ReadWriteOncePod"])
+	dir := t.TempDir()
+	staging := filepath.Join(dir, "staging")
+	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: c, VolumeContext: vol.VolumeContext}); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(target string) error {
+		_, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c, VolumeContext: vol.VolumeContext})
+		return err
+	}
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	for range 2 {
+		if err := publish(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantCode(t, publish(b), codes.FailedPrecondition)
+	if _, err := d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.VolumeId, TargetPath: a}); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(b); err != nil {
+		t.Fatalf("publish elsewhere after the first target was unpublished: %v", err)
+	}
+}
