@@ -3,6 +3,8 @@ package driver
 import (
 	"slices"
 
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -48,6 +50,11 @@ func checkCapability(c *csi.VolumeCapability) error {
 	}
 	if c.GetMount() == nil {
 		return status.Error(codes.InvalidArgument, "volume_capability: access_type mount is required")
+	}
+	if g := c.GetMount().GetVolumeMountGroup(); g != "" {
+		if _, err := api.ParseGroup(g); err != nil {
+			return status.Errorf(codes.InvalidArgument, "volume_capability: %v", err)
+		}
 	}
 	for _, f := range c.GetMount().GetMountFlags() {
 		if !allowedMountFlags[f] {

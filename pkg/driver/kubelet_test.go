@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -133,4 +134,43 @@ func TestSingleWriterPublishedOnce(t *testing.T) {
 	if err := publish(b); err != nil {
 		t.Fatalf("publish elsewhere after the first target was unpublished: %v", err)
 	}
+}
+
+// TestVolumeMountGroup: with VOLUME_MOUNT_GROUP the kubelet hands the
+// pod's fsGroup to the driver instead of changing the owner of every file
+// itself; a read-write POSIX volume's directory then belongs to that group
+// (rwx, setgid) and nothing else in the dataset changes. A read-only
+// volume is left alone; a group that is not a number is refused.
+func TestVolumeMountGroup(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newTestDriver(t)
+	resp, err := d.NodeGetCapabilities(ctx, &csi.NodeGetCapabilitiesRequest{})
+	if err != nil || !slices.ContainsFunc(resp.GetCapabilities(), func(c *csi.NodeServiceCapability) bool {
+		return c.GetRpc().GetType() == csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP
+	}) {
+		t.Fatalf("VOLUME_MOUNT_GROUP not advertised (%v)", err)
+	}
+	root := t.TempDir()
+	vol := createTestVolume(t, d, root)
+	withGroup := func(g string) *csi.VolumeCapability {
+		c := mountCap(kubeletModes["ReadWriteOnce"])
+		c.GetMount().VolumeMountGroup = g
+		return c
+	}
+	dir := t.TempDir()
+	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: filepath.Join(dir, "s"), VolumeCapability: withGroup("4321"), VolumeContext: vol.VolumeContext}); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(root, "team-a/claim"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Gid != 4321 || st.Mode&0o2070 != 0o2070 {
+		t.Errorf("volume directory has group %d mode %o, want group 4321 with g+rwx and setgid", st.Gid, st.Mode&0o7777)
+	}
+	if err := syscall.Stat(filepath.Join(root, "team-a"), &st); err != nil || st.Gid == 4321 {
+		t.Errorf("the namespace directory above the volume changed group: %d, %v", st.Gid, err)
+	}
+	_, err = d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: filepath.Join(dir, "s2"), VolumeCapability: withGroup("wheel"), VolumeContext: vol.VolumeContext})
+	wantCode(t, err, codes.InvalidArgument)
 }

@@ -69,11 +69,17 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	defer unlock()
 
 	holder := "volume:" + req.GetVolumeId()
-	mnt, err := d.datasetMount(ctx, holder, v.params, v.readOnly, req.GetSecrets())
+	group := req.GetVolumeCapability().GetMount().GetVolumeMountGroup()
+	mnt, err := d.datasetMount(ctx, holder, v.params, v.readOnly, group, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
-	if err := d.bindDatasetDir(ctx, mnt, v.id, staging, v.readOnly || isReaderMode(req.GetVolumeCapability())); err != nil {
+	ro := v.readOnly || isReaderMode(req.GetVolumeCapability())
+	if err := d.applyMountGroup(mnt, v.id, ro, group); err != nil {
+		d.release(ctx, holder)
+		return nil, err
+	}
+	if err := d.bindDatasetDir(ctx, mnt, v.id, staging, ro); err != nil {
 		d.release(ctx, holder)
 		return nil, err
 	}
@@ -199,7 +205,8 @@ func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRe
 	defer unlock()
 
 	holder := "target:" + target
-	mnt, err := d.datasetMount(ctx, holder, p, p.ReadOnly(), req.GetSecrets())
+	group := c.GetMount().GetVolumeMountGroup()
+	mnt, err := d.datasetMount(ctx, holder, p, p.ReadOnly(), group, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +217,10 @@ func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRe
 		}
 	}
 	id := VolumeID{Dataset: p.Dataset, ReadOnly: p.ReadOnly(), OnDelete: Retain, NameHash: NameHash(req.GetVolumeId()), Source: p.Source, SubPath: sub}
+	if err := d.applyMountGroup(mnt, id, ro, group); err != nil {
+		d.release(ctx, holder)
+		return nil, err
+	}
 	if err := d.bindDatasetDir(ctx, mnt, id, target, ro, mountFlags(c)...); err != nil {
 		d.release(ctx, holder)
 		return nil, err
@@ -221,7 +232,7 @@ func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRe
 // datasetMount asks the cache daemon for the dataset's mount on this node
 // (mounting it on first use) and returns its path. holder keeps it mounted
 // until released.
-func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, readOnly bool, secrets map[string]string) (string, error) {
+func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, readOnly bool, group string, secrets map[string]string) (string, error) {
 	mc := p.MetaCache
 	if readOnly && !p.ReadOnly() {
 		mc = time.Hour // the volume ID says read-only: the context's default was for read-write
@@ -229,6 +240,12 @@ func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, rea
 	req := api.MountRequest{
 		Holder: holder, Dataset: p.Dataset, Source: p.Source.String(), ReadOnly: readOnly,
 		MetaCache: mc, Warmup: p.Warmup, Secrets: secrets,
+	}
+	if p.Source.IsS3() {
+		// An object store has no owners: the parameters and the
+		// volume's fsGroup say them, and the mount shows them.
+		req.UID, req.GID, req.FileMode, req.DirMode = p.Owner.UID, p.Owner.GID, p.Owner.FileMode, p.Owner.DirMode
+		req.MountGroup = group
 	}
 	if p.SmallFiles {
 		req.AccessPattern = "small-files"
@@ -351,6 +368,7 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
 	}

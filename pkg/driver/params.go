@@ -29,6 +29,12 @@ const (
 	ParamRegion     = "region"
 	ParamAddressing = "addressing"
 	ParamAnonymous  = "anonymous"
+	// S3 ownership keys: who owns the files of an object store, which has
+	// no owners of its own (s3:// sources only).
+	ParamUID      = "uid"
+	ParamGID      = "gid"
+	ParamFileMode = "fileMode"
+	ParamDirMode  = "dirMode"
 )
 
 // notYetSupported are keys the design defines that this build does not
@@ -91,6 +97,8 @@ type Params struct {
 	SmallFiles bool
 	// MetaCache is how long listings and attributes are trusted.
 	MetaCache time.Duration
+	// Owner owns an S3 dataset's files.
+	Owner Owner
 	// Warmup are paths (relative to the dataset root) prefetched when the
 	// dataset is first mounted on a node.
 	Warmup []string
@@ -110,7 +118,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 		}
 		switch k {
 		case ParamDataset, ParamSource, ParamAccess, ParamSubPath, ParamShared, ParamCacheGroup, ParamOnDelete, ParamPattern, ParamMetaCache, ParamWarmup,
-			ParamEndpoint, ParamRegion, ParamAddressing, ParamAnonymous:
+			ParamEndpoint, ParamRegion, ParamAddressing, ParamAnonymous, ParamUID, ParamGID, ParamFileMode, ParamDirMode:
 		default:
 			if notYetSupported[k] {
 				return nil, fmt.Errorf("parameter %q is not supported yet", k)
@@ -120,7 +128,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, endpoint, region, addressing, anonymous, access, accessPattern, subPath, shared, cacheGroup, onDelete, metacache, warmup)", unknown[0])
+		return nil, fmt.Errorf("unknown parameter %q (known: dataset, source, endpoint, region, addressing, anonymous, uid, gid, fileMode, dirMode, access, accessPattern, subPath, shared, cacheGroup, onDelete, metacache, warmup)", unknown[0])
 	}
 
 	p := &Params{Dataset: m[ParamDataset], CacheGroup: m[ParamCacheGroup]}
@@ -138,6 +146,9 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 		return nil, fmt.Errorf("parameter %w", err)
 	}
 	if err := applyS3Params(&src, m); err != nil {
+		return nil, err
+	}
+	if p.Owner, err = parseOwner(src, m); err != nil {
 		return nil, err
 	}
 	p.Source = src
@@ -262,6 +273,13 @@ func (p *Params) Context() map[string]string {
 		if l.Anonymous {
 			m[ParamAnonymous] = "true"
 		}
+		o := p.Owner
+		for k, v := range map[string]string{ParamUID: strconv.FormatUint(uint64(o.UID), 10), ParamGID: strconv.FormatUint(uint64(o.GID), 10),
+			ParamFileMode: fmt.Sprintf("%04o", o.FileMode), ParamDirMode: fmt.Sprintf("%04o", o.DirMode)} {
+			if v != "0" && v != "0000" {
+				m[k] = v
+			}
+		}
 	}
 	if p.SmallFiles {
 		m[ParamPattern] = "small-files"
@@ -301,4 +319,49 @@ func applyS3Params(src *api.Source, m map[string]string) error {
 		return fmt.Errorf("parameter %w", err)
 	}
 	return nil
+}
+
+// Owner is who owns an S3 dataset's files and with which modes (zero:
+// root, 0644 files, 0755 directories).
+type Owner struct {
+	UID, GID          uint32
+	FileMode, DirMode uint32
+}
+
+// parseOwner reads the S3 ownership parameters: uid and gid as decimal
+// ids, fileMode and dirMode as octal permission bits.
+func parseOwner(src api.Source, m map[string]string) (Owner, error) {
+	var o Owner
+	for _, k := range []string{ParamUID, ParamGID, ParamFileMode, ParamDirMode} {
+		v, ok := m[k]
+		if !ok {
+			continue
+		}
+		if !src.IsS3() {
+			return Owner{}, fmt.Errorf("parameter %s applies to s3:// sources only: a POSIX source shows its files' real owners and modes", k)
+		}
+		switch k {
+		case ParamUID, ParamGID:
+			n, err := strconv.ParseUint(v, 10, 31)
+			if err != nil {
+				return Owner{}, fmt.Errorf("parameter %s %q must be a numeric id", k, v)
+			}
+			if k == ParamUID {
+				o.UID = uint32(n)
+			} else {
+				o.GID = uint32(n)
+			}
+		default:
+			n, err := strconv.ParseUint(v, 8, 32)
+			if err != nil || n > 0o777 || n == 0 {
+				return Owner{}, fmt.Errorf("parameter %s %q must be octal permission bits such as 0644 (at most 0777)", k, v)
+			}
+			if k == ParamFileMode {
+				o.FileMode = uint32(n)
+			} else {
+				o.DirMode = uint32(n)
+			}
+		}
+	}
+	return o, nil
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
@@ -34,6 +35,17 @@ type MountRequest struct {
 	ReadOnly      bool          `json:"readOnly"`
 	AccessPattern string        `json:"accessPattern,omitempty"` // "", PatternDefault or PatternSmallFiles
 	MetaCache     time.Duration `json:"metaCache"`
+	// UID, GID, FileMode and DirMode own an S3 dataset's files and
+	// directories (0 modes: 0644 and 0755); a POSIX source shows its real
+	// owners and refuses them.
+	UID      uint32 `json:"uid,omitempty"`
+	GID      uint32 `json:"gid,omitempty"`
+	FileMode uint32 `json:"fileMode,omitempty"`
+	DirMode  uint32 `json:"dirMode,omitempty"`
+	// MountGroup is the volume's fsGroup (CSI VOLUME_MOUNT_GROUP), a
+	// decimal gid, for an S3 dataset: it owns the files instead of GID,
+	// with group read (and write, on a read-write dataset).
+	MountGroup string `json:"mountGroup,omitempty"`
 	// Warmup are paths prefetched in the background when the dataset is
 	// first mounted ("" = all of it). They do not change what is served,
 	// so they are not part of the key.
@@ -47,6 +59,9 @@ type MountRequest struct {
 func (r *MountRequest) Key() string {
 	h := sha256.New()
 	fmt.Fprintf(h, "source=%s\x00ro=%t\x00pattern=%s\x00metacache=%s\x00", r.Source, r.ReadOnly, r.AccessPattern, r.MetaCache)
+	if r.UID != 0 || r.GID != 0 || r.FileMode != 0 || r.DirMode != 0 || r.MountGroup != "" {
+		fmt.Fprintf(h, "owner=%d:%d\x00modes=%o:%o\x00group=%s\x00", r.UID, r.GID, r.FileMode, r.DirMode, r.MountGroup)
+	}
 	keys := make([]string, 0, len(r.Secrets))
 	for k := range r.Secrets {
 		keys = append(keys, k)
@@ -76,6 +91,17 @@ func (r *MountRequest) Validate() error {
 	src, err := ParseSource(r.Source)
 	if err != nil {
 		return err
+	}
+	if r.FileMode > 0o777 || r.DirMode > 0o777 {
+		return fmt.Errorf("fileMode %o / dirMode %o: permission bits only (at most 0777)", r.FileMode, r.DirMode)
+	}
+	if r.MountGroup != "" {
+		if _, err := ParseGroup(r.MountGroup); err != nil {
+			return err
+		}
+	}
+	if !src.IsS3() && (r.UID != 0 || r.GID != 0 || r.FileMode != 0 || r.DirMode != 0 || r.MountGroup != "") {
+		return errors.New("uid, gid, fileMode, dirMode and mountGroup apply to s3:// sources only (a POSIX source shows its real owners)")
 	}
 	if src.IsS3() {
 		if _, err := s3store.CredentialsFromSecrets(r.Secrets); err != nil {
@@ -181,4 +207,13 @@ type Histogram struct {
 	Bounds []float64
 	Counts []uint64
 	Sum    float64
+}
+
+// ParseGroup parses a CSI volume_mount_group: a decimal gid.
+func ParseGroup(s string) (uint32, error) {
+	g, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("volume mount group %q: want a numeric gid", s)
+	}
+	return uint32(g), nil
 }

@@ -123,12 +123,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	_ = os.Remove(d.opts.Socket)
+	// The socket is born 0600 (no window in which another user could
+	// connect and send secrets or mount requests).
+	old := unix.Umask(0o177)
 	lis, err := net.Listen("unix", d.opts.Socket)
+	unix.Umask(old)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", d.opts.Socket, err)
-	}
-	if err := os.Chmod(d.opts.Socket, 0o600); err != nil {
-		return err
 	}
 	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)

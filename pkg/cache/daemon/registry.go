@@ -101,7 +101,17 @@ func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequ
 	if err != nil {
 		return nil, err
 	}
-	mnt := filepath.Join(d.opts.StateDir, "datasets", key, "mnt")
+	// No local user of the node may walk into a dataset's mount: only
+	// root reaches <state>/datasets; pods see their volumes through bind
+	// mounts elsewhere.
+	datasets := filepath.Join(d.opts.StateDir, "datasets")
+	if err := os.MkdirAll(datasets, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(datasets, 0o700); err != nil { // made 0755 by older versions
+		return nil, err
+	}
+	mnt := filepath.Join(datasets, key, "mnt")
 	_ = unix.Unmount(mnt, unix.MNT_DETACH) // left by a crashed daemon
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"golang.org/x/sys/unix"
 )
 
 func TestDaemonS3(t *testing.T) {
@@ -68,5 +69,66 @@ func TestDaemonS3(t *testing.T) {
 		if err := cl.Release(ctx, h); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestDaemonS3Ownership: an S3 dataset's files belong to the uid and gid it
+// is mounted with, and a volume's fsGroup (VOLUME_MOUNT_GROUP) owns a
+// read-write dataset with group write, so a non-root pod in that group
+// writes it and other users do not. The dataset's mount itself is out of
+// reach of the node's local users.
+func TestDaemonS3Ownership(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	_, cl, _ := startDaemon(t, 0)
+	ctx := context.Background()
+	const user, group = 1000, 2000
+	req := api.MountRequest{Holder: "volume:rw", Dataset: "objects", Source: e.Loc.String(), MetaCache: time.Second, Secrets: e.Srv.Secrets(), UID: 7, MountGroup: "2000"}
+	resp, err := cl.Mount(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Release(ctx, "volume:rw") })
+	if uid, gid, mode := cachetest.OwnerOf(t, filepath.Join(resp.MountPath, "day-01/sym-1.csv")); uid != 7 || gid != group || mode != 0o664 {
+		t.Errorf("a file shows %d:%d %o, want 7:%d 664", uid, gid, mode, group)
+	}
+	if uid, gid, mode := cachetest.OwnerOf(t, filepath.Join(resp.MountPath, "day-01")); uid != 7 || gid != group || mode != 0o775 {
+		t.Errorf("a directory shows %d:%d %o, want 7:%d 775", uid, gid, mode, group)
+	}
+	// Another user cannot reach the dataset's mount on the node.
+	if out, err := cachetest.AsUser(t, 65534, 65534, nil, "ls "+resp.MountPath); err == nil {
+		t.Errorf("uid 65534 listed the dataset's mount %s: %s", resp.MountPath, out)
+	}
+	// A pod reaches it through a bind mount, as the node plugin makes it.
+	pod := filepath.Join(cachetest.OpenDir(t), "volume")
+	if err := os.Mkdir(pod, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(resp.MountPath, pod, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	cachetest.UnmountAtCleanup(t, pod, func() error { return unix.Unmount(pod, 0) })
+	if out, err := cachetest.AsUser(t, user, user, []uint32{group}, "echo from-the-group > "+pod+"/day-01/new.txt && cat "+pod+"/day-01/new.txt"); err != nil || out != "from-the-group" {
+		t.Fatalf("a member of the fsGroup writing the volume: %q, %v", out, err)
+	}
+	if out, err := cachetest.AsUser(t, user, user, nil, "echo x > "+pod+"/day-01/denied.txt"); err == nil {
+		t.Errorf("a user outside the fsGroup wrote the volume: %q", out)
+	}
+	// Read-only with other owners: another mount, its own owners.
+	ro := api.MountRequest{Holder: "volume:ro", Dataset: "objects", Source: e.Loc.String(), ReadOnly: true, MetaCache: time.Hour, Secrets: e.Srv.Secrets(), UID: 1000, GID: 1000, FileMode: 0o440}
+	rresp, err := cl.Mount(ctx, ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Release(ctx, "volume:ro") })
+	if rresp.Key == resp.Key {
+		t.Fatal("other owners share a mount")
+	}
+	if uid, gid, mode := cachetest.OwnerOf(t, filepath.Join(rresp.MountPath, "big.bin")); uid != 1000 || gid != 1000 || mode != 0o440 {
+		t.Errorf("read-only file shows %d:%d %o, want 1000:1000 440", uid, gid, mode)
+	}
+	// Ownership of a POSIX source is its own.
+	bad := api.MountRequest{Holder: "volume:x", Dataset: "d", Source: "file://" + t.TempDir(), ReadOnly: true, UID: 5}
+	if _, err := cl.Mount(ctx, bad); !api.IsBadRequest(err) {
+		t.Errorf("uid on a file:// source: %v, want a bad request", err)
 	}
 }

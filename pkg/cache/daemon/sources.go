@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"io/fs"
 	"net/http"
 
 	"golang.org/x/sys/unix"
@@ -46,5 +48,15 @@ func (d *Daemon) openSource(ctx context.Context, req api.MountRequest, secrets m
 		}
 		return nil, &statusError{status, fmt.Errorf("dataset %s: %w", req.Dataset, err)}
 	}
-	return s3source.New(c, req.MetaCache), nil
+	o := s3source.Options{MetaCache: req.MetaCache, UID: req.UID, GID: req.GID, FileMode: fs.FileMode(req.FileMode), DirMode: fs.FileMode(req.DirMode)}
+	if req.MountGroup != "" {
+		// The volume's fsGroup owns its files, as the kubelet's recursive
+		// chown would have made it, with group access.
+		o.GID, _ = api.ParseGroup(req.MountGroup)
+		o.FileMode, o.DirMode = cmp.Or(o.FileMode, s3source.DefaultFileMode)|0o040, cmp.Or(o.DirMode, s3source.DefaultDirMode)|0o050
+		if !req.ReadOnly {
+			o.FileMode, o.DirMode = o.FileMode|0o020, o.DirMode|0o020
+		}
+	}
+	return s3source.New(c, o), nil
 }

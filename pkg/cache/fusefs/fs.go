@@ -105,6 +105,10 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 		DisableXAttrs:    true,
 		Debug:            opts.Debug,
 	}
+	// The kernel checks permissions against the owners and modes the
+	// file system reports: a pod reads and writes what its uid, gids and
+	// the files' modes allow, as on the source itself.
+	mo.Options = append(mo.Options, "default_permissions")
 	if opts.ReadOnly {
 		mo.Options = append(mo.Options, "ro")
 	}

@@ -40,24 +40,12 @@ var (
 func stableAttr(p string, a source.Attr) gofs.StableAttr {
 	h := fnv.New64a()
 	h.Write([]byte(p))
-	return gofs.StableAttr{Mode: fuseMode(a.Mode) &^ 0o7777, Ino: h.Sum64() | 1}
-}
-
-func fuseMode(m fs.FileMode) uint32 {
-	mode := uint32(m.Perm())
-	switch {
-	case m.IsDir():
-		mode |= syscall.S_IFDIR
-	case m&fs.ModeSymlink != 0:
-		mode |= syscall.S_IFLNK
-	default:
-		mode |= syscall.S_IFREG
-	}
-	return mode
+	return gofs.StableAttr{Mode: source.UnixMode(a.Mode) &^ 0o7777, Ino: h.Sum64() | 1}
 }
 
 func (n *node) fill(a source.Attr, out *fuse.Attr) {
-	out.Mode = fuseMode(a.Mode)
+	out.Mode = source.UnixMode(a.Mode)
+	out.Owner = fuse.Owner{Uid: a.UID, Gid: a.GID}
 	out.Size = uint64(a.Size)
 	if a.Mode&fs.ModeSymlink != 0 {
 		out.Size = uint64(len(a.Target))
@@ -99,6 +87,14 @@ func (n *node) currentAttr(ctx context.Context) (source.Attr, error) {
 func (n *node) rel() string { return n.Path(n.Root()) }
 
 func (n *node) child(name string) string { return path.Join(n.rel(), name) }
+
+// caller is who makes the request: the owner of what it creates.
+func caller(ctx context.Context) source.Owner {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return source.Owner{UID: c.Uid, GID: c.Gid}
+	}
+	return source.Owner{}
+}
 
 // newChild looks up name in the source after a change made it and returns
 // its inode.

@@ -20,7 +20,7 @@ import (
 
 func s3Source(t *testing.T, e *cachetest.S3Env, cfg s3store.Config, ttl time.Duration) *s3source.Source {
 	t.Helper()
-	return s3source.New(e.Client(t, cfg), ttl)
+	return s3source.New(e.Client(t, cfg), s3source.Options{MetaCache: ttl})
 }
 
 func TestS3ReadOnlyIsAFileSystem(t *testing.T) {

@@ -31,6 +31,9 @@ type writer interface {
 	rename(ctx context.Context, parent *node, name string, newParent *node, newName string) syscall.Errno
 	// setSize truncates n, through fh if it is one of the strategy's.
 	setSize(ctx context.Context, n *node, fh gofs.FileHandle, size int64) syscall.Errno
+	// setAttr changes n's mode, owners or times (the kernel checked the
+	// caller may: default_permissions).
+	setAttr(ctx context.Context, n *node, c source.AttrChange) syscall.Errno
 }
 
 var (
@@ -77,10 +80,33 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	return n.fsys.w.rename(ctx, n, name, np, newName)
 }
 
-// Setattr implements gofs.NodeSetattrer: size changes only.
+// Setattr implements gofs.NodeSetattrer: size, then mode, owners and
+// times.
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if sz, ok := in.GetSize(); ok {
 		if errno := n.fsys.w.setSize(ctx, n, fh, int64(sz)); errno != 0 {
+			return errno
+		}
+	}
+	var c source.AttrChange
+	if m, ok := in.GetMode(); ok {
+		fm := source.FileMode(m)
+		c.Mode = &fm
+	}
+	if u, ok := in.GetUID(); ok {
+		c.UID = &u
+	}
+	if g, ok := in.GetGID(); ok {
+		c.GID = &g
+	}
+	if a, ok := in.GetATime(); ok {
+		c.Atime = &a
+	}
+	if m, ok := in.GetMTime(); ok {
+		c.Mtime = &m
+	}
+	if c != (source.AttrChange{}) {
+		if errno := n.fsys.w.setAttr(ctx, n, c); errno != 0 {
 			return errno
 		}
 	}
@@ -113,5 +139,8 @@ func (readOnly) rename(context.Context, *node, string, *node, string) syscall.Er
 	return syscall.EROFS
 }
 func (readOnly) setSize(context.Context, *node, gofs.FileHandle, int64) syscall.Errno {
+	return syscall.EROFS
+}
+func (readOnly) setAttr(context.Context, *node, source.AttrChange) syscall.Errno {
 	return syscall.EROFS
 }

@@ -128,7 +128,9 @@ func (h *uploadHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.E
 	if !pending {
 		return h.n.Getattr(ctx, nil, out)
 	}
-	h.n.fill(source.Attr{Mode: 0o644, Size: size, Mtime: time.Now()}, &out.Attr)
+	a := h.src.NewFile()
+	a.Size = size
+	h.n.fill(a, &out.Attr)
 	return 0
 }
 
@@ -237,7 +239,9 @@ func (objectWriter) pending(n *node) (source.Attr, bool) {
 	if !h.dirty {
 		return source.Attr{}, false
 	}
-	return source.Attr{Mode: 0o644, Size: h.size, Mtime: time.Now()}, true
+	a := h.src.NewFile()
+	a.Size = h.size
+	return a, true
 }
 
 // pendingChild implements writer: a file being written is not in the
@@ -265,7 +269,7 @@ func (w objectWriter) create(ctx context.Context, n *node, name string, flags, _
 			return nil, nil, 0, source.Errno(err)
 		}
 	}
-	a := source.Attr{Mode: 0o644, Mtime: time.Now()}
+	a := w.src.NewFile()
 	c := &node{fsys: n.fsys, attr: a}
 	in := n.NewInode(ctx, c, stableAttr(p, a))
 	c = in.Operations().(*node) // an inode of this name may exist already
@@ -359,7 +363,7 @@ func (w objectWriter) mkdir(ctx context.Context, n *node, name string, _ uint32,
 	if _, err := w.src.Stat(ctx, p); err == nil {
 		return nil, syscall.EEXIST
 	}
-	if err := w.src.Mkdir(ctx, p); err != nil {
+	if err := w.src.MkdirMarker(ctx, p); err != nil {
 		return nil, source.Errno(err)
 	}
 	in, _, errno := n.newChild(ctx, name, out)
@@ -388,4 +392,11 @@ func (w objectWriter) unlink(ctx context.Context, n *node, name string) syscall.
 
 func (w objectWriter) rmdir(ctx context.Context, n *node, name string) syscall.Errno {
 	return source.Errno(w.src.RemoveDir(ctx, n.child(name)))
+}
+
+// setAttr: an object store has no per-file modes, owners or times (the
+// dataset's uid, gid, fileMode and dirMode say them); a change is
+// accepted and has no effect, as before, so touch(1) and cp -p work.
+func (objectWriter) setAttr(context.Context, *node, source.AttrChange) syscall.Errno {
+	return 0
 }

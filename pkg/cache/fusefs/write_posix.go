@@ -2,7 +2,6 @@ package fusefs
 
 import (
 	"context"
-	"io/fs"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -35,22 +34,20 @@ func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uin
 
 // write writes through to the source; the cached copy is dropped.
 func (w posixWriter) write(ctx context.Context, n *node, data []byte, off int64) (uint32, syscall.Errno) {
-	k, err := w.src.WriteAt(ctx, n.rel(), data, off, 0o644)
+	k, err := w.src.WriteAt(ctx, n.rel(), data, off)
 	n.fsys.eng.Evict(n.rel())
 	return uint32(k), source.Errno(err)
 }
 
+// create creates a file owned by the caller with the mode it asked for
+// (the kernel applied its umask).
 func (w posixWriter) create(ctx context.Context, parent *node, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	p := parent.child(name)
-	if flags&syscall.O_EXCL != 0 {
-		if _, err := w.src.Stat(ctx, p); err == nil {
-			return nil, nil, 0, syscall.EEXIST
-		}
-	}
-	if _, err := w.src.WriteAt(ctx, p, nil, 0, fs.FileMode(mode).Perm()); err != nil {
+	created, err := w.src.Create(ctx, p, source.FileMode(mode), flags&syscall.O_EXCL != 0, caller(ctx))
+	if err != nil {
 		return nil, nil, 0, source.Errno(err)
 	}
-	if flags&syscall.O_TRUNC != 0 {
+	if !created && flags&syscall.O_TRUNC != 0 {
 		if err := w.src.Truncate(ctx, p, 0); err != nil {
 			return nil, nil, 0, source.Errno(err)
 		}
@@ -64,7 +61,7 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 }
 
 func (w posixWriter) mkdir(ctx context.Context, parent *node, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if err := w.src.Mkdir(ctx, parent.child(name), fs.FileMode(mode).Perm()); err != nil {
+	if err := w.src.Mkdir(ctx, parent.child(name), source.FileMode(mode), caller(ctx)); err != nil {
 		return nil, source.Errno(err)
 	}
 	in, _, errno := parent.newChild(ctx, name, out)
@@ -96,5 +93,15 @@ func (w posixWriter) setSize(ctx context.Context, n *node, _ gofs.FileHandle, si
 		return source.Errno(err)
 	}
 	n.fsys.eng.Evict(n.rel())
+	return 0
+}
+
+func (w posixWriter) setAttr(ctx context.Context, n *node, c source.AttrChange) syscall.Errno {
+	if err := w.src.SetAttr(ctx, n.rel(), c); err != nil {
+		return source.Errno(err)
+	}
+	if c.Mtime != nil {
+		n.fsys.eng.Evict(n.rel()) // the fingerprint changed
+	}
 	return 0
 }

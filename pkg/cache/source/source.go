@@ -15,9 +15,12 @@ import (
 
 // Attr describes a file or directory of a source.
 type Attr struct {
-	Mode  fs.FileMode // type bits and permissions
-	Size  int64
-	Mtime time.Time
+	Mode fs.FileMode // type bits, permissions, setuid, setgid and sticky bits
+	// UID and GID own the file: a POSIX source's real owners, an object
+	// store's configured ones. The kernel checks permissions against them.
+	UID, GID uint32
+	Size     int64
+	Mtime    time.Time
 	// ETag is the object store's version tag; empty for POSIX sources.
 	ETag string
 	// Target is a symbolic link's target.
@@ -55,15 +58,37 @@ type Source interface {
 	ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error)
 }
 
+// AttrChange is what a chmod, chown or utimes changes; nil fields stay.
+type AttrChange struct {
+	Mode         *fs.FileMode // permission and special bits
+	UID, GID     *uint32
+	Atime, Mtime *time.Time
+}
+
+// Owner is who creates a file: the uid and gid of the calling process.
+type Owner struct {
+	UID, GID uint32
+}
+
 // Writable is a source that a read-write dataset changes in place (a
 // POSIX tree): every change reaches the source before the call returns.
 type Writable interface {
 	Source
-	// WriteAt writes p to name at off, creating the file (mode) if
-	// needed.
-	WriteAt(ctx context.Context, name string, p []byte, off int64, mode fs.FileMode) (int, error)
+	// Create creates the regular file name with exactly mode (the
+	// caller's umask is already applied), owned by o (the group is the
+	// parent's when the parent directory is setgid). An existing file is
+	// EEXIST when excl; otherwise it is left as it is and created is
+	// false.
+	Create(ctx context.Context, name string, mode fs.FileMode, excl bool, o Owner) (created bool, err error)
+	// WriteAt writes p to the existing file name at off.
+	WriteAt(ctx context.Context, name string, p []byte, off int64) (int, error)
 	Truncate(ctx context.Context, name string, size int64) error
-	Mkdir(ctx context.Context, name string, mode fs.FileMode) error
+	// SetAttr changes the mode, owners or times of name (never through a
+	// symbolic link: a link's own owners change, its mode cannot).
+	SetAttr(ctx context.Context, name string, c AttrChange) error
+	// Mkdir creates directory name with exactly mode, owned by o (as
+	// Create).
+	Mkdir(ctx context.Context, name string, mode fs.FileMode, o Owner) error
 	Remove(ctx context.Context, name string) error
 	Rename(ctx context.Context, from, to string) error
 }
@@ -90,10 +115,13 @@ type Versioned interface {
 //     (EXDEV, so mv(1) copies it instead).
 type Objects interface {
 	Source
+	// NewFile is the attributes of a file created now (mode, owners),
+	// before the store has it.
+	NewFile() Attr
 	// Upload stores size bytes of f as name, replacing any object.
 	Upload(ctx context.Context, name string, f *os.File, size int64) (Attr, error)
-	// Mkdir writes a directory marker.
-	Mkdir(ctx context.Context, name string) error
+	// MkdirMarker writes a directory marker.
+	MkdirMarker(ctx context.Context, name string) error
 	// RemoveFile deletes a file; RemoveDir an empty directory.
 	RemoveFile(ctx context.Context, name string) error
 	RemoveDir(ctx context.Context, name string) error

@@ -304,5 +304,5 @@ func startS3(dir, root string) (*s3server.Server, source.Source, error) {
 	if err != nil {
 		return fail(err)
 	}
-	return srv, s3source.New(c, time.Hour), nil
+	return srv, s3source.New(c, s3source.Options{MetaCache: time.Hour}), nil
 }

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -165,4 +167,41 @@ func (e *S3Env) Keys(t testing.TB) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// AsUser runs a shell script as uid:gid with the supplementary groups and
+// returns its combined output and error.
+func AsUser(t testing.TB, uid, gid uint32, groups []uint32, script string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", "umask 022; "+script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: groups}}
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LC_ALL=C"}
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// OpenDir is a temporary directory that every user may traverse (a
+// t.TempDir is 0700: another uid could not reach a mount inside it).
+func OpenDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "cistern-perm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// OwnerOf returns the owner and the permission bits of p (not following a
+// link).
+func OwnerOf(t testing.TB, p string) (uid, gid uint32, mode uint32) {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Uid, st.Gid, st.Mode & 0o7777
 }

@@ -59,7 +59,9 @@ func (p *Source) parentOrRoot(name string) (*os.File, string, error) {
 
 func attrOf(st *unix.Stat_t) source.Attr {
 	a := source.Attr{
-		Mode:  fs.FileMode(st.Mode & 0o777),
+		Mode:  source.FileMode(st.Mode),
+		UID:   st.Uid,
+		GID:   st.Gid,
 		Size:  st.Size,
 		Mtime: time.Unix(st.Mtim.Unix()),
 	}
@@ -140,8 +142,8 @@ func (p *Source) ReadAt(_ context.Context, name string, b []byte, off int64) (in
 }
 
 // WriteAt implements source.Writable.
-func (p *Source) WriteAt(_ context.Context, name string, b []byte, off int64, mode fs.FileMode) (int, error) {
-	f, err := p.root.Open(name, unix.O_WRONLY|unix.O_CREAT, uint32(mode.Perm()))
+func (p *Source) WriteAt(_ context.Context, name string, b []byte, off int64) (int, error) {
+	f, err := p.root.Open(name, unix.O_WRONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return 0, err
 	}
@@ -150,6 +152,50 @@ func (p *Source) WriteAt(_ context.Context, name string, b []byte, off int64, mo
 		werr = cerr
 	}
 	return n, werr
+}
+
+// Create implements source.Writable.
+func (p *Source) Create(_ context.Context, name string, mode fs.FileMode, excl bool, o source.Owner) (bool, error) {
+	pf, base, err := p.parent(name)
+	if err != nil {
+		return false, err
+	}
+	defer pf.Close()
+	fd, err := OpenAt(int(pf.Fd()), base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if errors.Is(err, unix.EEXIST) && !excl {
+		return false, nil // created meanwhile by someone else: theirs
+	}
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	return true, own(pf, fd, name, mode, o)
+}
+
+// own gives a file or directory this daemon (root) just created to its
+// owner o, with exactly mode: the group is the parent's when the parent is
+// setgid (and a directory inherits the setgid bit), else o's.
+func own(parent *os.File, fd int, name string, mode fs.FileMode, o source.Owner) error {
+	var pst unix.Stat_t
+	if err := unix.Fstat(int(parent.Fd()), &pst); err != nil {
+		return &fs.PathError{Op: "stat", Path: name, Err: err}
+	}
+	gid := o.GID
+	if pst.Mode&unix.S_ISGID != 0 {
+		gid = pst.Gid
+	}
+	if err := unix.Fchown(fd, int(o.UID), int(gid)); err != nil {
+		return &fs.PathError{Op: "chown", Path: name, Err: err}
+	}
+	// After chown, which clears setuid and setgid bits.
+	um := source.UnixMode(mode) & 0o7777
+	if pst.Mode&unix.S_ISGID != 0 && mode.IsDir() {
+		um |= unix.S_ISGID
+	}
+	if err := unix.Fchmod(fd, um); err != nil {
+		return &fs.PathError{Op: "chmod", Path: name, Err: err}
+	}
+	return nil
 }
 
 // Truncate implements source.Writable.
@@ -162,17 +208,91 @@ func (p *Source) Truncate(_ context.Context, name string, size int64) error {
 	return f.Truncate(size)
 }
 
+// SetAttr implements source.Writable. The file is opened beneath the root
+// without following links (O_PATH), and changed through that descriptor.
+func (p *Source) SetAttr(_ context.Context, name string, c source.AttrChange) error {
+	f, err := p.root.Open(name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return &fs.PathError{Op: "stat", Path: name, Err: err}
+	}
+	link := st.Mode&unix.S_IFMT == unix.S_IFLNK
+	// An O_PATH descriptor is changed through its /proc link, which
+	// names exactly the opened file.
+	proc := fmt.Sprintf("/proc/self/fd/%d", fd)
+	if c.UID != nil || c.GID != nil {
+		uid, gid := -1, -1
+		if c.UID != nil {
+			uid = int(*c.UID)
+		}
+		if c.GID != nil {
+			gid = int(*c.GID)
+		}
+		if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &fs.PathError{Op: "chown", Path: name, Err: err}
+		}
+	}
+	if c.Mode != nil {
+		if link {
+			return &fs.PathError{Op: "chmod", Path: name, Err: unix.EOPNOTSUPP}
+		}
+		if err := unix.Chmod(proc, source.UnixMode(*c.Mode)&0o7777); err != nil {
+			return &fs.PathError{Op: "chmod", Path: name, Err: err}
+		}
+	}
+	if c.Atime != nil || c.Mtime != nil {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if c.Atime != nil {
+			ts[0] = unix.NsecToTimespec(c.Atime.UnixNano())
+		}
+		if c.Mtime != nil {
+			ts[1] = unix.NsecToTimespec(c.Mtime.UnixNano())
+		}
+		flags := 0
+		target := proc
+		if link {
+			// utimensat cannot follow /proc to a link: set the link's
+			// times by name in its (checked) parent.
+			pf, base, err := p.parent(name)
+			if err != nil {
+				return err
+			}
+			defer pf.Close()
+			return utimes(int(pf.Fd()), base, ts, unix.AT_SYMLINK_NOFOLLOW, name)
+		}
+		return utimes(unix.AT_FDCWD, target, ts, flags, name)
+	}
+	return nil
+}
+
+func utimes(dirfd int, path string, ts []unix.Timespec, flags int, name string) error {
+	if err := unix.UtimesNanoAt(dirfd, path, ts, flags); err != nil {
+		return &fs.PathError{Op: "utimes", Path: name, Err: err}
+	}
+	return nil
+}
+
 // Mkdir implements source.Writable.
-func (p *Source) Mkdir(_ context.Context, name string, mode fs.FileMode) error {
+func (p *Source) Mkdir(_ context.Context, name string, mode fs.FileMode, o source.Owner) error {
 	pf, base, err := p.parent(name)
 	if err != nil {
 		return err
 	}
 	defer pf.Close()
-	if err := unix.Mkdirat(int(pf.Fd()), base, uint32(mode.Perm())); err != nil {
+	if err := unix.Mkdirat(int(pf.Fd()), base, 0o700); err != nil {
 		return &fs.PathError{Op: "mkdir", Path: name, Err: err}
 	}
-	return nil
+	fd, err := OpenAt(int(pf.Fd()), base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return own(pf, fd, name, mode|fs.ModeDir, o)
 }
 
 // Remove implements source.Writable: a file, a link or an empty directory.

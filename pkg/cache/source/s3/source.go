@@ -25,6 +25,7 @@ import (
 type Source struct {
 	c       *s3store.Client
 	ttl     time.Duration
+	perm    Options   // owners and modes
 	started time.Time // directories' modification time
 
 	mu        sync.Mutex
@@ -40,10 +41,32 @@ type Source struct {
 // would cost one request each.
 const lookupListing = 1000
 
-// New returns a source for the client's location; listings are trusted
-// for ttl (0: never).
-func New(c *s3store.Client, ttl time.Duration) *Source {
-	return &Source{c: c, ttl: ttl, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]bool{}, heads: map[string]*head{}}
+// Options configure an S3 source.
+type Options struct {
+	// MetaCache is how long listings are trusted (0: never).
+	MetaCache time.Duration
+	// UID and GID own every file and directory; FileMode and DirMode are
+	// their permissions (0 takes 0644 and 0755). An object store has no
+	// owners: these are what the kernel checks a caller against.
+	UID, GID          uint32
+	FileMode, DirMode fs.FileMode
+}
+
+// Default permissions of an S3 dataset's files and directories.
+const (
+	DefaultFileMode fs.FileMode = 0o644
+	DefaultDirMode  fs.FileMode = 0o755
+)
+
+// New returns a source for the client's location.
+func New(c *s3store.Client, o Options) *Source {
+	if o.FileMode == 0 {
+		o.FileMode = DefaultFileMode
+	}
+	if o.DirMode == 0 {
+		o.DirMode = DefaultDirMode
+	}
+	return &Source{c: c, ttl: o.MetaCache, perm: o, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]bool{}, heads: map[string]*head{}}
 }
 
 var (
@@ -53,7 +76,7 @@ var (
 )
 
 func (s *Source) dirAttr() source.Attr {
-	return source.Attr{Mode: fs.ModeDir | 0o755, Mtime: s.started}
+	return source.Attr{Mode: fs.ModeDir | s.perm.DirMode, UID: s.perm.UID, GID: s.perm.GID, Mtime: s.started}
 }
 
 func (s *Source) fileAttr(o s3store.Object) source.Attr {
@@ -61,7 +84,7 @@ func (s *Source) fileAttr(o s3store.Object) source.Attr {
 	if mt.IsZero() {
 		mt = s.started
 	}
-	return source.Attr{Mode: 0o644, Size: o.Size, Mtime: mt, ETag: o.ETag}
+	return source.Attr{Mode: s.perm.FileMode, UID: s.perm.UID, GID: s.perm.GID, Size: o.Size, Mtime: mt, ETag: o.ETag}
 }
 
 // cached returns the listing of dir if it is fresh.

@@ -17,7 +17,7 @@ import (
 // listing never answers "does not exist").
 func TestS3ListingAnswersLookups(t *testing.T) {
 	e := cachetest.NewS3Env(t)
-	src := New(e.Client(t, s3store.Config{}), time.Hour)
+	src := New(e.Client(t, s3store.Config{}), Options{MetaCache: time.Hour})
 	ctx := context.Background()
 	a, err := src.Stat(ctx, "day-00/sym-0.csv")
 	if err != nil || a.Size != int64(len(e.Files["day-00/sym-0.csv"])) || a.ETag == "" {
@@ -51,7 +51,7 @@ func TestS3ListingAnswersLookups(t *testing.T) {
 // of another version).
 func TestS3LookupBringsSmallFiles(t *testing.T) {
 	e := cachetest.NewS3Env(t)
-	src := New(e.Client(t, s3store.Config{Timeout: 2 * time.Second, MaxRetries: 1}), time.Hour)
+	src := New(e.Client(t, s3store.Config{Timeout: 2 * time.Second, MaxRetries: 1}), Options{MetaCache: time.Hour})
 	ctx := context.Background()
 	name := "day-02/sym-7.csv"
 	a, err := src.Stat(ctx, name)

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
@@ -29,8 +30,8 @@ func (s *Source) Upload(ctx context.Context, name string, f *os.File, size int64
 	return s.fileAttr(o), nil
 }
 
-// Mkdir implements source.Objects.
-func (s *Source) Mkdir(ctx context.Context, name string) error {
+// MkdirMarker implements source.Objects.
+func (s *Source) MkdirMarker(ctx context.Context, name string) error {
 	defer s.forget(name)
 	return s.c.PutMarker(ctx, name)
 }
@@ -64,4 +65,9 @@ func (s *Source) RenameFile(ctx context.Context, from, to string, a source.Attr)
 		return err
 	}
 	return s.c.Remove(ctx, from)
+}
+
+// NewFile implements source.Objects.
+func (s *Source) NewFile() source.Attr {
+	return source.Attr{Mode: s.perm.FileMode, UID: s.perm.UID, GID: s.perm.GID, Mtime: time.Now()}
 }

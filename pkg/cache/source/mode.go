@@ -1,0 +1,48 @@
+package source
+
+import (
+	"io/fs"
+	"syscall"
+)
+
+// UnixMode converts m to the mode bits of stat(2), type included.
+func UnixMode(m fs.FileMode) uint32 {
+	mode := uint32(m.Perm())
+	switch {
+	case m.IsDir():
+		mode |= syscall.S_IFDIR
+	case m&fs.ModeSymlink != 0:
+		mode |= syscall.S_IFLNK
+	case m&fs.ModeNamedPipe != 0:
+		mode |= syscall.S_IFIFO
+	default:
+		mode |= syscall.S_IFREG
+	}
+	if m&fs.ModeSetuid != 0 {
+		mode |= syscall.S_ISUID
+	}
+	if m&fs.ModeSetgid != 0 {
+		mode |= syscall.S_ISGID
+	}
+	if m&fs.ModeSticky != 0 {
+		mode |= syscall.S_ISVTX
+	}
+	return mode
+}
+
+// FileMode converts the permission and special bits of a stat(2) mode
+// (setuid, setgid, sticky) to an fs.FileMode; the type bits are the
+// caller's.
+func FileMode(mode uint32) fs.FileMode {
+	m := fs.FileMode(mode & 0o777)
+	if mode&syscall.S_ISUID != 0 {
+		m |= fs.ModeSetuid
+	}
+	if mode&syscall.S_ISGID != 0 {
+		m |= fs.ModeSetgid
+	}
+	if mode&syscall.S_ISVTX != 0 {
+		m |= fs.ModeSticky
+	}
+	return m
+}
