@@ -198,7 +198,7 @@ func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
 	it := c.items[key]
 	if it == nil {
 		it = newItem(c.env, c.placement(a.Size), dataset, name, c.countersLocked(dataset))
-		it.resetLocked(a) // not yet shared: no other goroutine holds it
+		it.resetLocked(a) // not yet shared, and nothing to retire
 		c.items[key] = it
 	}
 	it.atime.Store(time.Now().UnixNano())
@@ -206,15 +206,14 @@ func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
 
 	it.mu.Lock()
 	stale := it.fingerprint != a.Fingerprint()
+	var old retired
 	if stale {
-		it.resetLocked(a)
+		old = it.resetLocked(a)
 	}
 	it.mu.Unlock()
 	if stale {
+		it.dropRetired(old)
 		c.log.V(4).Info("Cached file changed at the source; dropping its blocks", "dataset", dataset, "path", name)
-		if err := it.truncateFile(); err != nil {
-			return nil, err
-		}
 	}
 	return it, nil
 }
@@ -264,7 +263,18 @@ func (c *Cache) load(t *tier) error {
 			os.Remove(strings.TrimSuffix(mp, ".meta") + ".data")
 			continue
 		}
-		c.items[itemKey(it.dataset, it.name)] = it
+		key := itemKey(it.dataset, it.name)
+		if prev := c.items[key]; prev != nil {
+			// Two generations of one file (a crash between a reset and
+			// the removal of the old one): keep the newer.
+			if prev.atime.Load() >= it.atime.Load() {
+				it.removeFiles()
+				continue
+			}
+			prev.tier.used.Add(-prev.presentBytes())
+			prev.removeFiles()
+		}
+		c.items[key] = it
 		t.used.Add(it.presentBytes())
 	}
 	return nil

@@ -109,7 +109,10 @@ func (d *Dataset) CompleteFile(name string, a source.Attr) *os.File {
 			return nil
 		}
 	}
-	f, err := os.Open(it.dataPath)
+	it.mu.Lock()
+	path := it.dataPath
+	it.mu.Unlock()
+	f, err := os.Open(path)
 	if err != nil {
 		return nil
 	}

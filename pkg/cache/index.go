@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -30,6 +32,7 @@ func (it *Item) save() error {
 		it.mu.Unlock()
 		return nil
 	}
+	gen, metaPath := it.gen, it.metaPath
 	m := itemMeta{Dataset: it.dataset, Name: it.name, Fingerprint: it.fingerprint, Size: it.size,
 		BlockSize: it.env.blockSize, Present: append([]bool(nil), it.present...), Sums: append([]uint32(nil), it.sums...), Atime: it.atime.Load()}
 	it.mu.Unlock()
@@ -37,11 +40,19 @@ func (it *Item) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := it.metaPath + ".tmp"
+	tmp := metaPath + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
-	return os.Rename(tmp, it.metaPath)
+	it.mu.Lock()
+	current := gen == it.gen && !it.removed
+	it.mu.Unlock()
+	if !current {
+		// Reset or removed meanwhile: this index describes files that
+		// are gone.
+		return os.Remove(tmp)
+	}
+	return os.Rename(tmp, metaPath)
 }
 
 // readIndex reads the index at metaPath.
@@ -64,9 +75,12 @@ func (it *Item) loadIndex(m itemMeta, metaPath string) error {
 	if m.BlockSize != bs || int64(len(m.Present)) != nb || len(m.Sums) != len(m.Present) {
 		return fmt.Errorf("index does not match block size %d", bs)
 	}
-	if it.metaPath != metaPath {
+	if base := filepath.Base(metaPath); !strings.HasPrefix(base, it.hash) || filepath.Dir(metaPath) != filepath.Join(it.tier.Dir, it.hash[:2]) {
 		return fmt.Errorf("index at %s names another file", metaPath)
 	}
+	// The generation the files were written under (an index of an
+	// older version, <hash>.meta, keeps its names too).
+	it.metaPath, it.dataPath = metaPath, strings.TrimSuffix(metaPath, ".meta")+".data"
 	it.fingerprint, it.size, it.gen = m.Fingerprint, m.Size, 1
 	it.present, it.sums, it.verified = m.Present, m.Sums, make([]bool, nb)
 	for bl, p := range m.Present {

@@ -10,6 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -40,12 +41,11 @@ type itemEnv struct {
 // Item is the cache of one source file.
 type Item struct {
 	// immutable after creation
-	env                *itemEnv
-	tier               *tier
-	dataset, name      string
-	hash               string
-	dataPath, metaPath string
-	ctr                *counters // the dataset's; set before the item is shared
+	env           *itemEnv
+	tier          *tier
+	dataset, name string
+	hash          string
+	ctr           *counters // the dataset's; set before the item is shared
 
 	atime atomic.Int64 // last use, UnixNano; the LRU order
 	busy  atomic.Int32 // reads and fetches in progress; the cleaner skips busy items
@@ -68,6 +68,12 @@ type Item struct {
 	raWindow     int                  // guarded by mu; blocks read ahead: 1, 2, 4... up to readAhead
 	file         *os.File             // guarded by mu; the open data file, or nil
 	removed      bool                 // guarded by mu; evicted: nothing may be stored or saved
+	// INVARIANT: an item's data and index files are named by its own
+	// file generation (<hash>-<gen>.data/.meta): another item of the
+	// same file (after an eviction) or another version (after a reset)
+	// has other names, and only the item that owns a name removes it.
+	dataPath, metaPath string // guarded by mu
+	opened             bool   // guarded by mu; the data file of this generation was opened before
 
 	saveMu sync.Mutex // serialises index writes
 
@@ -83,20 +89,58 @@ func itemHash(dataset, name string) string {
 }
 
 func newItem(env *itemEnv, t *tier, dataset, name string, ctr *counters) *Item {
-	h := itemHash(dataset, name)
-	return &Item{env: env, tier: t, dataset: dataset, name: name, hash: h, ctr: ctr,
-		dataPath: filepath.Join(t.Dir, h[:2], h+".data"), metaPath: filepath.Join(t.Dir, h[:2], h+".meta"),
+	it := &Item{env: env, tier: t, dataset: dataset, name: name, hash: itemHash(dataset, name), ctr: ctr,
 		inflight: map[int64]*fetchCall{}}
+	it.dataPath, it.metaPath = it.newPaths()
+	return it
 }
 
-// resetLocked forgets every block and adopts the attributes a.
-func (it *Item) resetLocked(a source.Attr) {
+// newPaths returns data and index file names of a new file generation.
+func (it *Item) newPaths() (data, meta string) {
+	base := filepath.Join(it.tier.Dir, it.hash[:2], fmt.Sprintf("%s-%016x", it.hash, rand.Uint64()))
+	return base + ".data", base + ".meta"
+}
+
+// retired is what a reset leaves behind: the previous version's open data
+// file and file names, for the caller to close and remove outside the
+// lock. A passthrough descriptor still open on the old data file keeps
+// reading the old version whole, never a mix.
+type retired struct {
+	file               *os.File
+	dataPath, metaPath string
+}
+
+// dropRetired closes and removes what a reset retired.
+func (it *Item) dropRetired(r retired) {
+	if r.file != nil {
+		it.env.files.forget(it)
+		r.file.Close()
+	}
+	if r.dataPath != "" {
+		it.saveMu.Lock() // a save of the old generation is not renamed in after this
+		os.Remove(r.metaPath)
+		os.Remove(r.dataPath)
+		it.saveMu.Unlock()
+	}
+}
+
+// resetLocked forgets every block and adopts the attributes a. An item
+// that held blocks moves to a new file generation and returns the old one
+// to drop.
+func (it *Item) resetLocked(a source.Attr) retired {
+	var old retired
+	if it.fingerprint != "" {
+		old = retired{file: it.file, dataPath: it.dataPath, metaPath: it.metaPath}
+		it.file, it.opened = nil, false
+		it.dataPath, it.metaPath = it.newPaths()
+	}
 	nb := (a.Size + it.env.blockSize - 1) / it.env.blockSize
 	it.tier.used.Add(-it.bytes.Swap(0))
 	it.fingerprint, it.size = a.Fingerprint(), a.Size
 	it.gen++
 	it.present, it.verified, it.sums = make([]bool, nb), make([]bool, nb), make([]uint32, nb)
 	it.presentCount = 0
+	return old
 }
 
 func (it *Item) blocks() int64 {
@@ -172,6 +216,19 @@ func (it *Item) verify(b int64) bool {
 	if b >= int64(len(it.present)) || !it.present[b] {
 		it.mu.Unlock()
 		return false
+	}
+	if it.file == nil {
+		// Open first: a data file that is not the one the blocks were
+		// verified in loses its verification as it opens.
+		it.mu.Unlock()
+		if _, err := it.openFile(); err != nil {
+			return false
+		}
+		it.mu.Lock()
+		if b >= int64(len(it.present)) || !it.present[b] {
+			it.mu.Unlock()
+			return false
+		}
 	}
 	if it.verified[b] {
 		it.mu.Unlock()

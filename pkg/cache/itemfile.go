@@ -85,6 +85,13 @@ func (it *Item) ensureOpen() (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if it.opened {
+		// A reopen (the open-file bound closed it): whatever happened to
+		// the file meanwhile, trust no earlier verification; every block
+		// is checked against its checksum again before it is served.
+		clear(it.verified)
+	}
+	it.opened = true
 	// A sparse file of the full size: on the tmpfs memory tier
 	// (huge=within_size) pages inside i_size may be huge pages, which
 	// passthrough reads at page-cache speed.
@@ -144,22 +151,6 @@ func (it *Item) closeFile() error {
 	return nil
 }
 
-// truncateFile drops the data of a reset item and sizes the file for the
-// new version.
-func (it *Item) truncateFile() error {
-	it.mu.Lock()
-	size := it.size
-	it.mu.Unlock()
-	// By path: an open descriptor may be closed by the open-file bound.
-	if err := os.Truncate(it.dataPath, 0); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	return os.Truncate(it.dataPath, size)
-}
-
 // remove deletes the item's files; the caller has taken it out of the map.
 func (it *Item) remove() {
 	it.env.files.forget(it)
@@ -172,8 +163,17 @@ func (it *Item) remove() {
 	if f != nil {
 		f.Close()
 	}
+	it.removeFiles()
+}
+
+// removeFiles deletes the item's data and index files (those of its
+// current generation: its own).
+func (it *Item) removeFiles() {
 	it.saveMu.Lock()
-	os.Remove(it.metaPath)
-	os.Remove(it.dataPath)
-	it.saveMu.Unlock()
+	defer it.saveMu.Unlock()
+	it.mu.Lock()
+	data, meta := it.dataPath, it.metaPath
+	it.mu.Unlock()
+	os.Remove(meta)
+	os.Remove(data)
 }

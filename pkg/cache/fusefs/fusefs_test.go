@@ -212,3 +212,56 @@ func TestOpenWhileCachedHandleOpen(t *testing.T) {
 		t.Errorf("%d passthrough opens while a cached handle was open", n)
 	}
 }
+
+// TestChangedFileIsReadAnew: a read-only mount whose attributes the kernel
+// revalidates (metacache 0) reads a file rewritten in the source anew even
+// when it keeps its size and modification time: the fingerprint of a POSIX
+// file includes its change time and inode number.
+func TestChangedFileIsReadAnew(t *testing.T) {
+	root := t.TempDir()
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	_, mnt := mountTest(t, p, c, Options{ReadOnly: true, MetaCache: 0})
+	name := filepath.Join(root, "f")
+	v1 := cachetest.WriteRandom(t, name, 2*cachetest.Block, 31)
+	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, v1) {
+		t.Fatalf("first read: %v", err)
+	}
+	st, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := cachetest.WriteRandom(t, name, len(v1), 32)
+	if err := os.Chtimes(name, st.ModTime(), st.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, v2) {
+		t.Fatalf("a version of the same size and mtime: read %d bytes, %v; the old version was served", len(got), err)
+	}
+}
+
+// TestLookupRefreshesAttributes: when the kernel's entry for a file
+// expires it looks the file up again and takes the attributes of the reply
+// (it sends no GETATTR); the file system must read with those too. It threw
+// them away and read with the old size and version.
+func TestLookupRefreshesAttributes(t *testing.T) {
+	root := t.TempDir()
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	const metacache = 100 * time.Millisecond
+	_, mnt := mountTest(t, p, c, Options{ReadOnly: true, MetaCache: metacache})
+	name := filepath.Join(root, "f")
+	v1 := cachetest.WriteRandom(t, name, 2*cachetest.Block, 33)
+	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, v1) {
+		t.Fatalf("first read: %v", err)
+	}
+	v2 := cachetest.WriteRandom(t, name, 3*cachetest.Block+5, 34)
+	// The behaviour under test is what happens once the kernel's cached
+	// entry has expired: wait out its lifetime.
+	time.Sleep(metacache + 50*time.Millisecond)
+	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, v2) {
+		t.Fatalf("after the entry expired: read %d bytes, %v; want the new version (%d bytes)", len(got), err, len(v2))
+	}
+}

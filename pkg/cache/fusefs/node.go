@@ -27,6 +27,10 @@ type node struct {
 	// (EIO) a passthrough open while the inode is open through its page
 	// cache, and a cached open while it is open in passthrough.
 	cachedOpens, passthroughOpens int // guarded by mu
+	// openedVersion is the fingerprint of the version last opened through
+	// the page cache: the kernel keeps its pages across opens only while
+	// the version is the same.
+	openedVersion string // guarded by mu
 }
 
 var (
@@ -105,8 +109,20 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 		return nil, nil, source.Errno(err)
 	}
 	n.fill(a, &out.Attr)
+	sa := stableAttr(p, a)
+	if in := n.GetChild(name); in != nil && in.StableAttr() == sa {
+		if cur, ok := in.Operations().(*node); ok {
+			// A known inode (the kernel revalidating its entry takes
+			// the attributes of this reply): the fresh attributes
+			// replace the remembered ones, which reads use. Throwing
+			// them away served an old version, or ESTALE on an
+			// object store.
+			cur.setAttr(a)
+			return in, cur, 0
+		}
+	}
 	c := &node{fsys: n.fsys, attr: a}
-	return n.NewInode(ctx, c, stableAttr(p, a)), c, 0
+	return n.NewInode(ctx, c, sa), c, 0
 }
 
 // Lookup implements gofs.NodeLookuper.

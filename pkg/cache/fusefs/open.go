@@ -62,8 +62,16 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	}
 	n.mu.Lock()
 	n.cachedOpens++
+	// Another version than the pages the kernel holds (a rewrite may keep
+	// size and modification time, which is all the kernel compares):
+	// open without FOPEN_KEEP_CACHE, and the kernel drops them.
+	keep := n.openedVersion == a.Fingerprint()
+	n.openedVersion = a.Fingerprint()
 	n.mu.Unlock()
 	n.fsys.CachedOpen.Add(1)
+	if !keep {
+		return &handle{n: n, counted: true}, 0, 0
+	}
 	return &handle{n: n, counted: true}, fuse.FOPEN_KEEP_CACHE, 0
 }
 

@@ -7,9 +7,9 @@ package source
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
-	"strconv"
 	"time"
 )
 
@@ -21,6 +21,11 @@ type Attr struct {
 	UID, GID uint32
 	Size     int64
 	Mtime    time.Time
+	// Ctime and Ino are a POSIX file's change time and inode number
+	// (zero for an object store): a file rewritten with its old size and
+	// modification time still changes them.
+	Ctime time.Time
+	Ino   uint64
 	// ETag is the object store's version tag; empty for POSIX sources.
 	ETag string
 	// Target is a symbolic link's target.
@@ -28,13 +33,14 @@ type Attr struct {
 }
 
 // Fingerprint identifies a version of a file's content: the ETag when the
-// source has one, else size and modification time. A cached item whose
-// fingerprint differs from the source's is stale.
+// source has one, else size, modification and change times and inode
+// number. A cached item whose fingerprint differs from the source's is
+// stale.
 func (a Attr) Fingerprint() string {
 	if a.ETag != "" {
 		return "etag:" + a.ETag
 	}
-	return "sm:" + strconv.FormatInt(a.Size, 10) + ":" + strconv.FormatInt(a.Mtime.UnixNano(), 10)
+	return fmt.Sprintf("smci:%d:%d:%d:%d", a.Size, a.Mtime.UnixNano(), a.Ctime.UnixNano(), a.Ino)
 }
 
 // Entry is one name in a directory listing.

@@ -64,6 +64,8 @@ func attrOf(st *unix.Stat_t) source.Attr {
 		GID:   st.Gid,
 		Size:  st.Size,
 		Mtime: time.Unix(st.Mtim.Unix()),
+		Ctime: time.Unix(st.Ctim.Unix()),
+		Ino:   st.Ino,
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
