@@ -2,10 +2,14 @@ package fusefs
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,6 +17,7 @@ import (
 	"time"
 
 	s3source "github.com/cistern-csi/cistern/pkg/cache/source/s3"
+	"github.com/minio/minio-go/v7"
 
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
@@ -308,3 +313,100 @@ func containsString(xs []string, s string) bool {
 // TestDaemonS3: the daemon mounts an S3 dataset with the credentials of the
 // request, one mount per credential, and refuses bad credentials and an
 // unreachable store at mount time with a status that says which.
+
+// TestS3ForkedWorkerClosePublishesNothing: a data loader starts workers
+// that inherit its descriptors and close them when they exit; the close of
+// an inherited descriptor (a FLUSH from another process) must not publish
+// the partial file. Every FLUSH used to upload, so the store showed the
+// first part while the writer was still writing. The writer's own close
+// uploads the whole file.
+func TestS3ForkedWorkerClosePublishesNothing(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	_, mnt := mountTest(t, s3Source(t, e, s3store.Config{}, 0), c, Options{Name: "w", SpoolDir: t.TempDir()})
+	f, err := os.Create(filepath.Join(mnt, "day-00/out.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("part1")); err != nil {
+		t.Fatal(err)
+	}
+	// A worker process inherits the descriptor and exits.
+	worker := exec.Command("/bin/true")
+	worker.ExtraFiles = []*os.File{f}
+	if err := worker.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(e.Keys(t), "day-00/out.bin") {
+		t.Error("a worker's close of an inherited descriptor published the partial file")
+	}
+	if _, err := f.Write([]byte("part2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("the writer's close: %v", err)
+	}
+	obj, err := e.MC.GetObject(context.Background(), "data", "ds/day-00/out.bin", minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Close()
+	if got, err := io.ReadAll(obj); err != nil || string(got) != "part1part2" {
+		t.Fatalf("stored %q, %v; want the whole file", got, err)
+	}
+}
+
+// TestS3StatDuringUpload: a stat of a file whose upload is in flight
+// answers at once; the handle's lock was held across the upload, so it
+// waited for the store (up to the request timeout).
+func TestS3StatDuringUpload(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	_, mnt := mountTest(t, s3Source(t, e, s3store.Config{Timeout: 20 * time.Second}, 0), c, Options{Name: "w", SpoolDir: t.TempDir()})
+	f, err := os.Create(filepath.Join(mnt, "slow.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("payload")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Srv.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	defer func() {
+		if !thawed {
+			_ = e.Srv.Thaw()
+		}
+	}()
+	syncErr := make(chan error, 1)
+	go func() { syncErr <- f.Sync() }() // uploads; blocks on the frozen store
+	// Wait until the upload is in flight (the store holds it).
+	time.Sleep(200 * time.Millisecond)
+	stat := make(chan error, 1)
+	go func() {
+		_, err := f.Stat()
+		stat <- err
+	}()
+	select {
+	case err := <-stat:
+		if err != nil {
+			t.Errorf("stat during the upload: %v", err)
+		}
+	case <-syncErr:
+		t.Fatal("the upload finished against a frozen store")
+	case <-time.After(10 * time.Second):
+		t.Error("stat of a file being uploaded waited for the upload")
+	}
+	thawed = true
+	if err := e.Srv.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-syncErr; err != nil {
+		t.Errorf("fsync after the store came back: %v", err)
+	}
+	f.Close()
+}

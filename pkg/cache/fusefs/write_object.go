@@ -6,6 +6,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,17 +27,54 @@ type objectWriter struct {
 	spoolDir string
 }
 
-// uploadHandle is a file open for writing on an object store.
+// uploadHandle is a file open for writing on an object store. It is
+// uploaded when the process that opened it closes it (its FLUSH, so
+// close(2) reports the result), on fsync, or at the last release if that
+// process never closed it. A FLUSH from another process - a forked
+// data-loader worker closing the descriptor it inherited - uploads
+// nothing: it would publish a partial object.
+//
+// Lock order: upMu, then mu. No upload runs under mu, so a stat of the
+// file never waits for one.
 type uploadHandle struct {
-	n   *node
-	src source.Objects
+	n     *node
+	src   source.Objects
+	owner int // thread group of the process that opened it
 
-	mu     sync.Mutex
-	spool  *os.File // guarded by mu; the bytes written so far
-	size   int64    // guarded by mu
-	dirty  bool     // guarded by mu; the object must be stored on flush
-	locked bool     // guarded by mu; an existing object: no write may change it
-	gone   bool     // guarded by mu; unlinked while open: never stored
+	upMu sync.Mutex // serialises uploads and truncations of the spool
+
+	mu      sync.Mutex
+	spool   *os.File // the bytes written so far (writes and uploads use positioned I/O)
+	size    int64    // guarded by mu
+	version uint64   // guarded by mu; bumped by every change of the spool
+	dirty   bool     // guarded by mu; the object must be stored
+	closed  bool     // guarded by mu; the owner's close ran (and reported any failure)
+	locked  bool     // guarded by mu; an existing object: no write may change it
+	gone    bool     // guarded by mu; unlinked while open: never stored
+}
+
+// tgid returns the thread group (process) of the thread pid, which is
+// what the kernel names in a request; pid itself if /proc does not say.
+func tgid(pid uint32) int {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
+	if err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+					return n
+				}
+			}
+		}
+	}
+	return int(pid)
+}
+
+// callerProcess is the process of the request in ctx (0 if unknown).
+func callerProcess(ctx context.Context) int {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return tgid(c.Pid)
+	}
+	return 0
 }
 
 var (
@@ -68,13 +107,13 @@ func spoolFile(dir string) (*os.File, error) {
 // newUpload opens a write handle on n. fresh is a new or truncated file
 // (stored on close even if nothing is written); otherwise the handle may
 // only write an existing object that is empty.
-func (w objectWriter) newUpload(n *node, fresh bool, existing int64) (*uploadHandle, syscall.Errno) {
+func (w objectWriter) newUpload(ctx context.Context, n *node, fresh bool, existing int64) (*uploadHandle, syscall.Errno) {
 	f, err := spoolFile(w.spoolDir)
 	if err != nil {
 		n.fsys.log.Error(err, "Cannot open an upload spool file", "dir", w.spoolDir)
 		return nil, syscall.EIO
 	}
-	h := &uploadHandle{n: n, src: w.src, spool: f, dirty: fresh, locked: !fresh && existing > 0}
+	h := &uploadHandle{n: n, src: w.src, owner: callerProcess(ctx), spool: f, dirty: fresh, locked: !fresh && existing > 0}
 	n.mu.Lock()
 	n.upload = h
 	n.mu.Unlock()
@@ -99,6 +138,7 @@ func (h *uploadHandle) Write(_ context.Context, data []byte, off int64) (uint32,
 	w, err := h.spool.WriteAt(data, off)
 	h.size += int64(w)
 	h.dirty = true
+	h.version++
 	if err != nil {
 		return uint32(w), source.Errno(err)
 	}
@@ -134,46 +174,65 @@ func (h *uploadHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.E
 	return 0
 }
 
-// Flush uploads the file: close(2) returns only after the store accepted
-// it, and fails (EIO) if it did not.
+// Flush uploads the file when the process that opened it closes it:
+// close(2) returns only after the store accepted it, and fails (EIO) if it
+// did not. Another process's close uploads nothing.
 func (h *uploadHandle) Flush(ctx context.Context) syscall.Errno {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.storeLocked(ctx)
-}
-
-// Fsync uploads the file as Flush does.
-func (h *uploadHandle) Fsync(ctx context.Context, _ uint32) syscall.Errno {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.storeLocked(ctx)
-}
-
-func (h *uploadHandle) storeLocked(ctx context.Context) syscall.Errno {
-	if !h.dirty || h.gone {
+	if p := callerProcess(ctx); p != h.owner && h.owner != 0 {
 		return 0
 	}
+	errno := h.store(ctx)
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	return errno
+}
+
+// Fsync uploads the file: durable in the store when it returns.
+func (h *uploadHandle) Fsync(ctx context.Context, _ uint32) syscall.Errno {
+	return h.store(ctx)
+}
+
+// store uploads what was written so far unless it is stored already. The
+// spool is read outside mu: writes meanwhile (appends past the uploaded
+// size) keep the handle dirty for the next store.
+func (h *uploadHandle) store(ctx context.Context) syscall.Errno {
+	h.upMu.Lock()
+	defer h.upMu.Unlock()
+	h.mu.Lock()
+	if !h.dirty || h.gone {
+		h.mu.Unlock()
+		return 0
+	}
+	size, version := h.size, h.version
+	h.mu.Unlock()
 	n := h.n
 	name := n.rel()
 	start := time.Now()
-	a, err := h.src.Upload(ctx, name, h.spool, h.size)
+	a, err := h.src.Upload(ctx, name, h.spool, size)
 	n.fsys.eng.Evict(name)
 	if err != nil {
-		n.fsys.log.Error(err, "Upload failed; close reports the error and the store keeps its previous state", "path", name, "bytes", h.size)
+		n.fsys.log.Error(err, "Upload failed; close reports the error and the store keeps its previous state", "path", name, "bytes", size)
 		errno := source.Errno(err)
 		if errno == syscall.ENOENT || errno == syscall.EINTR {
 			errno = syscall.EIO
 		}
 		return errno
 	}
-	h.dirty = false
+	h.mu.Lock()
+	if h.version == version {
+		h.dirty = false
+	}
+	h.mu.Unlock()
 	n.setAttr(a)
-	n.fsys.log.V(2).Info("Uploaded", "path", name, "bytes", h.size, "took", time.Since(start))
+	n.fsys.log.V(2).Info("Uploaded", "path", name, "bytes", size, "took", time.Since(start))
 	return 0
 }
 
 // truncate handles a size change through this handle.
 func (h *uploadHandle) truncate(size int64) syscall.Errno {
+	h.upMu.Lock() // not while an upload reads the spool
+	defer h.upMu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
@@ -184,14 +243,26 @@ func (h *uploadHandle) truncate(size int64) syscall.Errno {
 			return source.Errno(err)
 		}
 		h.size, h.dirty, h.locked = 0, true, false
+		h.version++
 		return 0
 	}
 	return h.refuse("a file on an object store can only be truncated to 0 or kept whole", "size", size)
 }
 
-// Release drops the spool. Bytes never stored were never acknowledged: the
-// close that should have stored them failed.
+// Release uploads a file the owner never closed (only inherited
+// descriptors were), then drops the spool. Bytes whose owner's close
+// failed to store them were never acknowledged: they are discarded.
 func (h *uploadHandle) Release(context.Context) syscall.Errno {
+	h.mu.Lock()
+	pending := h.dirty && !h.gone && !h.closed
+	h.mu.Unlock()
+	if pending {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		if errno := h.store(ctx); errno != 0 {
+			h.n.fsys.log.Info("A file whose writer never closed it could not be stored; discarded", "path", h.n.rel(), "errno", errno.Error())
+		}
+		cancel()
+	}
 	h.mu.Lock()
 	if h.dirty && !h.gone {
 		h.n.fsys.log.Info("A file closed without a successful upload was discarded", "path", h.n.rel(), "bytes", h.size)
@@ -273,7 +344,7 @@ func (w objectWriter) create(ctx context.Context, n *node, name string, flags, _
 	c := &node{fsys: n.fsys, attr: a}
 	in := n.NewInode(ctx, c, stableAttr(p, a))
 	c = in.Operations().(*node) // an inode of this name may exist already
-	h, errno := w.newUpload(c, true, 0)
+	h, errno := w.newUpload(ctx, c, true, 0)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
@@ -283,11 +354,11 @@ func (w objectWriter) create(ctx context.Context, n *node, name string, flags, _
 
 // open opens an existing file: for reading through the cache, or for
 // writing through an upload.
-func (w objectWriter) open(_ context.Context, n *node, a source.Attr, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+func (w objectWriter) open(ctx context.Context, n *node, a source.Attr, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&writeFlags == 0 {
 		return &handle{n: n}, fuse.FOPEN_DIRECT_IO, 0
 	}
-	h, errno := w.newUpload(n, flags&syscall.O_TRUNC != 0, a.Size)
+	h, errno := w.newUpload(ctx, n, flags&syscall.O_TRUNC != 0, a.Size)
 	if errno != 0 {
 		return nil, 0, errno
 	}
