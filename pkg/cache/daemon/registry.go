@@ -124,6 +124,7 @@ func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequ
 		SmallFiles:  req.AccessPattern == api.PatternSmallFiles,
 		Passthrough: req.ReadOnly,
 		SpoolDir:    filepath.Join(d.opts.StateDir, "uploads"),
+		InodeTable:  filepath.Join(datasets, key, "inodes"),
 		Logger:      log,
 	})
 	if err != nil {

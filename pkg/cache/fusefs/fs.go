@@ -53,6 +53,9 @@ type Options struct {
 	// SpoolDir holds files being written to an object store until close
 	// uploads them (anonymous files: nothing is left after a crash).
 	SpoolDir string
+	// InodeTable is the file that keeps the inode numbers the kernel
+	// sees ("" = memory only): with it they survive a restart.
+	InodeTable string
 	// Debug logs every FUSE request.
 	Debug bool
 	// Logger logs this mount's failures and refusals (default: klog's).
@@ -62,12 +65,13 @@ type Options struct {
 // FS serves one dataset.
 type FS struct {
 	// immutable after Mount
-	opts Options
-	log  klog.Logger
-	eng  Engine
-	src  source.Source
-	w    writer // the write strategy
-	srv  *fuse.Server
+	opts   Options
+	log    klog.Logger
+	eng    Engine
+	src    source.Source
+	w      writer  // the write strategy
+	inodes *inodes // the inode numbers the kernel sees
+	srv    *fuse.Server
 
 	// Reads counts READ requests that reached the daemon (a passthrough
 	// read never does).
@@ -89,6 +93,9 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 		return nil, &fs.PathError{Op: "mount", Path: dir, Err: err}
 	}
 	f.w = w
+	if f.inodes, err = openInodes(opts.InodeTable, opts.Logger); err != nil {
+		return nil, err
+	}
 	mc := opts.MetaCache
 	neg := min(mc, time.Second)
 	mo := fuse.MountOptions{
@@ -120,6 +127,7 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 		NegativeTimeout: &neg,
 	})
 	if err != nil {
+		f.inodes.close()
 		return nil, err
 	}
 	f.srv = srv
@@ -148,6 +156,7 @@ func (f *FS) Unmount() error {
 	err := f.srv.Unmount()
 	if err == nil {
 		f.srv.Wait()
+		err = f.inodes.close()
 	}
 	return err
 }

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/cistern-csi/cistern/pkg/cache/source"
 	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
 	"github.com/hanwen/go-fuse/v2/posixtest"
+	"k8s.io/klog/v2"
 )
 
 func newTestCache(t *testing.T, dir string, quota int64) *cache.Cache {
@@ -263,5 +265,68 @@ func TestLookupRefreshesAttributes(t *testing.T) {
 	time.Sleep(metacache + 50*time.Millisecond)
 	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, v2) {
 		t.Fatalf("after the entry expired: read %d bytes, %v; want the new version (%d bytes)", len(got), err, len(v2))
+	}
+}
+
+// TestInodeNumbersNeverCollide: a file keeps its inode number through a
+// rename and a new file at its old name gets another, so an open handle of
+// the renamed file keeps reading and writing it. Numbers were a hash of
+// the path: after "mv a b" and a new "a", the kernel merged the new "a"
+// into the inode of b and the handle of b read a's bytes.
+func TestInodeNumbersNeverCollide(t *testing.T) {
+	root := t.TempDir()
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	table := filepath.Join(t.TempDir(), "inodes")
+	_, mnt := mountTest(t, p, c, Options{MetaCache: 0, InodeTable: table})
+	if err := os.WriteFile(filepath.Join(mnt, "a"), []byte("first a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h, err := os.OpenFile(filepath.Join(mnt, "a"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := os.Rename(filepath.Join(mnt, "a"), filepath.Join(mnt, "b")); err != nil {
+		t.Fatal(err)
+	}
+	// A new "a" arrives behind the mount's back (another node, say).
+	if err := os.WriteFile(filepath.Join(root, "a"), []byte("second a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var sa, sb syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(mnt, "a"), &sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Stat(filepath.Join(mnt, "b"), &sb); err != nil {
+		t.Fatal(err)
+	}
+	if sa.Ino == sb.Ino {
+		t.Fatalf("the new a and the renamed b share inode %d", sa.Ino)
+	}
+	buf := make([]byte, 64)
+	n, err := h.ReadAt(buf, 0)
+	if (err != nil && err != io.EOF) || string(buf[:n]) != "first a" {
+		t.Fatalf("the handle of the renamed file reads %q (%v), want %q", buf[:n], err, "first a")
+	}
+	if _, err := h.WriteAt([]byte("FIRST"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "b")); string(got) != "FIRST a" {
+		t.Errorf("b in the source is %q after a write through its handle", got)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "a")); string(got) != "second a" {
+		t.Errorf("the new a in the source is %q: the write went to the wrong file", got)
+	}
+	// The numbers are kept: a table reopened gives them again.
+	tab, err := openInodes(table, klog.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tab.close()
+	stA, _ := p.Stat(context.Background(), "a")
+	if got := tab.number("a", stA); got != sa.Ino {
+		t.Errorf("reopened table numbers a %d, the mount showed %d", got, sa.Ino)
 	}
 }

@@ -2,7 +2,6 @@ package fusefs
 
 import (
 	"context"
-	"hash/fnv"
 	"io/fs"
 	"path"
 	"sync"
@@ -41,10 +40,9 @@ var (
 	_ gofs.NodeStatfser   = (*node)(nil)
 )
 
-func stableAttr(p string, a source.Attr) gofs.StableAttr {
-	h := fnv.New64a()
-	h.Write([]byte(p))
-	return gofs.StableAttr{Mode: source.UnixMode(a.Mode) &^ 0o7777, Ino: h.Sum64() | 1}
+// stableAttr is the identity go-fuse and the kernel know p by.
+func (f *FS) stableAttr(p string, a source.Attr) gofs.StableAttr {
+	return gofs.StableAttr{Mode: source.UnixMode(a.Mode) &^ 0o7777, Ino: f.inodes.number(p, a)}
 }
 
 func (n *node) fill(a source.Attr, out *fuse.Attr) {
@@ -109,7 +107,7 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 		return nil, nil, source.Errno(err)
 	}
 	n.fill(a, &out.Attr)
-	sa := stableAttr(p, a)
+	sa := n.fsys.stableAttr(p, a)
 	if in := n.GetChild(name); in != nil && in.StableAttr() == sa {
 		if cur, ok := in.Operations().(*node); ok {
 			// A known inode (the kernel revalidating its entry takes
@@ -161,7 +159,7 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	}
 	list := make([]fuse.DirEntry, 0, len(ents))
 	for _, e := range ents {
-		sa := stableAttr(n.child(e.Name), e.Attr)
+		sa := n.fsys.stableAttr(n.child(e.Name), e.Attr)
 		list = append(list, fuse.DirEntry{Name: e.Name, Mode: sa.Mode, Ino: sa.Ino})
 	}
 	return gofs.NewListDirStream(list), 0

@@ -342,7 +342,7 @@ func (w objectWriter) create(ctx context.Context, n *node, name string, flags, _
 	}
 	a := w.src.NewFile()
 	c := &node{fsys: n.fsys, attr: a}
-	in := n.NewInode(ctx, c, stableAttr(p, a))
+	in := n.NewInode(ctx, c, n.fsys.stableAttr(p, a))
 	c = in.Operations().(*node) // an inode of this name may exist already
 	h, errno := w.newUpload(ctx, c, true, 0)
 	if errno != 0 {
@@ -421,6 +421,9 @@ func (w objectWriter) rename(ctx context.Context, n *node, name string, np *node
 	err = w.src.RenameFile(ctx, from, to, a)
 	n.fsys.eng.Evict(from)
 	n.fsys.eng.Evict(to)
+	if err == nil {
+		n.fsys.inodes.rename(from, to)
+	}
 	return source.Errno(err)
 }
 

@@ -21,11 +21,12 @@ type Attr struct {
 	UID, GID uint32
 	Size     int64
 	Mtime    time.Time
-	// Ctime and Ino are a POSIX file's change time and inode number
-	// (zero for an object store): a file rewritten with its old size and
-	// modification time still changes them.
-	Ctime time.Time
-	Ino   uint64
+	// Ctime, Dev and Ino are a POSIX file's change time, device and inode
+	// number (zero for an object store): a file rewritten with its old
+	// size and modification time still changes them, and Dev and Ino name
+	// the file whatever its path.
+	Ctime    time.Time
+	Dev, Ino uint64
 	// ETag is the object store's version tag; empty for POSIX sources.
 	ETag string
 	// Target is a symbolic link's target.

@@ -65,6 +65,7 @@ func attrOf(st *unix.Stat_t) source.Attr {
 		Size:  st.Size,
 		Mtime: time.Unix(st.Mtim.Unix()),
 		Ctime: time.Unix(st.Ctim.Unix()),
+		Dev:   st.Dev,
 		Ino:   st.Ino,
 	}
 	switch st.Mode & unix.S_IFMT {
