@@ -276,9 +276,11 @@ func capability(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability
 func (d *demo) startDriver(ctx context.Context, csiBin string) error {
 	cacheBin := filepath.Join(filepath.Dir(csiBin), "cistern-cache")
 	cacheSock := filepath.Join(d.work, "cache.sock")
-	inline := "file://" + filepath.Join(d.work, "datasets") + "/"
+	// The public dataset is the node's shared inline source (read-only to
+	// every namespace).
+	inline := "shared:file://" + filepath.Join(d.work, "datasets", "public")
 	if d.store != nil {
-		inline = d.store.location("public").String()
+		inline = "shared:" + d.store.location("public").String()
 	}
 	var err error
 	d.cacheProc, err = startProc(ctx, "cistern-cache", cacheBin, filepath.Join(d.work, "cistern-cache.log"), cacheSock,

@@ -10,6 +10,7 @@ import (
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func createReq(name, root string, kv ...string) *csi.CreateVolumeRequest {
@@ -185,5 +186,24 @@ func TestDeleteVolumeGuards(t *testing.T) {
 	del(forged.String())
 	if !exists("team-a/rt/keep") {
 		t.Fatal("a forged volume ID deleted data")
+	}
+}
+
+// TestSourceRootThroughSymlinkRefused: a dataset whose root is reached
+// through a symbolic link is refused by the controller too.
+func TestSourceRootThroughSymlinkRefused(t *testing.T) {
+	d, _ := newTestDriver(t)
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "pvc-l", VolumeCapabilities: []*csi.VolumeCapability{rwCap},
+		Parameters: map[string]string{"dataset": "ds", "source": "file://" + link, "access": "read-write", MetaPVCNamespace: "team-a", MetaPVCName: "c"}})
+	if status.Code(err) == codes.OK || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("CreateVolume of a dataset behind a symlink: %v, want a refusal naming the link", err)
+	}
+	if _, err := os.Stat(filepath.Join(real, "team-a")); err == nil {
+		t.Error("the controller wrote through the link")
 	}
 }

@@ -49,7 +49,7 @@ func archiveDest(sub string, now time.Time) (dir, name string) {
 // secrets of the call (an S3 source's credentials).
 func (d *Driver) openDataset(src api.Source, secrets map[string]string) (dataset, error) {
 	if !src.IsS3() {
-		return posixController{posixDataset{root: src.Path}}, nil
+		return posixController{posixDataset{root: src.Path, source: true}}, nil
 	}
 	c, err := s3store.NewFromSecrets(src.S3, secrets, s3store.Config{})
 	if err != nil {

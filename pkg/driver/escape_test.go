@@ -87,7 +87,7 @@ func TestEscapes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d, m := newTestDriver(t, "file://"+root)
+	d, m := newTestDriver(t, "read-write:file://"+root)
 	before := treeSnapshot(t, top)
 
 	src := "file://" + root

@@ -82,6 +82,7 @@ func TestKubeletRequests(t *testing.T) {
 		}
 	}
 	// Inline volumes: always ReadWriteOnce, readonly from the pod spec.
+	policy := map[string]string{"read-only": "read-only:", "true": "shared:", "read-write": "read-write:"}
 	for _, kv := range [][]string{{"access", "read-only"}, {"shared", "true"}, {"access", "read-write"}} {
 		for _, readonly := range []bool{false, true} {
 			t.Run(fmt.Sprintf("ephemeral/%s=%s/readonly=%t", kv[0], kv[1], readonly), func(t *testing.T) {
@@ -89,7 +90,7 @@ func TestKubeletRequests(t *testing.T) {
 				if err := os.MkdirAll(filepath.Join(root, "team-a"), 0o755); err != nil {
 					t.Fatal(err)
 				}
-				d, m := newTestDriver(t, "file://"+root)
+				d, m := newTestDriver(t, policy[kv[1]]+"file://"+root)
 				attrs := map[string]string{"dataset": "ds", "source": "file://" + root, MetaEphemeral: "true", MetaPodNamespace: "team-a", kv[0]: kv[1]}
 				target := filepath.Join(t.TempDir(), "target")
 				if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "csi-0123", TargetPath: target, VolumeCapability: mountCap(kubeletModes["ReadWriteOnce"]), Readonly: readonly, VolumeContext: attrs}); err != nil {

@@ -178,8 +178,12 @@ func (d *Driver) publishInline(ctx context.Context, req *csi.NodePublishVolumeRe
 	if p.OnDelete != Retain {
 		return nil, status.Errorf(codes.InvalidArgument, "inline volume: parameter %s=%s does not apply: inline volumes never delete dataset data", ParamOnDelete, p.OnDelete)
 	}
-	if !inlineAllowed(p.Source, d.opts.InlineSources) {
-		return nil, status.Errorf(codes.PermissionDenied, "inline volume: source %s is not allowed on this node (allowed prefixes: %v; set --inline-sources on the node plugin)", p.Source, d.opts.InlineSources)
+	rule, ok := inlineRule(p.Source, d.opts.InlineSources)
+	if !ok {
+		return nil, status.Errorf(codes.PermissionDenied, "inline volume: source %s is not allowed on this node (allowed: %v; set --inline-sources on the node plugin)", p.Source, d.opts.InlineSources)
+	}
+	if err := rule.admits(p, attrs); err != nil {
+		return nil, err
 	}
 	if p.CacheGroup != "" && p.CacheGroup != d.opts.CacheGroup {
 		return nil, status.Errorf(codes.FailedPrecondition, "inline volume: dataset %s is served by cache group %q; this node is in %q", p.Dataset, p.CacheGroup, d.opts.CacheGroup)
@@ -429,7 +433,7 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 	// An object store is checked through the mounts below (the node has
 	// no credentials outside stage and publish).
 	if !id.Source.IsS3() {
-		dir, err := posixDataset{root: id.Source.Path}.OpenDir(id.SubPath)
+		dir, err := posixDataset{root: id.Source.Path, source: true}.OpenDir(id.SubPath)
 		if err != nil {
 			health.HealthStatuses = append(health.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
 				Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: reasonSourceMissing,

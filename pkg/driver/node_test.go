@@ -7,10 +7,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -150,9 +150,15 @@ func TestNodeReadOnlyDataset(t *testing.T) {
 
 func TestInlineVolumes(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	d, m := newTestDriver(t, "file://"+root)
-	inline := func(ns string, kv ...string) map[string]string {
+	top := t.TempDir()
+	scratch, public := filepath.Join(top, "scratch"), filepath.Join(top, "public")
+	for _, dir := range []string{scratch, filepath.Join(public, "team-a")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, m := newTestDriver(t, "read-write:file://"+scratch, "shared:file://"+public)
+	inline := func(root, ns string, kv ...string) map[string]string {
 		a := map[string]string{"dataset": "ds", "source": "file://" + root, MetaEphemeral: "true", MetaPodNamespace: ns}
 		for i := 0; i+1 < len(kv); i += 2 {
 			a[kv[i]] = kv[i+1]
@@ -171,32 +177,25 @@ func TestInlineVolumes(t *testing.T) {
 	}
 
 	// A read-write inline volume gets (and creates) its namespace directory.
-	if err := publish(inline("team-a", "access", "read-write", "subPath", "${pod.namespace}/scratch"), rwCap); err != nil {
+	if err := publish(inline(scratch, "team-a", "access", "read-write", "subPath", "${pod.namespace}/scratch"), rwCap); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(root, "team-a/scratch")); err != nil {
+	if _, err := os.Stat(filepath.Join(scratch, "team-a/scratch")); err != nil {
 		t.Fatalf("inline read-write volume did not create its directory: %v", err)
 	}
 	unpublish()
 
-	// Serving options reach the cache daemon.
-	if err := publish(inline("team-a", "metacache", "5m", "warmup", "team-a/hot", "accessPattern", "small-files"), roCap); err != nil {
-		t.Fatal(err)
+	// A shared dataset is served read-only, whole; its policy may be
+	// narrowed to the pod's own namespace, read-only.
+	for _, attrs := range []map[string]string{inline(public, "team-a", "shared", "true"), inline(public, "team-a")} {
+		if err := publish(attrs, roCap); err != nil {
+			t.Fatal(err)
+		}
+		if mp := m.MountPoints[0]; !slices.Contains(mp.Opts, "ro") {
+			t.Fatalf("shared inline mount is not ro: %+v", mp)
+		}
+		unpublish()
 	}
-	fc := d.cache.(*fakeCache)
-	if r := fc.last; r.MetaCache != 5*time.Minute || len(r.Warmup) != 1 || r.Warmup[0] != "team-a/hot" || r.AccessPattern != "small-files" || !r.ReadOnly {
-		t.Fatalf("mount request = %+v", r)
-	}
-	unpublish()
-
-	// A shared dataset is served read-only, whole.
-	if err := publish(inline("team-a", "shared", "true"), roCap); err != nil {
-		t.Fatal(err)
-	}
-	if mp := m.MountPoints[0]; !slices.Contains(mp.Opts, "ro") {
-		t.Fatalf("shared inline mount is not ro: %+v", mp)
-	}
-	unpublish()
 	if len(m.MountPoints) != 0 {
 		t.Fatalf("mounts left: %+v", m.MountPoints)
 	}
@@ -204,12 +203,36 @@ func TestInlineVolumes(t *testing.T) {
 		t.Fatalf("%d dataset mounts still held after unpublish", n)
 	}
 
-	// Refusals.
-	wantCode(t, publish(inline(""), roCap), codes.InvalidArgument)
-	wantCode(t, publish(inline("team-a", "access", "read-write", "onDelete", "delete"), rwCap), codes.InvalidArgument)
-	wantCode(t, publish(inline("team-a", "cacheGroup", "pool-x"), roCap), codes.FailedPrecondition)
+	// Refusals: attributes never widen the node's policy, and what makes
+	// mounts or work is the administrator's.
+	for _, tc := range []struct {
+		name  string
+		attrs map[string]string
+		want  codes.Code
+	}{
+		{"no namespace", inline(scratch, ""), codes.InvalidArgument},
+		{"onDelete", inline(scratch, "team-a", "access", "read-write", "onDelete", "delete"), codes.InvalidArgument},
+		{"other cache group", inline(public, "team-a", "cacheGroup", "pool-x"), codes.FailedPrecondition},
+		{"writing a shared source", inline(public, "team-a", "access", "read-write"), codes.PermissionDenied},
+		{"sharing a per-namespace source", inline(scratch, "team-a", "shared", "true"), codes.PermissionDenied},
+		{"metacache", inline(scratch, "team-a", "metacache", "5m"), codes.InvalidArgument},
+		{"warmup", inline(public, "team-a", "shared", "true", "warmup", "/"), codes.InvalidArgument},
+		{"accessPattern", inline(public, "team-a", "shared", "true", "accessPattern", "small-files"), codes.InvalidArgument},
+		{"not allowed", inline(top, "team-a"), codes.PermissionDenied},
+	} {
+		if err := publish(tc.attrs, roCap); status.Code(err) != tc.want {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.want)
+		}
+	}
+	if n := mountCount(m); n != 3 {
+		t.Errorf("%d mounts made, want 3 (the refused requests made none)", n)
+	}
+	// A bare prefix is read-only, per namespace.
+	dRO, _ := newTestDriver(t, "file://"+scratch)
+	_, err := dRO.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "csi-abc", TargetPath: target, VolumeCapability: rwCap, VolumeContext: inline(scratch, "team-a", "access", "read-write")})
+	wantCode(t, err, codes.PermissionDenied)
 	dNone, _ := newTestDriver(t)
-	_, err := dNone.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "csi-abc", TargetPath: target, VolumeCapability: roCap, VolumeContext: inline("team-a")})
+	_, err = dNone.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "csi-abc", TargetPath: target, VolumeCapability: roCap, VolumeContext: inline(public, "team-a")})
 	wantCode(t, err, codes.PermissionDenied)
 }
 

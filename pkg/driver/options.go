@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
 
@@ -33,8 +36,9 @@ type Options struct {
 	StateDir string
 	// CacheGroup is the pool of cache nodes this node belongs to ("" = none).
 	CacheGroup string
-	// InlineSources are the source prefixes inline volumes may name. Empty
-	// refuses inline volumes.
+	// InlineSources are the source prefixes inline volumes may name, each
+	// with its policy: "POLICY:PREFIX" (shared, read-only or read-write),
+	// or "PREFIX" for read-only. Empty refuses inline volumes.
 	InlineSources []string
 	// CacheSocket is the cache daemon's control socket (node and all
 	// modes).
@@ -52,7 +56,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.NodeID, "node-id", "", "this node's name (required for node and all modes)")
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/cistern", "directory for local state")
 	fs.StringVar(&o.CacheGroup, "cache-group", "", "cache pool this node serves (topology key cistern.csi.dev/cache-group)")
-	fs.Func("inline-sources", "comma-separated source prefixes inline volumes may use, e.g. file:///datasets/,s3://public/?endpoint=https%3A%2F%2Fs3.example.com (an S3 prefix names its endpoint; empty: inline volumes refused)", func(s string) error {
+	fs.Func("inline-sources", "comma-separated POLICY:PREFIX entries inline volumes may use, POLICY shared (read-only to every namespace), read-only or read-write (each namespace its own sub-directory; a bare PREFIX is read-only), e.g. shared:file:///datasets/public/,read-write:s3://scratch/?endpoint=https%3A%2F%2Fs3.example.com (an S3 prefix names its endpoint; empty: inline volumes refused)", func(s string) error {
 		o.InlineSources = nil
 		for _, p := range strings.Split(s, ",") {
 			if p = strings.TrimSpace(p); p != "" {
@@ -89,7 +93,7 @@ func (o *Options) Validate() error {
 		errs = append(errs, fmt.Errorf("--cache-group %q must be a DNS label", o.CacheGroup))
 	}
 	for _, p := range o.InlineSources {
-		if err := checkInlinePrefix(p); err != nil {
+		if _, err := ParseInlineSource(p); err != nil {
 			errs = append(errs, fmt.Errorf("--inline-sources: %w", err))
 		}
 	}
@@ -113,27 +117,101 @@ func checkInlinePrefix(p string) error {
 	return nil
 }
 
-// inlineAllowed reports whether src is one of prefixes or lies under one, by
-// whole path segments.
-func inlineAllowed(src api.Source, prefixes []string) bool {
+// InlinePolicy is what the node's administrator lets inline volumes of a
+// source do. The pod's attributes may narrow it, never widen it.
+type InlinePolicy string
+
+const (
+	// InlineShared: the dataset (or a fixed sub-path of it) read-only to
+	// every namespace.
+	InlineShared InlinePolicy = "shared"
+	// InlineReadOnly: each namespace reads its own sub-directory.
+	InlineReadOnly InlinePolicy = "read-only"
+	// InlineReadWrite: each namespace reads and writes its own
+	// sub-directory.
+	InlineReadWrite InlinePolicy = "read-write"
+)
+
+// InlineSource is one --inline-sources entry: a source prefix and its
+// policy.
+type InlineSource struct {
+	Prefix string
+	Policy InlinePolicy
+}
+
+// ParseInlineSource parses an entry "POLICY:PREFIX" (POLICY shared,
+// read-only or read-write) or "PREFIX" (read-only).
+func ParseInlineSource(entry string) (InlineSource, error) {
+	s := InlineSource{Prefix: entry, Policy: InlineReadOnly}
+	if pol, rest, ok := strings.Cut(entry, ":"); ok {
+		switch InlinePolicy(pol) {
+		case InlineShared, InlineReadOnly, InlineReadWrite:
+			s = InlineSource{Prefix: rest, Policy: InlinePolicy(pol)}
+		}
+	}
+	if err := checkInlinePrefix(s.Prefix); err != nil {
+		return InlineSource{}, err
+	}
+	return s, nil
+}
+
+// inlineRule returns the entry whose prefix src lies under (the longest,
+// by whole path segments; for S3 the endpoint must match too).
+func inlineRule(src api.Source, entries []string) (InlineSource, bool) {
+	var best InlineSource
+	found := false
+	for _, e := range entries {
+		r, err := ParseInlineSource(e)
+		if err != nil || !underPrefix(src, r.Prefix) {
+			continue
+		}
+		if !found || len(r.Prefix) > len(best.Prefix) {
+			best, found = r, true
+		}
+	}
+	return best, found
+}
+
+// inlineAllowed reports whether src lies under one of the entries.
+func inlineAllowed(src api.Source, entries []string) bool {
+	_, ok := inlineRule(src, entries)
+	return ok
+}
+
+// underPrefix reports whether src is prefix or lies under it, by whole
+// path segments.
+func underPrefix(src api.Source, prefix string) bool {
 	if src.IsS3() {
 		// Bucket, key prefix and endpoint must match: an inline volume
 		// must not make the node's daemon talk to a host of its choosing.
-		for _, p := range prefixes {
-			if src.S3.Under(p) {
-				return true
-			}
-		}
-		return false
+		return src.S3.Under(prefix)
 	}
+	p := strings.TrimSuffix(prefix, "/")
 	s := src.String()
-	for _, p := range prefixes {
-		p = strings.TrimSuffix(p, "/")
-		if s == p || strings.HasPrefix(s, p+"/") {
-			return true
+	return s == p || strings.HasPrefix(s, p+"/")
+}
+
+// inlineAdminKeys are parameters an inline volume may not set: each
+// changes what the node mounts (a mount of its own) or how much work it
+// does, which is the administrator's to bound.
+var inlineAdminKeys = []string{ParamMetaCache, ParamWarmup, ParamPattern, ParamUID, ParamGID, ParamFileMode, ParamDirMode}
+
+// admits checks an inline volume's parameters against the policy: they
+// may narrow it (read-only where it allows writing, one namespace where it
+// shares), never widen it.
+func (r InlineSource) admits(p *Params, attrs map[string]string) error {
+	for _, k := range inlineAdminKeys {
+		if _, ok := attrs[k]; ok {
+			return status.Errorf(codes.InvalidArgument, "inline volume: parameter %s is set by the node's administrator, not by a pod", k)
 		}
 	}
-	return false
+	switch {
+	case p.Shared && r.Policy != InlineShared:
+		return status.Errorf(codes.PermissionDenied, "inline volume: source %s is %s per namespace on this node; shared=true would show other namespaces' data", p.Source.URL(), r.Policy)
+	case !p.ReadOnly() && r.Policy != InlineReadWrite:
+		return status.Errorf(codes.PermissionDenied, "inline volume: source %s is %s on this node; access=read-write is not allowed", p.Source.URL(), r.Policy)
+	}
+	return nil
 }
 
 // SocketPath returns the file path of a unix:// endpoint.

@@ -82,3 +82,27 @@ func TestInlineAllowedS3(t *testing.T) {
 		}
 	}
 }
+
+func TestParseInlineSource(t *testing.T) {
+	for entry, want := range map[string]InlineSource{
+		"file:///datasets/public/":                                    {Prefix: "file:///datasets/public/", Policy: InlineReadOnly},
+		"shared:file:///datasets/public/":                             {Prefix: "file:///datasets/public/", Policy: InlineShared},
+		"read-write:file:///scratch":                                  {Prefix: "file:///scratch", Policy: InlineReadWrite},
+		"read-only:s3://open/?endpoint=http%3A%2F%2F127.0.0.1%3A9000": {Prefix: "s3://open/?endpoint=http%3A%2F%2F127.0.0.1%3A9000", Policy: InlineReadOnly},
+	} {
+		got, err := ParseInlineSource(entry)
+		if err != nil || got != want {
+			t.Errorf("ParseInlineSource(%q) = %+v, %v; want %+v", entry, got, err, want)
+		}
+	}
+	for _, bad := range []string{"writable:file:///x", "shared:", "shared:file://relative"} {
+		if _, err := ParseInlineSource(bad); err == nil {
+			t.Errorf("ParseInlineSource(%q) accepted", bad)
+		}
+	}
+	// The longest prefix decides.
+	r, ok := inlineRule(api.Source{Scheme: "file", Path: "/d/public/scratch/x"}, []string{"shared:file:///d/public", "read-write:file:///d/public/scratch"})
+	if !ok || r.Policy != InlineReadWrite {
+		t.Errorf("inlineRule = %+v, %t; want the longer read-write prefix", r, ok)
+	}
+}

@@ -25,6 +25,10 @@ import (
 // for a later volume to follow.
 type posixDataset struct {
 	root string
+	// source: root is a dataset's source root, whose own path may hold
+	// no symbolic link (posix.SourceRoot); otherwise a dataset's mount
+	// under the state directory.
+	source bool
 }
 
 // ErrEscapes is returned when a sub-path crosses a symbolic link or leaves
@@ -33,7 +37,14 @@ var ErrEscapes = errors.New("sub-path crosses a symbolic link or leaves the data
 
 // openRoot opens the dataset root as an O_PATH directory.
 func (d posixDataset) openRoot() (int, error) {
-	fd, err := posix.Root(d.root).OpenRoot()
+	open := posix.Root(d.root).OpenRoot
+	if d.source {
+		open = posix.SourceRoot(d.root).OpenRoot
+	}
+	fd, err := open()
+	if errors.Is(err, unix.ELOOP) {
+		return -1, fmt.Errorf("dataset root %s: a component of the path is a symbolic link: %w", d.root, ErrEscapes)
+	}
 	if err != nil {
 		return -1, fmt.Errorf("dataset root %s: %w", d.root, pathErrno(err))
 	}

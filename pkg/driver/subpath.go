@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
 
@@ -31,7 +32,7 @@ const (
 
 // ReservedDir is the directory at a dataset's root that holds Cistern's
 // volume records, archives and trash. No volume may resolve into it.
-const ReservedDir = ".cistern"
+const ReservedDir = api.ReservedDir
 
 // ErrInvalidSubPath is wrapped by every error about a sub-path or template.
 var ErrInvalidSubPath = errors.New("invalid sub-path")

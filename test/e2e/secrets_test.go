@@ -95,7 +95,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	secrets := srv.Secrets()
 
 	cacheSock, csiSock := filepath.Join(dir, "cache.sock"), filepath.Join(dir, "csi.sock")
-	inline := "s3://data/public/?endpoint=" + strings.ReplaceAll(strings.ReplaceAll(srv.Endpoint, ":", "%3A"), "/", "%2F")
+	inline := "shared:s3://data/public/?endpoint=" + strings.ReplaceAll(strings.ReplaceAll(srv.Endpoint, ":", "%3A"), "/", "%2F")
 	daemon := start(t, filepath.Join(dir, "cache.log"), filepath.Join(bin, "cistern-cache"),
 		"--socket", cacheSock, "--state-dir", filepath.Join(dir, "cache"), "--cache-tiers", "disk:"+filepath.Join(dir, "disk")+":1Gi",
 		"--grace", "0s", "--source-timeout", "5s", "-v", "5")

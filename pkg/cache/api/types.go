@@ -16,6 +16,11 @@ import (
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
 )
 
+// ReservedDir is the directory at a dataset's root where Cistern keeps
+// its volume records, archives and trash. No volume resolves into it and no
+// mount shows it.
+const ReservedDir = ".cistern"
+
 // Access patterns of a dataset (MountRequest.AccessPattern).
 const (
 	PatternDefault    = "default"

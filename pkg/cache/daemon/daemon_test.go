@@ -142,6 +142,17 @@ func TestDaemonMountsEachDatasetOnce(t *testing.T) {
 	if _, err := cl.Mount(ctx, bad); !api.IsBadRequest(err) || !strings.Contains(err.Error(), "bucket") {
 		t.Fatalf("bad s3 source: %v, want a bad request naming the bucket", err)
 	}
+	// A source root reached through a symbolic link is refused: a link
+	// planted under an allowed directory must not lead out of it.
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(root, link); err != nil {
+		t.Fatal(err)
+	}
+	linked := r1
+	linked.Holder, linked.Source = "volume:l", "file://"+link
+	if _, err := cl.Mount(ctx, linked); !api.IsBadRequest(err) || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("source through a symlink: %v, want a bad request naming the link", err)
+	}
 	missing := r1
 	missing.Holder, missing.Source = "volume:y", "file://"+root+"/nope"
 	if _, err := cl.Mount(ctx, missing); !api.IsNotFound(err) {

@@ -125,6 +125,7 @@ func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequ
 		Passthrough: req.ReadOnly,
 		SpoolDir:    filepath.Join(d.opts.StateDir, "uploads"),
 		InodeTable:  filepath.Join(datasets, key, "inodes"),
+		Hidden:      []string{api.ReservedDir},
 		Logger:      log,
 	})
 	if err != nil {

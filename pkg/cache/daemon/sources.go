@@ -3,6 +3,7 @@ package daemon
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
@@ -27,6 +28,9 @@ func (d *Daemon) openSource(ctx context.Context, req api.MountRequest, secrets m
 	}
 	if !src.IsS3() {
 		p, err := posix.New(src.Path)
+		if errors.Is(err, posix.ErrSymlinkInRoot) {
+			return nil, &statusError{http.StatusBadRequest, err}
+		}
 		if err != nil {
 			return nil, &statusError{http.StatusNotFound, err}
 		}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -53,6 +54,10 @@ type Options struct {
 	// SpoolDir holds files being written to an object store until close
 	// uploads them (anonymous files: nothing is left after a crash).
 	SpoolDir string
+	// Hidden are names invisible at the dataset's root (Cistern's own
+	// records, archives and trash): no lookup finds them, no listing shows
+	// them, nothing may be created or renamed there under them.
+	Hidden []string
 	// InodeTable is the file that keeps the inode numbers the kernel
 	// sees ("" = memory only): with it they survive a restart.
 	InodeTable string
@@ -149,6 +154,11 @@ func chooseWriter(src source.Source, opts Options) (writer, error) {
 		return objectWriter{src: s, spoolDir: opts.SpoolDir}, nil
 	}
 	return nil, syscall.EROFS
+}
+
+// hidden reports whether name in dir is one of the root's hidden names.
+func (f *FS) hidden(dir *node, name string) bool {
+	return dir.IsRoot() && slices.Contains(f.opts.Hidden, name)
 }
 
 // Unmount unmounts and waits for the server to stop.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -328,5 +329,44 @@ func TestInodeNumbersNeverCollide(t *testing.T) {
 	stA, _ := p.Stat(context.Background(), "a")
 	if got := tab.number("a", stA); got != sa.Ino {
 		t.Errorf("reopened table numbers a %d, the mount showed %d", got, sa.Ino)
+	}
+}
+
+// TestHiddenRootNames: Cistern's own tree at a dataset's root (.cistern:
+// volume records, archives, trash of deleted volumes) is invisible
+// through the mount - a shared volume of the root showed it - and cannot
+// be created or renamed into; the same name deeper down is an ordinary
+// name.
+func TestHiddenRootNames(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{".cistern/trash/old-volume", "team-a/.cistern"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	_, mnt := mountTest(t, p, c, Options{MetaCache: 0, Hidden: []string{".cistern"}})
+	ents, err := os.ReadDir(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Name() == ".cistern" {
+			t.Error("the root lists .cistern")
+		}
+	}
+	if _, err := os.Stat(filepath.Join(mnt, ".cistern/trash")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stat of .cistern/trash through the mount: %v, want not found", err)
+	}
+	if err := os.Mkdir(filepath.Join(mnt, ".cistern"), 0o755); !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("mkdir .cistern: %v, want permission denied", err)
+	}
+	if err := os.Rename(filepath.Join(mnt, "team-a"), filepath.Join(mnt, ".cistern")); !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("rename onto .cistern: %v, want permission denied", err)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "team-a/.cistern")); err != nil {
+		t.Errorf("a .cistern below the root is hidden too: %v", err)
 	}
 }

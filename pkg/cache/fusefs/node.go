@@ -125,6 +125,9 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 
 // Lookup implements gofs.NodeLookuper.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.fsys.hidden(n, name) {
+		return nil, syscall.ENOENT
+	}
 	if in, a, ok := n.fsys.w.pendingChild(n, name); ok {
 		n.fill(a, &out.Attr)
 		return in, 0
@@ -159,6 +162,9 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	}
 	list := make([]fuse.DirEntry, 0, len(ents))
 	for _, e := range ents {
+		if n.fsys.hidden(n, e.Name) {
+			continue
+		}
 		sa := n.fsys.stableAttr(n.child(e.Name), e.Attr)
 		list = append(list, fuse.DirEntry{Name: e.Name, Mode: sa.Mode, Ino: sa.Ino})
 	}

@@ -47,21 +47,33 @@ var (
 
 // Create implements gofs.NodeCreater.
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if n.fsys.hidden(n, name) {
+		return nil, nil, 0, syscall.EACCES
+	}
 	return n.fsys.w.create(ctx, n, name, flags, mode, out)
 }
 
 // Mkdir implements gofs.NodeMkdirer.
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.fsys.hidden(n, name) {
+		return nil, syscall.EACCES
+	}
 	return n.fsys.w.mkdir(ctx, n, name, mode, out)
 }
 
 // Unlink implements gofs.NodeUnlinker.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if n.fsys.hidden(n, name) {
+		return syscall.ENOENT
+	}
 	return n.fsys.w.unlink(ctx, n, name)
 }
 
 // Rmdir implements gofs.NodeRmdirer.
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if n.fsys.hidden(n, name) {
+		return syscall.ENOENT
+	}
 	return n.fsys.w.rmdir(ctx, n, name)
 }
 
@@ -76,6 +88,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	np, ok := newParent.(*node)
 	if !ok {
 		return syscall.EXDEV
+	}
+	if n.fsys.hidden(n, name) || n.fsys.hidden(np, newName) {
+		return syscall.EACCES
 	}
 	return n.fsys.w.rename(ctx, n, name, np, newName)
 }

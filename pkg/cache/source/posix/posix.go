@@ -18,21 +18,28 @@ import (
 // Source serves a directory tree. A symbolic link inside the dataset is
 // shown as a link and never followed by the daemon.
 type Source struct {
-	root Root
+	root SourceRoot
 }
 
 var _ source.Writable = (*Source)(nil)
 
-// New returns a source for the directory root.
+// ErrSymlinkInRoot is returned for a source root reached through a
+// symbolic link.
+var ErrSymlinkInRoot = errors.New("a component of the path is a symbolic link")
+
+// New returns a source for the directory root, which must be a directory
+// reached with no symbolic link on its path.
 func New(root string) (*Source, error) {
-	st, err := os.Stat(root)
+	r := SourceRoot(root)
+	fd, err := r.OpenRoot()
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("posix source %s: %w; name the real directory", root, ErrSymlinkInRoot)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("posix source: %w", err)
 	}
-	if !st.IsDir() {
-		return nil, fmt.Errorf("posix source: %s is not a directory", root)
-	}
-	return &Source{root: Root(root)}, nil
+	unix.Close(fd)
+	return &Source{root: r}, nil
 }
 
 // parent opens the directory holding name and returns it with the base name.

@@ -42,7 +42,8 @@ func OpenAt(dirfd int, name string, flags int, mode uint32) (int, error) {
 }
 
 // Root is a directory tree on the node, opened afresh by path at each call
-// (the share behind it may be remounted).
+// (the share behind it may be remounted). Its own path may hold symbolic
+// links (a mount point under a state directory, say); see SourceRoot.
 type Root string
 
 // OpenRoot opens the root itself as an O_PATH directory.
@@ -56,7 +57,45 @@ func (r Root) OpenRoot() (int, error) {
 
 // Open opens name beneath the root (see OpenAt).
 func (r Root) Open(name string, flags int, mode uint32) (*os.File, error) {
-	rfd, err := r.OpenRoot()
+	return openIn(r.OpenRoot, string(r), name, flags, mode)
+}
+
+// OpenDir opens name beneath the root as an O_PATH directory. Binding
+// /proc/<pid>/fd/<n> of it mounts exactly the directory that was checked.
+func (r Root) OpenDir(name string) (*os.File, error) {
+	return r.Open(name, unix.O_PATH|unix.O_DIRECTORY, 0)
+}
+
+// SourceRoot is a dataset's source root: no component of its own path
+// may be a symbolic link either, so a link planted under a directory an
+// administrator allowed cannot lead a dataset out of it.
+type SourceRoot string
+
+// OpenRoot opens the root itself as an O_PATH directory; a symbolic link
+// anywhere in its path fails with ELOOP.
+func (r SourceRoot) OpenRoot() (int, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, string(r), &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return -1, &fs.PathError{Op: "open", Path: string(r), Err: err}
+	}
+	return fd, nil
+}
+
+// Open opens name beneath the root (see OpenAt).
+func (r SourceRoot) Open(name string, flags int, mode uint32) (*os.File, error) {
+	return openIn(r.OpenRoot, string(r), name, flags, mode)
+}
+
+// OpenDir opens name beneath the root as an O_PATH directory.
+func (r SourceRoot) OpenDir(name string) (*os.File, error) {
+	return r.Open(name, unix.O_PATH|unix.O_DIRECTORY, 0)
+}
+
+func openIn(openRoot func() (int, error), root, name string, flags int, mode uint32) (*os.File, error) {
+	rfd, err := openRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -65,11 +104,5 @@ func (r Root) Open(name string, flags int, mode uint32) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return os.NewFile(uintptr(fd), path.Join(string(r), name)), nil
-}
-
-// OpenDir opens name beneath the root as an O_PATH directory. Binding
-// /proc/<pid>/fd/<n> of it mounts exactly the directory that was checked.
-func (r Root) OpenDir(name string) (*os.File, error) {
-	return r.Open(name, unix.O_PATH|unix.O_DIRECTORY, 0)
+	return os.NewFile(uintptr(fd), path.Join(root, name)), nil
 }
