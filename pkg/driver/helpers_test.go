@@ -2,6 +2,8 @@ package driver
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,11 +19,45 @@ import (
 )
 
 // fakeMounter adds forced unmount to mount-utils' FakeMounter.
-type fakeMounter struct{ *mount.FakeMounter }
+type fakeMounter struct {
+	*mount.FakeMounter
+	shows map[string]string // mount path -> the real directory a bind of it shows
+}
 
 func (f fakeMounter) UnmountWithForce(target string, _ time.Duration) error { return f.Unmount(target) }
 
-func newFakeMounter() fakeMounter { return fakeMounter{mount.NewFakeMounter(nil)} }
+func newFakeMounter() fakeMounter {
+	return fakeMounter{FakeMounter: mount.NewFakeMounter(nil), shows: map[string]string{}}
+}
+
+// Mount records which directory a bind shows (a /proc/<pid>/fd/<n>
+// source is the directory open there; a mounted path shows what it shows).
+func (f fakeMounter) Mount(source, target, fstype string, options []string) error {
+	if err := f.FakeMounter.Mount(source, target, fstype, options); err != nil {
+		return err
+	}
+	real, err := filepath.EvalSymlinks(source)
+	if err != nil {
+		real = source
+	}
+	if shown, ok := f.shows[source]; ok {
+		real = shown
+	}
+	f.shows[target] = real
+	return nil
+}
+
+// SameDir compares what the fake bind at path shows with dir.
+func (f fakeMounter) SameDir(path string, dir *os.File) (bool, error) {
+	want, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", dir.Fd()))
+	if err != nil {
+		return false, err
+	}
+	if shown, ok := f.shows[want]; ok {
+		want = shown
+	}
+	return f.shows[path] == want, nil
+}
 
 // fakeCache stands in for the cache daemon in unit tests: the dataset's
 // "mount" is its source directory itself.

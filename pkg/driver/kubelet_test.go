@@ -175,3 +175,37 @@ func TestVolumeMountGroup(t *testing.T) {
 	_, err = d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: filepath.Join(dir, "s2"), VolumeCapability: withGroup("wheel"), VolumeContext: vol.VolumeContext})
 	wantCode(t, err, codes.InvalidArgument)
 }
+
+// TestExistingMountOfAnotherVolume: a stage or publish that finds a mount
+// at its path accepts it only if it shows this volume (a retry); a mount of
+// another volume is AlreadyExists. Any mount at the path was taken for
+// this volume.
+func TestExistingMountOfAnotherVolume(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newTestDriver(t)
+	root := t.TempDir()
+	a := createTestVolume(t, d, root)
+	resp, err := d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-2", VolumeCapabilities: []*csi.VolumeCapability{rwCap},
+		Parameters: map[string]string{"dataset": "ds", "source": "file://" + root, "access": "read-write", MetaPVCNamespace: "team-a", MetaPVCName: "other"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := resp.GetVolume()
+	dir := t.TempDir()
+	sa, sb, target := filepath.Join(dir, "sa"), filepath.Join(dir, "sb"), filepath.Join(dir, "target")
+	stage := func(v *csi.Volume, at string) error {
+		_, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: at, VolumeCapability: rwCap, VolumeContext: v.VolumeContext})
+		return err
+	}
+	publish := func(v *csi.Volume, staging string) error {
+		_, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: rwCap, VolumeContext: v.VolumeContext})
+		return err
+	}
+	for _, err := range []error{stage(a, sa), stage(a, sa), stage(b, sb), publish(a, sa), publish(a, sa)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantCode(t, stage(b, sa), codes.AlreadyExists)
+	wantCode(t, publish(b, sb), codes.AlreadyExists)
+}

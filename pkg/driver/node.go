@@ -151,6 +151,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	done, err := d.prepareTarget(ctx, target, ro)
+	if err == nil && done {
+		err = d.checkSamePath(target, req.GetStagingTargetPath())
+	}
 	if err != nil || done {
 		if err != nil {
 			d.singleWriters.release(req.GetVolumeId(), target)
@@ -281,20 +284,48 @@ func (d *Driver) release(ctx context.Context, holder string) {
 // escape) and the open descriptor is what gets mounted, so the tree changing
 // between the check and the mount cannot redirect it.
 func (d *Driver) bindDatasetDir(ctx context.Context, root string, id VolumeID, path string, ro bool, flags ...string) error {
-	done, err := d.prepareTarget(ctx, path, ro)
-	if err != nil || done {
-		return err
-	}
 	dir, err := posixDataset{root: root}.OpenDir(id.SubPath)
 	if err != nil {
 		return subPathStatus(err, id.Dataset, id.SubPath)
 	}
 	defer dir.Close()
+	done, err := d.prepareTarget(ctx, path, ro)
+	if err != nil {
+		return err
+	}
+	if done {
+		return d.checkSameDir(path, dir)
+	}
 	src := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), dir.Fd())
 	if err := mounter.BindMount(d.mounter, src, path, ro, flags...); err != nil {
 		return status.Errorf(codes.Internal, "dataset %s, sub-path %q: %v", id.Dataset, id.SubPath, err)
 	}
 	return nil
+}
+
+// checkSameDir accepts an existing mount at path only if it shows dir
+// (a retry of this volume's stage or publish); a mount of anything else is
+// AlreadyExists, never taken for this volume.
+func (d *Driver) checkSameDir(path string, dir *os.File) error {
+	same, err := d.mounter.SameDir(path, dir)
+	if err != nil {
+		return status.Errorf(codes.Internal, "inspect %s: %v", path, err)
+	}
+	if !same {
+		return status.Errorf(codes.AlreadyExists, "%s already holds a mount of another volume", path)
+	}
+	return nil
+}
+
+// checkSamePath is checkSameDir against the directory at want (a staging
+// path).
+func (d *Driver) checkSamePath(path, want string) error {
+	dir, err := os.OpenFile(want, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return status.Errorf(codes.Internal, "open %s: %v", want, err)
+	}
+	defer dir.Close()
+	return d.checkSameDir(path, dir)
 }
 
 // prepareTarget makes path ready for a mount. It reports done when the path
@@ -399,6 +430,12 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		}
 		return nil, status.Errorf(codes.Internal, "volume %s at %s: %s", req.GetVolumeId(), req.GetVolumePath(), h.Message)
 	}
+	if id.Source.IsS3() {
+		// An object store has no size and no inode count: the figures
+		// are unknown (the mount's statfs shows room, not a size).
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES}}}, nil
+	}
+	// The source's file system, as the dataset's mount reports it.
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(req.GetVolumePath(), &sfs); err != nil {
 		return nil, status.Errorf(codes.Internal, "statfs %s: %v", req.GetVolumePath(), err)

@@ -20,11 +20,28 @@ import (
 // interface plus forced unmount.
 type Interface interface {
 	mount.MounterForceUnmounter
+	// SameDir reports whether path shows the directory dir: a bind mount
+	// of it (what a retried stage or publish finds), not of another one.
+	SameDir(path string, dir *os.File) (bool, error)
 }
 
 // New returns the real mounter.
 func New() Interface {
-	return mount.New("").(*mount.Mounter)
+	return realMounter{mount.New("").(*mount.Mounter)}
+}
+
+type realMounter struct{ *mount.Mounter }
+
+// SameDir compares the device and inode of path with dir's.
+func (realMounter) SameDir(path string, dir *os.File) (bool, error) {
+	var a, b unix.Stat_t
+	if err := unix.Stat(path, &a); err != nil {
+		return false, err
+	}
+	if err := unix.Fstat(int(dir.Fd()), &b); err != nil {
+		return false, err
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
 }
 
 // BindMount bind-mounts source on target, read-only if ro (the kernel then

@@ -59,10 +59,13 @@ type MountRequest struct {
 }
 
 // Key returns the dataset key of a request: it hashes the source, the
-// options that change what is served, and the identity of the credentials,
-// so two secrets never share a mount.
-func (r *MountRequest) Key() string {
+// options that change what is served, and the credentials, so two secrets
+// never share a mount. salt is the node's own secret: the key shows in
+// paths, mounts and stats, and without it anyone could confirm a guessed
+// credential by hashing it.
+func (r *MountRequest) Key(salt []byte) string {
 	h := sha256.New()
+	h.Write(salt)
 	fmt.Fprintf(h, "source=%s\x00ro=%t\x00pattern=%s\x00metacache=%s\x00", r.Source, r.ReadOnly, r.AccessPattern, r.MetaCache)
 	if r.UID != 0 || r.GID != 0 || r.FileMode != 0 || r.DirMode != 0 || r.MountGroup != "" {
 		fmt.Fprintf(h, "owner=%d:%d\x00modes=%o:%o\x00group=%s\x00", r.UID, r.GID, r.FileMode, r.DirMode, r.MountGroup)

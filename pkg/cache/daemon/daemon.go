@@ -7,8 +7,10 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -33,6 +35,7 @@ type Daemon struct {
 	log      klog.Logger
 	cache    *cache.Cache
 	memMount string          // the tmpfs of the memory tier, or ""
+	salt     []byte          // the node's secret in dataset keys
 	ctx      context.Context // cancelled by Close; owns mount-time warm-ups
 	stop     context.CancelFunc
 	wg       sync.WaitGroup // mount-time warm-ups
@@ -56,6 +59,9 @@ func New(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{opts: opts, log: klog.Background(), datasets: map[string]*mounted{}, mounting: map[string]chan struct{}{}, holders: map[string]string{}}
+	if d.salt, err = loadSalt(filepath.Join(opts.StateDir, "key-salt")); err != nil {
+		return nil, err
+	}
 	d.ctx, d.stop = context.WithCancel(context.Background())
 	for _, t := range tiers {
 		if t.Name == "mem" {
@@ -158,4 +164,32 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	os.Remove(d.opts.Socket)
 	return errors.Join(err, d.Close())
+}
+
+// loadSalt reads the node's key salt, making it on first start (32 random
+// bytes, 0600). It is kept so that keys, and so the cache, survive a
+// restart.
+func loadSalt(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) == 32 {
+		return b, nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("key salt: %w", err)
+	}
+	b = make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return nil, fmt.Errorf("key salt: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("key salt: %w", err)
+	}
+	return b, nil
 }

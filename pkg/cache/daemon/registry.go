@@ -40,7 +40,7 @@ func (d *Daemon) Mount(ctx context.Context, req api.MountRequest) (api.MountResp
 	if err := req.Validate(); err != nil {
 		return api.MountResponse{}, &statusError{http.StatusBadRequest, err}
 	}
-	key := req.Key()
+	key := req.Key(d.salt)
 	secrets := req.Secrets
 	req.Secrets = nil
 	for {

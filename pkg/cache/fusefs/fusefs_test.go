@@ -370,3 +370,27 @@ func TestHiddenRootNames(t *testing.T) {
 		t.Errorf("a .cistern below the root is hidden too: %v", err)
 	}
 }
+
+// TestStatfsIsTheSource: the mount of a POSIX dataset reports the source's
+// own file-system figures (NodeGetVolumeStats reads them); it reported a
+// constant 1 PiB free and nothing used.
+func TestStatfsIsTheSource(t *testing.T) {
+	root := t.TempDir()
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	_, mnt := mountTest(t, p, c, Options{ReadOnly: true, MetaCache: time.Hour})
+	var want, got syscall.Statfs_t
+	if err := syscall.Statfs(root, &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Statfs(mnt, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Blocks != want.Blocks || got.Bsize != want.Bsize || got.Files != want.Files {
+		t.Errorf("the mount reports %d blocks of %d, %d inodes; the source has %d of %d, %d", got.Blocks, got.Bsize, got.Files, want.Blocks, want.Bsize, want.Files)
+	}
+	if used := got.Blocks - got.Bfree; want.Blocks-want.Bfree > 0 && used == 0 {
+		t.Error("the mount reports nothing used")
+	}
+}

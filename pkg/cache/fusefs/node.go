@@ -183,8 +183,20 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte(a.Target), 0
 }
 
-// Statfs implements gofs.NodeStatfser.
+// Statfs implements gofs.NodeStatfser: the source's own figures where it
+// has them (a POSIX tree); an object store has no size, and shows a large
+// free space so that tools that check before writing do not refuse.
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	if s, ok := n.fsys.src.(source.StatFSer); ok {
+		st, err := s.StatFS(ctx)
+		if err != nil {
+			return source.Errno(err)
+		}
+		out.Bsize, out.Frsize, out.NameLen = st.Bsize, st.Bsize, st.NameLen
+		out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
+		out.Files, out.Ffree = st.Files, st.Ffree
+		return 0
+	}
 	out.Bsize = 1 << 20
 	out.Frsize = 1 << 20
 	out.NameLen = 255

@@ -100,6 +100,20 @@ type Writable interface {
 	Rename(ctx context.Context, from, to string) error
 }
 
+// FSStats are a source's file-system figures, as statfs(2) has them.
+type FSStats struct {
+	Bsize                 uint32
+	Blocks, Bfree, Bavail uint64
+	Files, Ffree          uint64
+	NameLen               uint32
+}
+
+// StatFSer is a source that knows its file system's size and use (a POSIX
+// tree does; an object store does not).
+type StatFSer interface {
+	StatFS(ctx context.Context) (FSStats, error)
+}
+
 // Versioned reads one version of a file: a store that can make a read
 // conditional (S3 If-Match on the ETag) implements it, so a block of a newer
 // version is never stored under an older one's index. A read of a version

@@ -218,6 +218,22 @@ func (p *Source) Truncate(_ context.Context, name string, size int64) error {
 	return f.Truncate(size)
 }
 
+// StatFS implements source.StatFSer: the figures of the file system the
+// tree lives on.
+func (p *Source) StatFS(context.Context) (source.FSStats, error) {
+	fd, err := p.root.OpenRoot()
+	if err != nil {
+		return source.FSStats{}, err
+	}
+	defer unix.Close(fd)
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return source.FSStats{}, &fs.PathError{Op: "statfs", Path: string(p.root), Err: err}
+	}
+	return source.FSStats{Bsize: uint32(st.Bsize), Blocks: st.Blocks, Bfree: st.Bfree, Bavail: st.Bavail,
+		Files: st.Files, Ffree: st.Ffree, NameLen: uint32(st.Namelen)}, nil
+}
+
 // SetAttr implements source.Writable. The file is opened beneath the root
 // without following links (O_PATH), and changed through that descriptor.
 func (p *Source) SetAttr(_ context.Context, name string, c source.AttrChange) error {

@@ -246,7 +246,12 @@ func (s *Source) ReadAtVersion(ctx context.Context, name, fingerprint string, p 
 	if n, ok := s.takeHead(name, fingerprint, p, off); ok {
 		return n, nil
 	}
-	etag, _ := strings.CutPrefix(fingerprint, "etag:")
+	// A fingerprint of an object the store gave no ETag (some stores and
+	// gateways do not) makes the read unconditional.
+	etag, ok := strings.CutPrefix(fingerprint, "etag:")
+	if !ok {
+		etag = ""
+	}
 	n, err := s.c.ReadAtProgress(ctx, name, etag, p, off, progress)
 	if errors.Is(err, syscall.ESTALE) {
 		s.forget(name)

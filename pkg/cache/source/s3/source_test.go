@@ -10,6 +10,7 @@ import (
 
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
 
 // TestS3ListingAnswersLookups: a lookup lists its directory once and its
@@ -69,5 +70,21 @@ func TestS3LookupBringsSmallFiles(t *testing.T) {
 	e.Srv.Thaw()
 	if err != nil || n != len(want) || !bytes.Equal(got, want) {
 		t.Fatalf("first read after the lookup, store frozen: %d, %v", n, err)
+	}
+}
+
+// TestS3ObjectWithoutETagIsReadable: a store that gives no ETag makes a
+// size-and-time fingerprint; a read of that version must not send it as
+// If-Match (the store answered 412 and the file could never be read).
+func TestS3ObjectWithoutETagIsReadable(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	src := New(e.Client(t, s3store.Config{}), Options{MetaCache: time.Hour})
+	name := "day-03/sym-8.csv"
+	want := e.Files[name]
+	a := source.Attr{Size: int64(len(want)), Mtime: time.Unix(1700000000, 0)} // no ETag
+	got := make([]byte, len(want))
+	n, err := src.ReadAtVersion(context.Background(), name, a.Fingerprint(), got, 0, nil)
+	if err != nil || n != len(want) || !bytes.Equal(got, want) {
+		t.Fatalf("read of an object known without an ETag: %d bytes, %v", n, err)
 	}
 }
