@@ -92,16 +92,34 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	store := d.records(p.Source, p.ReadOnly(), ds)
 
-	d.recordsMu.Lock()
+	// The record check, the directory and the record are one step for
+	// this subtree: a DeleteVolume of an overlapping volume cannot remove
+	// the directory between them.
+	release := d.subtrees.lock(p.Source.String(), sub)
+	defer release()
 	old, err := store.Get(ctx, id.NameHash)
-	d.recordsMu.Unlock()
 	switch {
 	case err == nil && old.Fingerprint != rec.Fingerprint:
 		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other parameters or capacity", req.GetName())
+	case err == nil && old.Deleting:
+		return nil, status.Errorf(codes.Aborted, "volume %q is being deleted", req.GetName())
 	case err == nil:
 		rec = old // idempotent retry: same volume, same answer
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, recordStatus("read", err)
+	default:
+		old = nil
+	}
+	if !p.ReadOnly() && old == nil {
+		all, err := store.List(ctx)
+		if err != nil {
+			return nil, recordStatus("list", err)
+		}
+		for _, o := range all {
+			if o.Deleting && overlaps(o.SubPath, sub) {
+				return nil, status.Errorf(codes.Aborted, "sub-directory %q of dataset %s overlaps volume %q, which is being deleted; retry when it is gone", sub, p.Dataset, o.Name)
+			}
+		}
 	}
 
 	if p.ReadOnly() {
@@ -117,10 +135,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 
 	if old == nil {
-		d.recordsMu.Lock()
-		err := store.Put(ctx, id.NameHash, rec)
-		d.recordsMu.Unlock()
-		if err != nil {
+		if err := store.Put(ctx, id.NameHash, rec); err != nil {
 			return nil, recordStatus("write", err)
 		}
 		logger.Info("Volume created", "volumeID", rec.VolumeID, "dataset", p.Dataset, "subPath", sub)
@@ -159,11 +174,26 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	}
 	store := d.records(id.Source, id.ReadOnly, ds)
 
-	d.recordsMu.Lock()
-	after, err := d.deleteLocked(ctx, id, req.GetVolumeId(), ds, store)
-	d.recordsMu.Unlock()
+	// Decide under the subtree's lock, mark the record, and remove or
+	// archive the directory without it (that may be long: an S3 prefix
+	// of many objects); then drop the record under the lock again.
+	release := d.subtrees.lock(id.Source.String(), id.SubPath)
+	rec, remove, err := d.decideDelete(ctx, id, req.GetVolumeId(), store)
+	release()
+	if err != nil || rec == nil {
+		return &csi.DeleteVolumeResponse{}, err
+	}
+	var after func() error
+	if remove {
+		if after, err = d.removeData(ctx, id, ds); err != nil {
+			return nil, err // the record stays marked: the retry removes again
+		}
+	}
+	release = d.subtrees.lock(id.Source.String(), id.SubPath)
+	err = store.Delete(ctx, id.NameHash)
+	release()
 	if err != nil {
-		return nil, err
+		return nil, recordStatus("delete", err)
 	}
 	if after != nil {
 		if err := after(); err != nil {
@@ -175,46 +205,52 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
-// deleteLocked runs under recordsMu. It returns the clean-up to run
-// outside the lock (emptying the trash), if any.
-func (d *Driver) deleteLocked(ctx context.Context, id VolumeID, rawID string, ds dataset, store records) (func() error, error) {
+// decideDelete runs under the subtree's lock. It returns the volume's
+// record (nil: nothing to do) and whether its directory is to be removed,
+// in which case the record is marked Deleting first. It only ever removes
+// the volume's own sub-directory, and only when no other volume's
+// sub-path is the same, inside it or around it.
+func (d *Driver) decideDelete(ctx context.Context, id VolumeID, rawID string, store records) (*volumeRecord, bool, error) {
 	logger := klog.FromContext(ctx)
 	rec, err := store.Get(ctx, id.NameHash)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Never created by us, or already deleted: never delete data
 		// without the record of the volume that owns it.
-		return nil, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, recordStatus("read", err)
+		return nil, false, recordStatus("read", err)
 	}
 	if rec.VolumeID != rawID {
 		logger.Info("Volume record belongs to another volume ID; nothing deleted", "recordVolumeID", rec.VolumeID)
-		return nil, nil
+		return nil, false, nil
 	}
-	var after func() error
-	if id.OnDelete != Retain && id.SubPath != "" {
-		all, err := store.List(ctx)
-		if err != nil {
-			return nil, recordStatus("list", err)
-		}
-		var sharers []string
-		for _, o := range all {
-			if o.VolumeID != rawID && overlaps(o.SubPath, id.SubPath) {
-				sharers = append(sharers, o.Name)
-			}
-		}
-		if len(sharers) > 0 {
-			sort.Strings(sharers)
-			logger.Info("Sub-directory retained: other volumes use it", "subPath", id.SubPath, "onDelete", id.OnDelete, "sharedWith", strings.Join(sharers, ","))
-		} else if after, err = d.removeData(ctx, id, ds); err != nil {
-			return nil, err
+	if rec.Deleting {
+		return rec, true, nil // a retry: decided before
+	}
+	if id.OnDelete == Retain || id.SubPath == "" {
+		return rec, false, nil
+	}
+	all, err := store.List(ctx)
+	if err != nil {
+		return nil, false, recordStatus("list", err)
+	}
+	var sharers []string
+	for _, o := range all {
+		if o.VolumeID != rawID && overlaps(o.SubPath, id.SubPath) {
+			sharers = append(sharers, o.Name)
 		}
 	}
-	if err := store.Delete(ctx, id.NameHash); err != nil {
-		return after, recordStatus("delete", err)
+	if len(sharers) > 0 {
+		sort.Strings(sharers)
+		logger.Info("Sub-directory retained: other volumes use it", "subPath", id.SubPath, "onDelete", id.OnDelete, "sharedWith", strings.Join(sharers, ","))
+		return rec, false, nil
 	}
-	return after, nil
+	rec.Deleting = true
+	if err := store.Put(ctx, id.NameHash, rec); err != nil {
+		return nil, false, recordStatus("write", err)
+	}
+	return rec, true, nil
 }
 
 // removeData deletes or archives the volume's sub-directory. A directory that

@@ -207,3 +207,51 @@ func TestSourceRootThroughSymlinkRefused(t *testing.T) {
 		t.Error("the controller wrote through the link")
 	}
 }
+
+// TestRecreatedVolumeWhileDeleting: a PVC deleted and created again under
+// the same name resolves to the same sub-directory; the new CreateVolume
+// must not take that directory while the old volume's DeleteVolume is
+// removing it (it created the directory outside the records lock, and the
+// delete trashed the new volume's directory). It is Aborted until the
+// deletion is done, then created afresh.
+func TestRecreatedVolumeWhileDeleting(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newTestDriver(t)
+	root := t.TempDir()
+	old, err := d.CreateVolume(ctx, createReq("claim", root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := ParseVolumeID(old.Volume.VolumeId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := d.openDataset(id.Source, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := d.records(id.Source, id.ReadOnly, ds)
+	// The first half of the old volume's DeleteVolume: decided and marked.
+	if _, remove, err := d.decideDelete(ctx, id, old.Volume.VolumeId, store); err != nil || !remove {
+		t.Fatalf("decideDelete = %t, %v; want a removal", remove, err)
+	}
+	// The recreated PVC (another PV name, the same sub-directory).
+	recreated := createReq("claim-2", root)
+	recreated.Parameters[MetaPVCName] = "claim"
+	_, err = d.CreateVolume(ctx, recreated)
+	wantCode(t, err, codes.Aborted)
+	// The old volume's delete completes (a retry finishes the marked removal).
+	if _, err := d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: old.Volume.VolumeId}); err != nil {
+		t.Fatal(err)
+	}
+	nv, err := d.CreateVolume(ctx, recreated)
+	if err != nil {
+		t.Fatalf("CreateVolume after the deletion: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "team-a/claim")); err != nil {
+		t.Fatalf("the recreated volume's directory is missing: %v", err)
+	}
+	if nv.Volume.VolumeId == old.Volume.VolumeId {
+		t.Error("the recreated volume has the old volume's ID")
+	}
+}

@@ -8,7 +8,6 @@ package driver
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
@@ -28,8 +27,9 @@ const (
 // Driver serves the CSI services that Options.Mode selects.
 //
 // Lock order: a volume or path try-lock (volumeLocks, pathLocks) is taken
-// first; recordsMu is taken inside it, only around record reads and writes
-// and the rename that removes a volume, never around a mount or a tree walk.
+// first; a subtree lock (subtrees) is taken inside it, only around record
+// reads and writes and the creation of a volume's directory, never around
+// a mount, a tree walk or the removal of a directory.
 type Driver struct {
 	csi.UnimplementedIdentityServer
 	csi.UnimplementedControllerServer
@@ -45,7 +45,7 @@ type Driver struct {
 	// singleWriters holds single-writer volumes to one target path.
 	singleWriters *singleWriters
 
-	recordsMu sync.Mutex // serialises record updates so overlap checks see a stable set
+	subtrees *subtreeLocks // orders record work on overlapping sub-paths (see subtreeLocks)
 }
 
 // CacheClient is the node service's view of the cache daemon: the daemon
@@ -74,5 +74,6 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 		volumeLocks:   newKeyLocks(),
 		pathLocks:     newKeyLocks(),
 		singleWriters: newSingleWriters(),
+		subtrees:      newSubtreeLocks(),
 	}, nil
 }

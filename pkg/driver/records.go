@@ -26,6 +26,9 @@ type volumeRecord struct {
 	Fingerprint   string    `json:"fingerprint"`
 	CapacityBytes int64     `json:"capacityBytes"`
 	Created       time.Time `json:"created"`
+	// Deleting marks a volume whose directory is being removed or
+	// archived: no volume that overlaps it is created meanwhile.
+	Deleting bool `json:"deleting,omitempty"`
 }
 
 // records stores volumeRecords by name hash.
