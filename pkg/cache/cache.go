@@ -123,6 +123,9 @@ type Cache struct {
 	env   *itemEnv // what every item shares: fetcher, open files, counters
 	clean *cleaner
 
+	dirtyMu sync.Mutex
+	dirty   map[*Item]struct{} // guarded by dirtyMu (a leaf lock); items whose index is behind
+
 	mu    sync.Mutex
 	items map[string]*Item     // guarded by mu; by itemKey
 	perDS map[string]*counters // guarded by mu; per-dataset counters
@@ -140,6 +143,7 @@ func New(opts Options) (*Cache, error) {
 		log:   opts.Logger,
 		items: map[string]*Item{},
 		perDS: map[string]*counters{},
+		dirty: map[*Item]struct{}{},
 	}
 	c.clean = newCleaner(opts.CleanInterval, c.cleanTiers)
 	c.env = &itemEnv{
@@ -149,6 +153,7 @@ func New(opts Options) (*Cache, error) {
 		fetch:     newFetcher(opts.MaxFetches),
 		files:     newOpenFiles(opts.MaxOpenFiles),
 		kick:      c.clean.kick,
+		markDirty: c.markDirty,
 		total:     &counters{},
 		log:       opts.Logger,
 	}
@@ -157,7 +162,7 @@ func New(opts Options) (*Cache, error) {
 			c.env.fetch.close()
 			return nil, fmt.Errorf("cache tier %s: %w", t.Name, err)
 		}
-		c.tiers = append(c.tiers, &tier{TierOptions: t})
+		c.tiers = append(c.tiers, &tier{TierOptions: t, index: len(c.tiers)})
 	}
 	for _, t := range c.tiers {
 		if err := c.load(t); err != nil {
@@ -170,10 +175,12 @@ func New(opts Options) (*Cache, error) {
 }
 
 // Close stops background work (the cleaner, read-ahead and every fetch in
-// flight, which it waits for) and saves every index.
+// flight, which it waits for), saves the indexes that are behind and closes
+// the open data files.
 func (c *Cache) Close() error {
 	c.clean.close()
 	c.env.fetch.close()
+	c.saveDirty()
 	c.mu.Lock()
 	items := make([]*Item, 0, len(c.items))
 	for _, it := range c.items {
@@ -182,9 +189,29 @@ func (c *Cache) Close() error {
 	c.mu.Unlock()
 	var errs []error
 	for _, it := range items {
-		errs = append(errs, it.save(), it.closeFile())
+		errs = append(errs, it.closeFile())
 	}
 	return errors.Join(errs...)
+}
+
+// markDirty remembers that it's index is behind its blocks.
+func (c *Cache) markDirty(it *Item) {
+	c.dirtyMu.Lock()
+	c.dirty[it] = struct{}{}
+	c.dirtyMu.Unlock()
+}
+
+// saveDirty writes the indexes that are behind.
+func (c *Cache) saveDirty() {
+	c.dirtyMu.Lock()
+	items := c.dirty
+	c.dirty = map[*Item]struct{}{}
+	c.dirtyMu.Unlock()
+	for it := range items {
+		if err := it.save(); err != nil {
+			c.log.Error(err, "Saving a cache index failed", "dataset", it.dataset, "path", it.name)
+		}
+	}
 }
 
 // BlockSize returns the fetch unit.
@@ -200,6 +227,7 @@ func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
 		it = newItem(c.env, c.placement(a.Size), dataset, name, c.countersLocked(dataset))
 		it.resetLocked(a) // not yet shared, and nothing to retire
 		c.items[key] = it
+		it.ctr.files.Add(1)
 	}
 	it.atime.Store(time.Now().UnixNano())
 	c.mu.Unlock()
@@ -227,14 +255,36 @@ func (c *Cache) placement(size int64) *tier {
 	return c.tiers[len(c.tiers)-1]
 }
 
-// evict drops every cached item of dataset under prefix ("" = all).
-func (c *Cache) evict(dataset, prefix string) int {
+// evictName drops the cached item of dataset/name, if any: what a write,
+// a create, an unlink or a rename of a file costs, whatever the number of
+// cached files.
+func (c *Cache) evictName(dataset, name string) int {
+	key := itemKey(dataset, name)
+	c.mu.Lock()
+	it := c.items[key]
+	if it != nil {
+		delete(c.items, key)
+		it.ctr.files.Add(-1)
+	}
+	c.mu.Unlock()
+	if it == nil {
+		return 0
+	}
+	it.remove()
+	return 1
+}
+
+// evictTree drops every cached item of dataset at or under prefix ("" =
+// all): a scan of the items, for a directory renamed or an evict asked
+// for by an administrator.
+func (c *Cache) evictTree(dataset, prefix string) int {
 	c.mu.Lock()
 	var victims []*Item
 	for k, it := range c.items {
 		if it.dataset == dataset && (prefix == "" || it.name == prefix || strings.HasPrefix(it.name, prefix+"/")) {
 			victims = append(victims, it)
 			delete(c.items, k)
+			it.ctr.files.Add(-1)
 		}
 	}
 	c.mu.Unlock()
@@ -268,14 +318,16 @@ func (c *Cache) load(t *tier) error {
 			// Two generations of one file (a crash between a reset and
 			// the removal of the old one): keep the newer.
 			if prev.atime.Load() >= it.atime.Load() {
+				it.addBytesLocked(-it.presentBytes())
 				it.removeFiles()
 				continue
 			}
-			prev.tier.used.Add(-prev.presentBytes())
+			prev.addBytesLocked(-prev.presentBytes())
+			prev.ctr.files.Add(-1)
 			prev.removeFiles()
 		}
 		c.items[key] = it
-		t.used.Add(it.presentBytes())
+		it.ctr.files.Add(1)
 	}
 	return nil
 }

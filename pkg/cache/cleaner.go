@@ -63,6 +63,7 @@ func (cl *cleaner) close() {
 func (c *Cache) Clean() { c.cleanTiers() }
 
 func (c *Cache) cleanTiers() {
+	c.saveDirty()
 	for _, t := range c.tiers {
 		c.cleanTier(t)
 	}
@@ -87,28 +88,41 @@ func (c *Cache) overFull(t *tier) int64 {
 }
 
 // cleanTier evicts least recently used items of t that no one is reading
-// until t is under its low watermark.
+// until t is under its low watermark. Only the candidates are collected
+// under the cache's lock; they are sorted outside it.
 func (c *Cache) cleanTier(t *tier) {
 	need := c.overFull(t)
 	if need <= 0 {
 		return
 	}
+	type cand struct {
+		it    *Item
+		atime int64
+	}
 	c.mu.Lock()
-	var cands []*Item
+	cands := make([]cand, 0, len(c.items)/len(c.tiers)+1)
 	for _, it := range c.items {
-		if it.tier == t && it.busy.Load() == 0 {
-			cands = append(cands, it)
+		if it.tier == t {
+			cands = append(cands, cand{it, it.atime.Load()})
 		}
 	}
-	sort.Slice(cands, func(i, j int) bool { return cands[i].atime.Load() < cands[j].atime.Load() })
+	c.mu.Unlock()
+	sort.Slice(cands, func(i, j int) bool { return cands[i].atime < cands[j].atime })
 	var victims []*Item
-	for _, it := range cands {
+	c.mu.Lock()
+	for _, cd := range cands {
 		if need <= 0 {
 			break
 		}
+		it := cd.it
+		key := itemKey(it.dataset, it.name)
+		if c.items[key] != it || it.busy.Load() != 0 {
+			continue // gone, replaced or in use meanwhile
+		}
 		need -= it.presentBytes()
 		victims = append(victims, it)
-		delete(c.items, itemKey(it.dataset, it.name))
+		delete(c.items, key)
+		it.ctr.files.Add(-1)
 	}
 	c.mu.Unlock()
 	for _, it := range victims {

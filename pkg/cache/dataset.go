@@ -127,9 +127,12 @@ func (d *Dataset) CompleteFile(name string, a source.Attr) *os.File {
 	return f
 }
 
-// Evict drops the cached files under prefix ("" = all) and returns how
-// many.
-func (d *Dataset) Evict(prefix string) int { return d.c.evict(d.key, prefix) }
+// EvictFile drops the cached copy of the file name (a constant cost).
+func (d *Dataset) EvictFile(name string) int { return d.c.evictName(d.key, name) }
+
+// EvictTree drops the cached files at or under prefix ("" = all) and
+// returns how many (a scan of the cache: for directories).
+func (d *Dataset) EvictTree(prefix string) int { return d.c.evictTree(d.key, prefix) }
 
 // Stats returns the dataset's counters and cached bytes.
 func (d *Dataset) Stats() DatasetStats { return d.c.datasetStats(d.key) }

@@ -33,6 +33,7 @@ func (it *Item) save() error {
 		return nil
 	}
 	gen, metaPath := it.gen, it.metaPath
+	it.unsaved = 0
 	m := itemMeta{Dataset: it.dataset, Name: it.name, Fingerprint: it.fingerprint, Size: it.size,
 		BlockSize: it.env.blockSize, Present: append([]bool(nil), it.present...), Sums: append([]uint32(nil), it.sums...), Atime: it.atime.Load()}
 	it.mu.Unlock()
@@ -52,6 +53,7 @@ func (it *Item) save() error {
 		// are gone.
 		return os.Remove(tmp)
 	}
+	it.env.total.indexWrites.Add(1)
 	return os.Rename(tmp, metaPath)
 }
 
@@ -86,7 +88,7 @@ func (it *Item) loadIndex(m itemMeta, metaPath string) error {
 	for bl, p := range m.Present {
 		if p {
 			it.presentCount++
-			it.bytes.Add(min(bs, m.Size-int64(bl)*bs))
+			it.addBytesLocked(min(bs, m.Size-int64(bl)*bs))
 		}
 	}
 	it.atime.Store(m.Atime)

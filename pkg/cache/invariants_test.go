@@ -105,6 +105,29 @@ func checkInvariants(t reporter, c *Cache) {
 		used[it.tier] += it.bytes.Load()
 		it.mu.Unlock()
 	}
+	files := map[*counters]int64{}
+	dsBytes := map[*counters][]int64{}
+	for _, it := range c.items {
+		files[it.ctr]++
+		if dsBytes[it.ctr] == nil {
+			dsBytes[it.ctr] = make([]int64, len(c.tiers))
+		}
+		dsBytes[it.ctr][it.tier.index] += it.bytes.Load()
+	}
+	for name, ct := range c.perDS {
+		if got := ct.files.Load(); got != files[ct] {
+			t.Errorf("dataset %s counts %d files, the map holds %d", name, got, files[ct])
+		}
+		for i, tr := range c.tiers {
+			var want int64
+			if dsBytes[ct] != nil {
+				want = dsBytes[ct][i]
+			}
+			if got := ct.tierBytes[i].Load(); got != want {
+				t.Errorf("dataset %s counts %d bytes in tier %s, its items hold %d", name, got, tr.Name, want)
+			}
+		}
+	}
 	c.mu.Unlock()
 	for _, tr := range c.tiers {
 		if got := tr.used.Load(); got != used[tr] {
@@ -160,6 +183,8 @@ func TestCheckInvariantsCatchesDrift(t *testing.T) {
 		{"present count", func() { it.presentCount++ }, func() { it.presentCount-- }, "presentCount"},
 		{"item bytes", func() { it.bytes.Add(7); c.tiers[0].used.Add(7) }, func() { it.bytes.Add(-7); c.tiers[0].used.Add(-7) }, "present blocks hold"},
 		{"removed in the map", func() { it.removed = true }, func() { it.removed = false }, "removed"},
+		{"dataset files", func() { it.ctr.files.Add(1) }, func() { it.ctr.files.Add(-1) }, "counts 2 files"},
+		{"dataset bytes", func() { it.ctr.tierBytes[0].Add(3) }, func() { it.ctr.tierBytes[0].Add(-3) }, "bytes in tier"},
 		{"verified, not present", func() { it.present[1] = false }, func() { it.present[1] = true }, "verified but not present"},
 		{"checksum", func() { it.sums[0]++ }, func() { it.sums[0]-- }, "checksum"},
 	} {

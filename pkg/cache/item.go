@@ -33,8 +33,9 @@ type itemEnv struct {
 	readAhead int
 	fetch     *fetcher
 	files     *openFiles
-	kick      func()    // wakes the cleaner
-	total     *counters // node-wide counters
+	kick      func()      // wakes the cleaner
+	markDirty func(*Item) // the item's index is behind: the cleaner saves it
+	total     *counters   // node-wide counters
 	log       klog.Logger
 }
 
@@ -66,6 +67,7 @@ type Item struct {
 	inflight     map[int64]*fetchCall // guarded by mu
 	lastEnd      int64                // guarded by mu; end of the last read, for read-ahead
 	raWindow     int                  // guarded by mu; blocks read ahead: 1, 2, 4... up to readAhead
+	unsaved      int                  // guarded by mu; blocks stored since the index was written
 	file         *os.File             // guarded by mu; the open data file, or nil
 	removed      bool                 // guarded by mu; evicted: nothing may be stored or saved
 	// INVARIANT: an item's data and index files are named by its own
@@ -135,7 +137,7 @@ func (it *Item) resetLocked(a source.Attr) retired {
 		it.dataPath, it.metaPath = it.newPaths()
 	}
 	nb := (a.Size + it.env.blockSize - 1) / it.env.blockSize
-	it.tier.used.Add(-it.bytes.Swap(0))
+	it.addBytesLocked(-it.bytes.Load())
 	it.fingerprint, it.size = a.Fingerprint(), a.Size
 	it.gen++
 	it.present, it.verified, it.sums = make([]bool, nb), make([]bool, nb), make([]uint32, nb)
@@ -161,6 +163,15 @@ func (it *Item) blockLenLocked(b int64) int64 {
 }
 
 func (it *Item) presentBytes() int64 { return it.bytes.Load() }
+
+// addBytesLocked counts n more bytes present in the item, its tier and its
+// dataset's share of the tier; it.mu is held (or the item is not shared
+// yet).
+func (it *Item) addBytesLocked(n int64) {
+	it.bytes.Add(n)
+	it.tier.used.Add(n)
+	it.ctr.tierBytes[it.tier.index].Add(n)
+}
 
 // readAt reads p at off (within the file's size, off < end) block by
 // block and starts read-ahead when reads are sequential.
@@ -254,8 +265,7 @@ func (it *Item) verify(b int64) bool {
 	}
 	it.present[b] = false
 	it.presentCount--
-	it.bytes.Add(-bl)
-	it.tier.used.Add(-bl)
+	it.addBytesLocked(-bl)
 	it.env.total.corrupt.Add(1)
 	return false
 }
@@ -356,14 +366,27 @@ func (it *Item) store(b int64, buf []byte, gen uint64) error {
 	}
 	it.present[b], it.verified[b], it.sums[b] = true, true, sum
 	it.presentCount++
-	it.bytes.Add(bl)
-	t.used.Add(bl)
+	it.addBytesLocked(bl)
+	// The index is written every saveEvery blocks and when the file is
+	// complete, not after every block (a large file's index is rewritten
+	// whole each time); the cleaner writes the rest within its interval,
+	// and Close all. A crash forgets at most the blocks since: they are
+	// fetched again.
+	it.unsaved++
+	flush := it.unsaved >= saveEvery || it.presentCount == int64(len(it.present))
 	it.mu.Unlock()
 	if t.used.Load() > int64(float64(t.Quota)*it.env.lowWater) {
 		it.env.kick()
 	}
+	if !flush {
+		it.env.markDirty(it)
+		return nil
+	}
 	return it.save()
 }
+
+// saveEvery is how many stored blocks an item's index may lag behind.
+const saveEvery = 64
 
 // noteRead starts read-ahead when reads are sequential.
 func (it *Item) noteRead(src source.Source, off, end int64) {

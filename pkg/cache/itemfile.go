@@ -158,7 +158,7 @@ func (it *Item) remove() {
 	it.removed = true
 	f := it.file
 	it.file = nil
-	it.tier.used.Add(-it.bytes.Swap(0))
+	it.addBytesLocked(-it.bytes.Load())
 	it.mu.Unlock()
 	if f != nil {
 		f.Close()

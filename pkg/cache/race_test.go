@@ -30,6 +30,7 @@ func TestEvictedItemNeverClobbersItsSuccessor(t *testing.T) {
 	c.mu.Lock()
 	old := c.items[itemKey("ds", "f")]
 	delete(c.items, itemKey("ds", "f"))
+	old.ctr.files.Add(-1)
 	c.mu.Unlock()
 	// A reader in between makes and fills a new item.
 	readAll(t, c, p, "f")

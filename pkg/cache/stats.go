@@ -31,10 +31,18 @@ type DatasetStats struct {
 	TierBytes   map[string]int64
 }
 
-// counters count what the engine did, node-wide or for one dataset (which
-// uses hits, misses and sourceBytes only).
+// counters count what the engine did, node-wide or for one dataset. A
+// dataset's also say what it holds, kept as items come and go so that
+// stats and metrics cost the same at a thousand cached files as at a
+// million.
 type counters struct {
 	hits, misses, readThrough, corrupt, sourceBytes, evictions atomic.Int64
+	indexWrites                                                atomic.Int64 // node-wide: index files written
+
+	// INVARIANT: a dataset's files is the number of its items in the
+	// map, and tierBytes[i] the sum of their bytes in tier i.
+	files     atomic.Int64
+	tierBytes []atomic.Int64 // by tier index
 }
 
 // latencyBuckets are the upper bounds, in seconds, of SourceLatency.
@@ -86,7 +94,7 @@ func (c *Cache) Stats() Stats {
 func (c *Cache) countersLocked(dataset string) *counters {
 	ct := c.perDS[dataset]
 	if ct == nil {
-		ct = &counters{}
+		ct = &counters{tierBytes: make([]atomic.Int64, len(c.tiers))}
 		c.perDS[dataset] = ct
 	}
 	return ct
@@ -95,17 +103,12 @@ func (c *Cache) countersLocked(dataset string) *counters {
 // datasetStats returns the counters and cached bytes of one dataset.
 func (c *Cache) datasetStats(dataset string) DatasetStats {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	ct := c.countersLocked(dataset)
-	s := DatasetStats{Hits: ct.hits.Load(), Misses: ct.misses.Load(), SourceBytes: ct.sourceBytes.Load(), TierBytes: map[string]int64{}}
+	c.mu.Unlock()
+	s := DatasetStats{Hits: ct.hits.Load(), Misses: ct.misses.Load(), SourceBytes: ct.sourceBytes.Load(),
+		Files: int(ct.files.Load()), TierBytes: map[string]int64{}}
 	for _, t := range c.tiers {
-		s.TierBytes[t.Name] = 0
-	}
-	for _, it := range c.items {
-		if it.dataset == dataset {
-			s.Files++
-			s.TierBytes[it.tier.Name] += it.bytes.Load()
-		}
+		s.TierBytes[t.Name] = ct.tierBytes[t.index].Load()
 	}
 	return s
 }

@@ -9,6 +9,7 @@ import (
 // tier is one directory of cached blocks with a byte quota.
 type tier struct {
 	TierOptions
+	index int // in Cache.tiers
 
 	// INVARIANT: used is the sum of Item.bytes over the items of this
 	// tier (in the map, or being removed by the one goroutine that took

@@ -75,7 +75,7 @@ func (d *Daemon) Evict(key, prefix string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return m.ds.Evict(strings.Trim(prefix, "/")), nil
+	return m.ds.EvictTree(strings.Trim(prefix, "/")), nil
 }
 
 // lookup returns the mounted dataset key.

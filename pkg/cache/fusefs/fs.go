@@ -32,8 +32,10 @@ type Engine interface {
 	// CompleteFile returns a read-only descriptor of name's cache file
 	// when it is complete, or nil.
 	CompleteFile(name string, a source.Attr) *os.File
-	// Evict drops what is cached under prefix.
-	Evict(prefix string) int
+	// EvictFile drops the cached copy of a file (constant cost);
+	// EvictTree what is cached at or under a directory (a scan).
+	EvictFile(name string) int
+	EvictTree(prefix string) int
 }
 
 // Options configure how a dataset is served.

@@ -210,7 +210,7 @@ func (h *uploadHandle) store(ctx context.Context) syscall.Errno {
 	name := n.rel()
 	start := time.Now()
 	a, err := h.src.Upload(ctx, name, h.spool, size)
-	n.fsys.eng.Evict(name)
+	n.fsys.eng.EvictFile(name)
 	if err != nil {
 		n.fsys.log.Error(err, "Upload failed; close reports the error and the store keeps its previous state", "path", name, "bytes", size)
 		errno := source.Errno(err)
@@ -396,7 +396,7 @@ func (w objectWriter) setSize(ctx context.Context, n *node, fh gofs.FileHandle, 
 	}
 	defer f.Close()
 	na, err := w.src.Upload(ctx, n.rel(), f, 0)
-	n.fsys.eng.Evict(n.rel())
+	n.fsys.eng.EvictFile(n.rel())
 	if err != nil {
 		return source.Errno(err)
 	}
@@ -419,8 +419,8 @@ func (w objectWriter) rename(ctx context.Context, n *node, name string, np *node
 		return syscall.EISDIR
 	}
 	err = w.src.RenameFile(ctx, from, to, a)
-	n.fsys.eng.Evict(from)
-	n.fsys.eng.Evict(to)
+	n.fsys.eng.EvictFile(from)
+	n.fsys.eng.EvictFile(to)
 	if err == nil {
 		n.fsys.inodes.rename(from, to)
 	}
@@ -460,7 +460,7 @@ func (w objectWriter) unlink(ctx context.Context, n *node, name string) syscall.
 		return source.Errno(err)
 	}
 	err := w.src.RemoveFile(ctx, p)
-	n.fsys.eng.Evict(p)
+	n.fsys.eng.EvictFile(p)
 	return source.Errno(err)
 }
 

@@ -27,7 +27,7 @@ func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uin
 		if err := w.src.Truncate(ctx, n.rel(), 0); err != nil {
 			return nil, 0, source.Errno(err)
 		}
-		n.fsys.eng.Evict(n.rel())
+		n.fsys.eng.EvictFile(n.rel())
 	}
 	return &handle{n: n}, fuse.FOPEN_DIRECT_IO, 0
 }
@@ -35,7 +35,7 @@ func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uin
 // write writes through to the source; the cached copy is dropped.
 func (w posixWriter) write(ctx context.Context, n *node, data []byte, off int64) (uint32, syscall.Errno) {
 	k, err := w.src.WriteAt(ctx, n.rel(), data, off)
-	n.fsys.eng.Evict(n.rel())
+	n.fsys.eng.EvictFile(n.rel())
 	return uint32(k), source.Errno(err)
 }
 
@@ -52,7 +52,7 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 			return nil, nil, 0, source.Errno(err)
 		}
 	}
-	parent.fsys.eng.Evict(p)
+	parent.fsys.eng.EvictFile(p)
 	in, c, errno := parent.newChild(ctx, name, out)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -71,7 +71,7 @@ func (w posixWriter) mkdir(ctx context.Context, parent *node, name string, mode 
 func (w posixWriter) unlink(ctx context.Context, parent *node, name string) syscall.Errno {
 	p := parent.child(name)
 	err := w.src.Remove(ctx, p)
-	parent.fsys.eng.Evict(p)
+	parent.fsys.eng.EvictFile(p)
 	return source.Errno(err)
 }
 
@@ -82,9 +82,26 @@ func (w posixWriter) rmdir(ctx context.Context, parent *node, name string) sysca
 
 func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *node, newName string) syscall.Errno {
 	from, to := parent.child(name), np.child(newName)
+	// A directory's cached files are found by a scan; a file's (the
+	// common case: write, then rename over) at once.
+	// (A name the kernel does not know has nothing cached that a read
+	// would trust: a cached file's fingerprint is checked on every read.)
+	isDir := func(dir *node, name string) bool {
+		in := dir.GetChild(name)
+		return in != nil && in.StableAttr().Mode&syscall.S_IFMT == syscall.S_IFDIR
+	}
+	fromDir, toDir := isDir(parent, name), isDir(np, newName)
 	err := w.src.Rename(ctx, from, to)
-	parent.fsys.eng.Evict(from)
-	parent.fsys.eng.Evict(to)
+	for _, e := range []struct {
+		path string
+		dir  bool
+	}{{from, fromDir}, {to, toDir}} {
+		if e.dir {
+			parent.fsys.eng.EvictTree(e.path)
+		} else {
+			parent.fsys.eng.EvictFile(e.path)
+		}
+	}
 	return source.Errno(err)
 }
 
@@ -92,7 +109,7 @@ func (w posixWriter) setSize(ctx context.Context, n *node, _ gofs.FileHandle, si
 	if err := w.src.Truncate(ctx, n.rel(), size); err != nil {
 		return source.Errno(err)
 	}
-	n.fsys.eng.Evict(n.rel())
+	n.fsys.eng.EvictFile(n.rel())
 	return 0
 }
 
@@ -101,7 +118,7 @@ func (w posixWriter) setAttr(ctx context.Context, n *node, c source.AttrChange) 
 		return source.Errno(err)
 	}
 	if c.Mtime != nil {
-		n.fsys.eng.Evict(n.rel()) // the fingerprint changed
+		n.fsys.eng.EvictFile(n.rel()) // the fingerprint changed
 	}
 	return 0
 }

@@ -1,6 +1,7 @@
 package s3
 
 import (
+	"sync"
 	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/source"
@@ -19,6 +20,9 @@ type head struct {
 // and headMax bytes in all.
 const (
 	headBytes = 256 << 10
+	// headSlots bounds the lookups that read first bytes at once
+	// (headSlots x headBytes of buffers per source).
+	headSlots = 32
 	headTTL   = 30 * time.Second
 	headMax   = 64 << 20
 )
@@ -75,3 +79,9 @@ type dirListing struct {
 	at      time.Time
 	entries map[string]source.Attr // may be the first lookupListing entries only
 }
+
+// headBufs are the lookups' buffers, reused.
+var headBufs = sync.Pool{New: func() any {
+	b := make([]byte, headBytes)
+	return &b
+}}

@@ -12,6 +12,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +28,9 @@ type Source struct {
 	ttl     time.Duration
 	perm    Options   // owners and modes
 	started time.Time // directories' modification time
+
+	headSlots     chan struct{} // lookups that may hold a first-bytes buffer
+	headsInFlight atomic.Int64  // lookups holding one now
 
 	mu        sync.Mutex
 	dirs      map[string]*dirListing // guarded by mu
@@ -66,7 +70,7 @@ func New(c *s3store.Client, o Options) *Source {
 	if o.DirMode == 0 {
 		o.DirMode = DefaultDirMode
 	}
-	return &Source{c: c, ttl: o.MetaCache, perm: o, started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]bool{}, heads: map[string]*head{}}
+	return &Source{c: c, ttl: o.MetaCache, perm: o, headSlots: make(chan struct{}, headSlots), started: time.Now(), dirs: map[string]*dirListing{}, listing: map[string]bool{}, heads: map[string]*head{}}
 }
 
 var (
@@ -191,15 +195,9 @@ func (s *Source) Stat(ctx context.Context, name string) (source.Attr, error) {
 			s.listInBackground(parentDir(name))
 		}
 	}
-	// A GET of the first bytes, not a HEAD: a small file's content comes
-	// with its attributes, and its first read then costs no request.
-	buf := make([]byte, headBytes)
-	o, n, err := s.c.StatRead(ctx, name, buf)
+	o, err := s.lookup(ctx, name)
 	if err == nil {
-		a := s.fileAttr(o)
-		// A copy of exactly what came, not the 256 KiB buffer.
-		s.keepHead(name, a, bytes.Clone(buf[:n]))
-		return a, nil
+		return s.fileAttr(o), nil
 	}
 	if !errors.Is(err, syscall.ENOENT) {
 		return source.Attr{}, err
@@ -212,6 +210,30 @@ func (s *Source) Stat(ctx context.Context, name string) (source.Attr, error) {
 		return source.Attr{}, &fs.PathError{Op: "stat", Path: name, Err: syscall.ENOENT}
 	}
 	return s.dirAttr(), nil
+}
+
+// lookup finds the object name. While fewer than headSlots lookups are in
+// flight it is a GET of the first bytes, not a HEAD: a small file's
+// content comes with its attributes, and its first read then costs no
+// request. Beyond that it is a HEAD: the buffers lookups hold are bounded,
+// however many arrive at once.
+func (s *Source) lookup(ctx context.Context, name string) (s3store.Object, error) {
+	select {
+	case s.headSlots <- struct{}{}:
+	default:
+		return s.c.Stat(ctx, name)
+	}
+	defer func() { <-s.headSlots }()
+	s.headsInFlight.Add(1)
+	defer s.headsInFlight.Add(-1)
+	bp := headBufs.Get().(*[]byte)
+	defer headBufs.Put(bp)
+	o, n, err := s.c.StatRead(ctx, name, *bp)
+	if err == nil {
+		// A copy of exactly what came, not the 256 KiB buffer.
+		s.keepHead(name, s.fileAttr(o), bytes.Clone((*bp)[:n]))
+	}
+	return o, err
 }
 
 // List implements source.Source.

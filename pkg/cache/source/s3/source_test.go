@@ -88,3 +88,37 @@ func TestS3ObjectWithoutETagIsReadable(t *testing.T) {
 		t.Fatalf("read of an object known without an ETag: %d bytes, %v", n, err)
 	}
 }
+
+// TestS3LookupsBounded: however many lookups arrive at once, at most
+// headSlots hold a first-bytes buffer (256 KiB each); the others ask for
+// the attributes alone, and every one is answered.
+func TestS3LookupsBounded(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	src := New(e.Client(t, s3store.Config{Timeout: 20 * time.Second}), Options{})
+	ctx := context.Background()
+	names := e.Names()
+	if err := e.Srv.Freeze(); err != nil { // every lookup now waits in the store
+		t.Fatal(err)
+	}
+	errs := make(chan error, 4*len(names))
+	for range 4 {
+		for _, n := range names {
+			go func() { _, err := src.Stat(ctx, n); errs <- err }()
+		}
+	}
+	var peak int64
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		peak = max(peak, src.headsInFlight.Load())
+	}
+	if err := e.Srv.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 * len(names) {
+		if err := <-errs; err != nil {
+			t.Errorf("lookup: %v", err)
+		}
+	}
+	if peak == 0 || peak > headSlots {
+		t.Errorf("%d lookups held a first-bytes buffer at once, want 1..%d", peak, headSlots)
+	}
+}
