@@ -130,8 +130,24 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		if !ok {
 			return nil, status.Errorf(codes.FailedPrecondition, "sub-directory %q of read-only dataset %s does not exist: the controller never writes into a read-only dataset, so it must already hold data", sub, p.Dataset)
 		}
-	} else if err := ds.MkdirAll(ctx, sub); err != nil {
-		return nil, subPathStatus(err, p.Dataset, sub)
+	} else {
+		if p.OnDelete != Retain && old == nil {
+			// A volume that deletes (or archives) its directory gets one
+			// the controller creates for it: a directory that exists
+			// already holds data that is not this volume's (another
+			// volume's, a static PV's, an inline volume's, the dataset's
+			// own), which the guard could not prove safe to remove.
+			exists, err := ds.Exists(ctx, sub)
+			if err != nil {
+				return nil, subPathStatus(err, p.Dataset, sub)
+			}
+			if exists {
+				return nil, status.Errorf(codes.FailedPrecondition, "sub-directory %q of dataset %s already exists: with onDelete=%s Cistern only deletes a directory it created for the volume; use a subPath unique to the volume (such as ${pvc.namespace}/${pv.name}) or onDelete=retain", sub, p.Dataset, p.OnDelete)
+			}
+		}
+		if err := ds.MkdirAll(ctx, sub); err != nil {
+			return nil, subPathStatus(err, p.Dataset, sub)
+		}
 	}
 
 	if old == nil {
@@ -235,6 +251,13 @@ func (d *Driver) decideDelete(ctx context.Context, id VolumeID, rawID string, st
 	if err != nil {
 		return nil, false, recordStatus("list", err)
 	}
+	// Read-only volumes of the same source keep their records apart (the
+	// controller never writes into a read-only dataset): they count too.
+	ro, err := d.records(id.Source, true, nil).List(ctx)
+	if err != nil {
+		return nil, false, recordStatus("list", err)
+	}
+	all = append(all, ro...)
 	var sharers []string
 	for _, o := range all {
 		if o.VolumeID != rawID && overlaps(o.SubPath, id.SubPath) {

@@ -125,34 +125,44 @@ func TestDeleteVolumeGuards(t *testing.T) {
 		}
 	}
 
-	// Two volumes whose template resolves to the same namespace directory.
+	// A volume of the namespace directory, and one inside it.
 	a, err := d.CreateVolume(ctx, createReq("a", root, "subPath", "${pvc.namespace}"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := d.CreateVolume(ctx, createReq("b", root, "subPath", "${pvc.namespace}"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A third one inside it.
 	c, err := d.CreateVolume(ctx, createReq("c", root))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Another volume that would delete the same (now existing) directory
+	// is refused: it would delete data that is not its own.
+	_, err = d.CreateVolume(ctx, createReq("b", root, "subPath", "${pvc.namespace}"))
+	wantCode(t, err, codes.FailedPrecondition)
 	write("team-a/shared-file")
 	write("team-a/c/file")
 
-	del(a.Volume.VolumeId)
-	if !exists("team-a/shared-file") {
-		t.Fatal("deleting a removed a directory volume b still uses")
-	}
 	del(c.Volume.VolumeId)
 	if !exists("team-a/c/file") {
-		t.Fatal("deleting c removed a directory inside volume b")
+		t.Fatal("deleting c removed a directory inside volume a")
 	}
-	del(b.Volume.VolumeId)
+	del(a.Volume.VolumeId)
 	if exists("team-a") {
 		t.Fatal("the last user of team-a was deleted with onDelete=delete, but team-a remains")
+	}
+
+	// A read-only volume inside a deleting volume's tree (its record kept
+	// apart) keeps the tree.
+	x, err := d.CreateVolume(ctx, createReq("x", root, "subPath", "${pvc.namespace}", MetaPVCNamespace, "team-x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("team-x/ro/data")
+	if _, err := d.CreateVolume(ctx, createReq("ro", root, "access", "read-only", "onDelete", "retain", MetaPVCNamespace, "team-x")); err != nil {
+		t.Fatal(err)
+	}
+	del(x.Volume.VolumeId)
+	if !exists("team-x/ro/data") {
+		t.Fatal("deleting x removed the directory of a read-only volume inside it")
 	}
 
 	// Archive moves the data under .cistern/archive.

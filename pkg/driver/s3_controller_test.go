@@ -87,12 +87,16 @@ func TestControllerS3(t *testing.T) {
 		t.Errorf("archive holds %v, want the marker and result.csv under run-<time>/", archived)
 	}
 
-	// Two volumes on one sub-path: deleting one retains the data.
+	// Two volumes on one sub-path: a second one that would delete it is
+	// refused; one that retains it shares it, and deleting the first
+	// retains the data.
 	a, err := d.CreateVolume(ctx, req("pv-a", "delete", "${pvc.namespace}/shared"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.CreateVolume(ctx, req("pv-b", "delete", "${pvc.namespace}/shared")); err != nil {
+	_, err = d.CreateVolume(ctx, req("pv-c", "delete", "${pvc.namespace}/shared"))
+	wantCode(t, err, codes.FailedPrecondition)
+	if _, err := d.CreateVolume(ctx, req("pv-b", "retain", "${pvc.namespace}/shared")); err != nil {
 		t.Fatal(err)
 	}
 	put("feat/team-a/shared/data")
