@@ -5,9 +5,9 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 OUT       := $(CURDIR)/_output
 FUZZTIME  ?= 20000x
-UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /test/sanity)
+UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e /test/sanity -e /test/posix)
 
-.PHONY: all build demo demo-check test unit sanity fuzz verify bench-cache bench-cache-smoke bench bench-smoke clean
+.PHONY: all build demo demo-check test unit posix sanity fuzz verify bench-cache bench-cache-smoke bench bench-smoke clean
 
 all: build
 
@@ -31,10 +31,19 @@ demo-check: build
 	@! grep cistern /proc/mounts
 
 ## test: everything CI runs (needs root for real mounts).
-test: verify unit sanity fuzz demo-check bench-cache-smoke bench-smoke
+test: verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smoke
 
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
+
+## posix: Cistern's POSIX conformance cases on a read-write volume and on a
+## plain directory side by side, as root and other users; prints both
+## summaries (log: _output/posix.log).
+posix:
+	@mkdir -p $(OUT)
+	@$(GO) test -count=1 -v ./test/posix/ > $(OUT)/posix.log 2>&1; rc=$$?; \
+	  grep -E '^posix conformance:' $(OUT)/posix.log; \
+	  if [ $$rc -ne 0 ]; then grep -E 'source (pass|FAIL)|fails on the volume|^--- FAIL' $(OUT)/posix.log; exit $$rc; fi
 
 ## sanity: csi-sanity against the real driver, once with a file:// dataset
 ## and once with an s3:// dataset on a local S3 server; prints each summary.

@@ -54,7 +54,7 @@ func (n *node) fill(a source.Attr, out *fuse.Attr) {
 	}
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 1 << 20
-	out.Nlink = 1
+	out.Nlink = max(a.Nlink, 1)
 	out.SetTimes(nil, &a.Mtime, &a.Mtime)
 }
 

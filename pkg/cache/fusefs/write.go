@@ -28,15 +28,25 @@ type writer interface {
 	mkdir(ctx context.Context, parent *node, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno)
 	unlink(ctx context.Context, parent *node, name string) syscall.Errno
 	rmdir(ctx context.Context, parent *node, name string) syscall.Errno
-	rename(ctx context.Context, parent *node, name string, newParent *node, newName string) syscall.Errno
+	rename(ctx context.Context, parent *node, name string, newParent *node, newName string, flags uint32) syscall.Errno
 	// setSize truncates n, through fh if it is one of the strategy's.
 	setSize(ctx context.Context, n *node, fh gofs.FileHandle, size int64) syscall.Errno
 	// setAttr changes n's mode, owners or times (the kernel checked the
 	// caller may: default_permissions).
 	setAttr(ctx context.Context, n *node, c source.AttrChange) syscall.Errno
+	symlink(ctx context.Context, parent *node, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno)
+	link(ctx context.Context, target *node, parent *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno)
+	mknod(ctx context.Context, parent *node, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno)
+	// fsync makes n durable (a directory, or a file without a handle of
+	// the strategy's).
+	fsync(ctx context.Context, n *node, datasync bool) syscall.Errno
 }
 
 var (
+	_ gofs.NodeSymlinker = (*node)(nil)
+	_ gofs.NodeLinker    = (*node)(nil)
+	_ gofs.NodeMknoder   = (*node)(nil)
+	_ gofs.NodeFsyncer   = (*node)(nil)
 	_ gofs.NodeCreater   = (*node)(nil)
 	_ gofs.NodeMkdirer   = (*node)(nil)
 	_ gofs.NodeUnlinker  = (*node)(nil)
@@ -82,9 +92,6 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if n.fsys.opts.ReadOnly {
 		return syscall.EROFS
 	}
-	if flags != 0 {
-		return syscall.EINVAL // RENAME_EXCHANGE / NOREPLACE are not supported
-	}
 	np, ok := newParent.(*node)
 	if !ok {
 		return syscall.EXDEV
@@ -92,7 +99,46 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if n.fsys.hidden(n, name) || n.fsys.hidden(np, newName) {
 		return syscall.EACCES
 	}
-	return n.fsys.w.rename(ctx, n, name, np, newName)
+	return n.fsys.w.rename(ctx, n, name, np, newName, flags)
+}
+
+// Symlink implements gofs.NodeSymlinker: the link is the caller's, and
+// only ever resolved by the kernel in the caller's view, never by the
+// daemon.
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.fsys.hidden(n, name) {
+		return nil, syscall.EACCES
+	}
+	return n.fsys.w.symlink(ctx, n, target, name, out)
+}
+
+// Link implements gofs.NodeLinker.
+func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	tn, ok := target.(*node)
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	if n.fsys.hidden(n, name) {
+		return nil, syscall.EACCES
+	}
+	return n.fsys.w.link(ctx, tn, n, name, out)
+}
+
+// Mknod implements gofs.NodeMknoder: FIFOs and sockets.
+func (n *node) Mknod(ctx context.Context, name string, mode, _ uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.fsys.hidden(n, name) {
+		return nil, syscall.EACCES
+	}
+	return n.fsys.w.mknod(ctx, n, name, mode, out)
+}
+
+// Fsync implements gofs.NodeFsyncer: through the handle when it has one,
+// else (a directory) by name.
+func (n *node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
+	if f, ok := fh.(gofs.FileFsyncer); ok {
+		return f.Fsync(ctx, flags)
+	}
+	return n.fsys.w.fsync(ctx, n, flags&1 != 0)
 }
 
 // Setattr implements gofs.NodeSetattrer: size, then mode, owners and
@@ -150,9 +196,19 @@ func (readOnly) mkdir(context.Context, *node, string, uint32, *fuse.EntryOut) (*
 }
 func (readOnly) unlink(context.Context, *node, string) syscall.Errno { return syscall.EROFS }
 func (readOnly) rmdir(context.Context, *node, string) syscall.Errno  { return syscall.EROFS }
-func (readOnly) rename(context.Context, *node, string, *node, string) syscall.Errno {
+func (readOnly) rename(context.Context, *node, string, *node, string, uint32) syscall.Errno {
 	return syscall.EROFS
 }
+func (readOnly) symlink(context.Context, *node, string, string, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+func (readOnly) link(context.Context, *node, *node, string, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+func (readOnly) mknod(context.Context, *node, string, uint32, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+func (readOnly) fsync(context.Context, *node, bool) syscall.Errno { return 0 }
 func (readOnly) setSize(context.Context, *node, gofs.FileHandle, int64) syscall.Errno {
 	return syscall.EROFS
 }

@@ -405,7 +405,10 @@ func (w objectWriter) setSize(ctx context.Context, n *node, fh gofs.FileHandle, 
 }
 
 // rename renames a file by copy and delete; a directory is EXDEV.
-func (w objectWriter) rename(ctx context.Context, n *node, name string, np *node, newName string) syscall.Errno {
+func (w objectWriter) rename(ctx context.Context, n *node, name string, np *node, newName string, flags uint32) syscall.Errno {
+	if flags != 0 {
+		return syscall.EINVAL // an object store cannot exchange, or refuse to replace, atomically
+	}
 	from, to := n.child(name), np.child(newName)
 	a, err := w.src.Stat(ctx, from)
 	if err != nil {
@@ -474,3 +477,18 @@ func (w objectWriter) rmdir(ctx context.Context, n *node, name string) syscall.E
 func (objectWriter) setAttr(context.Context, *node, source.AttrChange) syscall.Errno {
 	return 0
 }
+
+// symlink, link, mknod: an object store has none of these (EOPNOTSUPP).
+func (objectWriter) symlink(context.Context, *node, string, string, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EOPNOTSUPP
+}
+func (objectWriter) link(context.Context, *node, *node, string, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EOPNOTSUPP
+}
+func (objectWriter) mknod(context.Context, *node, string, uint32, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EOPNOTSUPP
+}
+
+// fsync of a directory or a file without an upload handle: the store has
+// everything it acknowledged.
+func (objectWriter) fsync(context.Context, *node, bool) syscall.Errno { return 0 }

@@ -2,6 +2,9 @@ package fusefs
 
 import (
 	"context"
+	"io"
+	"io/fs"
+	"os"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -23,24 +26,116 @@ func (posixWriter) pendingChild(*node, string) (*gofs.Inode, source.Attr, bool) 
 }
 
 func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	h, errno := w.openHandle(ctx, n, n.rel(), flags)
+	if errno != 0 {
+		return nil, 0, errno
+	}
 	if flags&syscall.O_TRUNC != 0 {
-		if err := w.src.Truncate(ctx, n.rel(), 0); err != nil {
-			return nil, 0, source.Errno(err)
-		}
 		n.fsys.eng.EvictFile(n.rel())
 	}
-	return &handle{n: n}, fuse.FOPEN_DIRECT_IO, 0
+	return h, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// write writes through to the source; the cached copy is dropped.
+// openHandle opens n in the source for a handle: writes, fsync and
+// fallocate go through that descriptor, which follows the file through
+// renames.
+// (p is n's path: a node being created is not in the tree yet.)
+func (w posixWriter) openHandle(ctx context.Context, n *node, p string, flags uint32) (*posixHandle, syscall.Errno) {
+	f, err := w.src.OpenFile(ctx, p, int(flags))
+	if err != nil {
+		return nil, source.Errno(err)
+	}
+	acc := int(flags) & syscall.O_ACCMODE
+	return &posixHandle{handle: handle{n: n}, f: f, writable: acc != syscall.O_RDONLY, appendOnly: flags&syscall.O_APPEND != 0}, 0
+}
+
+// write is only called for handles that are not posixHandles.
 func (w posixWriter) write(ctx context.Context, n *node, data []byte, off int64) (uint32, syscall.Errno) {
-	k, err := w.src.WriteAt(ctx, n.rel(), data, off)
-	n.fsys.eng.EvictFile(n.rel())
+	return 0, syscall.EBADF
+}
+
+// posixHandle is a file of a read-write POSIX dataset open through the
+// mount, with a source descriptor opened with it: it follows the file
+// through renames and outlives an unlink, as POSIX wants of an open file.
+// Writes, fsync and fallocate go through it, and so do the reads of a
+// handle open for writing; a read-only handle reads through the cache, and
+// through the descriptor once the file has no name.
+type posixHandle struct {
+	handle
+	f          *os.File
+	writable   bool // opened for writing
+	appendOnly bool // O_APPEND: every write at the end, as the source has it
+}
+
+var _ gofs.FileReader = (*posixHandle)(nil)
+
+// Read implements gofs.FileReader.
+func (h *posixHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if !h.writable {
+		r, errno := h.n.read(ctx, dest, off)
+		if errno != syscall.ENOENT {
+			return r, errno
+		}
+	}
+	k, err := h.f.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		return nil, source.Errno(err)
+	}
+	return fuse.ReadResultData(dest[:k]), 0
+}
+
+var (
+	_ gofs.FileWriter    = (*posixHandle)(nil)
+	_ gofs.FileFsyncer   = (*posixHandle)(nil)
+	_ gofs.FileAllocater = (*posixHandle)(nil)
+	_ gofs.FileReleaser  = (*posixHandle)(nil)
+)
+
+// Write writes through to the source; the cached copy is dropped.
+func (h *posixHandle) Write(_ context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if !h.writable {
+		return 0, syscall.EBADF
+	}
+	var k int
+	var err error
+	if h.appendOnly {
+		k, err = h.f.Write(data)
+	} else {
+		k, err = h.f.WriteAt(data, off)
+	}
+	h.n.fsys.eng.EvictFile(h.n.rel())
 	return uint32(k), source.Errno(err)
 }
 
+// Fsync makes the file durable in the source before it returns.
+func (h *posixHandle) Fsync(_ context.Context, flags uint32) syscall.Errno {
+	var err error
+	if flags&1 != 0 {
+		err = syscall.Fdatasync(int(h.f.Fd()))
+	} else {
+		err = h.f.Sync()
+	}
+	return source.Errno(err)
+}
+
+// Allocate implements fallocate(2) on the source file.
+func (h *posixHandle) Allocate(_ context.Context, off, size uint64, mode uint32) syscall.Errno {
+	if !h.writable {
+		return syscall.EBADF
+	}
+	err := syscall.Fallocate(int(h.f.Fd()), mode, int64(off), int64(size))
+	h.n.fsys.eng.EvictFile(h.n.rel())
+	return source.Errno(err)
+}
+
+// Release closes the source descriptor.
+func (h *posixHandle) Release(ctx context.Context) syscall.Errno {
+	h.f.Close()
+	return h.handle.Release(ctx)
+}
+
 // create creates a file owned by the caller with the mode it asked for
-// (the kernel applied its umask).
+// (the kernel applied its umask) and opens it.
 func (w posixWriter) create(ctx context.Context, parent *node, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	p := parent.child(name)
 	created, err := w.src.Create(ctx, p, source.FileMode(mode), flags&syscall.O_EXCL != 0, caller(ctx))
@@ -57,7 +152,13 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	return in, &handle{n: c}, fuse.FOPEN_DIRECT_IO, 0
+	// The creator writes what it created whatever its mode (as open(2)
+	// with O_CREAT does): the handle is opened for writing by the daemon.
+	h, errno := w.openHandle(ctx, c, p, flags&^uint32(syscall.O_TRUNC|syscall.O_ACCMODE)|syscall.O_RDWR)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	return in, h, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (w posixWriter) mkdir(ctx context.Context, parent *node, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -80,7 +181,7 @@ func (w posixWriter) rmdir(ctx context.Context, parent *node, name string) sysca
 	return w.unlink(ctx, parent, name)
 }
 
-func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *node, newName string) syscall.Errno {
+func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *node, newName string, flags uint32) syscall.Errno {
 	from, to := parent.child(name), np.child(newName)
 	// A directory's cached files are found by a scan; a file's (the
 	// common case: write, then rename over) at once.
@@ -91,7 +192,7 @@ func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *
 		return in != nil && in.StableAttr().Mode&syscall.S_IFMT == syscall.S_IFDIR
 	}
 	fromDir, toDir := isDir(parent, name), isDir(np, newName)
-	err := w.src.Rename(ctx, from, to)
+	err := w.src.Rename(ctx, from, to, flags)
 	for _, e := range []struct {
 		path string
 		dir  bool
@@ -105,8 +206,14 @@ func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *
 	return source.Errno(err)
 }
 
-func (w posixWriter) setSize(ctx context.Context, n *node, _ gofs.FileHandle, size int64) syscall.Errno {
-	if err := w.src.Truncate(ctx, n.rel(), size); err != nil {
+func (w posixWriter) setSize(ctx context.Context, n *node, fh gofs.FileHandle, size int64) syscall.Errno {
+	var err error
+	if h, ok := fh.(*posixHandle); ok && h.writable {
+		err = h.f.Truncate(size) // ftruncate: the file this handle has open
+	} else {
+		err = w.src.Truncate(ctx, n.rel(), size)
+	}
+	if err != nil {
 		return source.Errno(err)
 	}
 	n.fsys.eng.EvictFile(n.rel())
@@ -121,4 +228,51 @@ func (w posixWriter) setAttr(ctx context.Context, n *node, c source.AttrChange) 
 		n.fsys.eng.EvictFile(n.rel()) // the fingerprint changed
 	}
 	return 0
+}
+
+func (w posixWriter) symlink(ctx context.Context, parent *node, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if err := w.src.Symlink(ctx, target, parent.child(name), caller(ctx)); err != nil {
+		return nil, source.Errno(err)
+	}
+	in, _, errno := parent.newChild(ctx, name, out)
+	return in, errno
+}
+
+// link makes another name of target; the inode table knows a POSIX file
+// by device and inode, so both names are one inode to the kernel.
+func (w posixWriter) link(ctx context.Context, target *node, parent *node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if err := w.src.Link(ctx, target.rel(), parent.child(name)); err != nil {
+		return nil, source.Errno(err)
+	}
+	target.fsys.eng.EvictFile(target.rel()) // its ctime changed
+	in, _, errno := parent.newChild(ctx, name, out)
+	return in, errno
+}
+
+func (w posixWriter) mknod(ctx context.Context, parent *node, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	fm := source.FileMode(mode)
+	switch mode & syscall.S_IFMT {
+	case syscall.S_IFIFO:
+		fm |= fs.ModeNamedPipe
+	case syscall.S_IFSOCK:
+		fm |= fs.ModeSocket
+	case syscall.S_IFREG, 0:
+		// mknod of a regular file: create it.
+		if _, err := w.src.Create(ctx, parent.child(name), fm, true, caller(ctx)); err != nil {
+			return nil, source.Errno(err)
+		}
+		in, _, errno := parent.newChild(ctx, name, out)
+		return in, errno
+	default:
+		return nil, syscall.EPERM // device nodes: refused by policy
+	}
+	if err := w.src.Mknod(ctx, parent.child(name), fm, caller(ctx)); err != nil {
+		return nil, source.Errno(err)
+	}
+	in, _, errno := parent.newChild(ctx, name, out)
+	return in, errno
+}
+
+func (w posixWriter) fsync(ctx context.Context, n *node, datasync bool) syscall.Errno {
+	return source.Errno(w.src.Fsync(ctx, n.rel(), datasync))
 }

@@ -15,6 +15,12 @@ func UnixMode(m fs.FileMode) uint32 {
 		mode |= syscall.S_IFLNK
 	case m&fs.ModeNamedPipe != 0:
 		mode |= syscall.S_IFIFO
+	case m&fs.ModeSocket != 0:
+		mode |= syscall.S_IFSOCK
+	case m&fs.ModeCharDevice != 0:
+		mode |= syscall.S_IFCHR
+	case m&fs.ModeDevice != 0:
+		mode |= syscall.S_IFBLK
 	default:
 		mode |= syscall.S_IFREG
 	}

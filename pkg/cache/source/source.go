@@ -21,6 +21,8 @@ type Attr struct {
 	UID, GID uint32
 	Size     int64
 	Mtime    time.Time
+	// Nlink is the number of names of a POSIX file (1 elsewhere).
+	Nlink uint32
 	// Ctime, Dev and Ino are a POSIX file's change time, device and inode
 	// number (zero for an object store): a file rewritten with its old
 	// size and modification time still changes them, and Dev and Ino name
@@ -89,6 +91,18 @@ type Writable interface {
 	Create(ctx context.Context, name string, mode fs.FileMode, excl bool, o Owner) (created bool, err error)
 	// WriteAt writes p to the existing file name at off.
 	WriteAt(ctx context.Context, name string, p []byte, off int64) (int, error)
+	// OpenFile opens the existing file name (flags as open(2): access
+	// mode, O_APPEND, O_TRUNC) for a handle to write, sync and allocate
+	// through; the handle follows the file through renames.
+	OpenFile(ctx context.Context, name string, flags int) (*os.File, error)
+	// Fsync makes name (a file or a directory) durable.
+	Fsync(ctx context.Context, name string, datasync bool) error
+	// Symlink creates the symbolic link name to target, owned by o.
+	Symlink(ctx context.Context, target, name string, o Owner) error
+	// Link makes to another name of the file from.
+	Link(ctx context.Context, from, to string) error
+	// Mknod creates a FIFO or a socket (devices are refused), owned by o.
+	Mknod(ctx context.Context, name string, mode fs.FileMode, o Owner) error
 	Truncate(ctx context.Context, name string, size int64) error
 	// SetAttr changes the mode, owners or times of name (never through a
 	// symbolic link: a link's own owners change, its mode cannot).
@@ -97,7 +111,9 @@ type Writable interface {
 	// Create).
 	Mkdir(ctx context.Context, name string, mode fs.FileMode, o Owner) error
 	Remove(ctx context.Context, name string) error
-	Rename(ctx context.Context, from, to string) error
+	// Rename moves from to to; flags are renameat2(2)'s (RENAME_NOREPLACE,
+	// RENAME_EXCHANGE).
+	Rename(ctx context.Context, from, to string, flags uint32) error
 }
 
 // FSStats are a source's file-system figures, as statfs(2) has them.

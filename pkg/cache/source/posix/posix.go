@@ -74,6 +74,7 @@ func attrOf(st *unix.Stat_t) source.Attr {
 		Ctime: time.Unix(st.Ctim.Unix()),
 		Dev:   st.Dev,
 		Ino:   st.Ino,
+		Nlink: uint32(st.Nlink),
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
@@ -81,6 +82,14 @@ func attrOf(st *unix.Stat_t) source.Attr {
 	case unix.S_IFLNK:
 		a.Mode |= fs.ModeSymlink
 	case unix.S_IFREG:
+	case unix.S_IFIFO:
+		a.Mode |= fs.ModeNamedPipe
+	case unix.S_IFSOCK:
+		a.Mode |= fs.ModeSocket
+	case unix.S_IFCHR:
+		a.Mode |= fs.ModeDevice | fs.ModeCharDevice
+	case unix.S_IFBLK:
+		a.Mode |= fs.ModeDevice
 	default:
 		a.Mode |= fs.ModeIrregular
 	}
@@ -194,7 +203,9 @@ func own(parent *os.File, fd int, name string, mode fs.FileMode, o source.Owner)
 	if pst.Mode&unix.S_ISGID != 0 {
 		gid = pst.Gid
 	}
-	if err := unix.Fchown(fd, int(o.UID), int(gid)); err != nil {
+	// Through the descriptor (an O_PATH one for a FIFO, which an open for
+	// reading would wait on): exactly the file just created.
+	if err := unix.Fchownat(fd, "", int(o.UID), int(gid), unix.AT_EMPTY_PATH); err != nil {
 		return &fs.PathError{Op: "chown", Path: name, Err: err}
 	}
 	// After chown, which clears setuid and setgid bits.
@@ -202,7 +213,7 @@ func own(parent *os.File, fd int, name string, mode fs.FileMode, o source.Owner)
 	if pst.Mode&unix.S_ISGID != 0 && mode.IsDir() {
 		um |= unix.S_ISGID
 	}
-	if err := unix.Fchmod(fd, um); err != nil {
+	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), um); err != nil {
 		return &fs.PathError{Op: "chmod", Path: name, Err: err}
 	}
 	return nil
@@ -339,7 +350,7 @@ func (p *Source) Remove(_ context.Context, name string) error {
 }
 
 // Rename implements source.Writable.
-func (p *Source) Rename(_ context.Context, from, to string) error {
+func (p *Source) Rename(_ context.Context, from, to string, flags uint32) error {
 	ff, fb, err := p.parent(from)
 	if err != nil {
 		return err
@@ -350,8 +361,103 @@ func (p *Source) Rename(_ context.Context, from, to string) error {
 		return err
 	}
 	defer tf.Close()
-	if err := unix.Renameat(int(ff.Fd()), fb, int(tf.Fd()), tb); err != nil {
+	if err := unix.Renameat2(int(ff.Fd()), fb, int(tf.Fd()), tb, uint(flags)); err != nil {
 		return &fs.PathError{Op: "rename", Path: from, Err: err}
 	}
 	return nil
+}
+
+// OpenFile implements source.Writable: the file is opened beneath the root,
+// never through a symbolic link.
+func (p *Source) OpenFile(_ context.Context, name string, flags int) (*os.File, error) {
+	flags &= unix.O_ACCMODE | unix.O_APPEND | unix.O_TRUNC | unix.O_SYNC | unix.O_DSYNC
+	return p.root.Open(name, flags|unix.O_NOFOLLOW, 0)
+}
+
+// Fsync implements source.Writable.
+func (p *Source) Fsync(_ context.Context, name string, datasync bool) error {
+	f, err := p.root.Open(name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if datasync {
+		err = unix.Fdatasync(int(f.Fd()))
+	} else {
+		err = unix.Fsync(int(f.Fd()))
+	}
+	if err != nil {
+		return &fs.PathError{Op: "fsync", Path: name, Err: err}
+	}
+	return nil
+}
+
+// Symlink implements source.Writable.
+func (p *Source) Symlink(_ context.Context, target, name string, o source.Owner) error {
+	pf, base, err := p.parent(name)
+	if err != nil {
+		return err
+	}
+	defer pf.Close()
+	if err := unix.Symlinkat(target, int(pf.Fd()), base); err != nil {
+		return &fs.PathError{Op: "symlink", Path: name, Err: err}
+	}
+	gid := o.GID
+	var pst unix.Stat_t
+	if err := unix.Fstat(int(pf.Fd()), &pst); err == nil && pst.Mode&unix.S_ISGID != 0 {
+		gid = pst.Gid
+	}
+	if err := unix.Fchownat(int(pf.Fd()), base, int(o.UID), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "chown", Path: name, Err: err}
+	}
+	return nil
+}
+
+// Link implements source.Writable: neither name is followed through a
+// link; a link to a directory is refused by the kernel.
+func (p *Source) Link(_ context.Context, from, to string) error {
+	ff, fb, err := p.parent(from)
+	if err != nil {
+		return err
+	}
+	defer ff.Close()
+	tf, tb, err := p.parent(to)
+	if err != nil {
+		return err
+	}
+	defer tf.Close()
+	if err := unix.Linkat(int(ff.Fd()), fb, int(tf.Fd()), tb, 0); err != nil {
+		return &fs.PathError{Op: "link", Path: to, Err: err}
+	}
+	return nil
+}
+
+// Mknod implements source.Writable: FIFOs and sockets. Device nodes are
+// refused (EPERM): a tenant's device node on a shared dataset would be a
+// door to the node's devices wherever the dataset is mounted without nodev
+// (Cistern's mounts are nodev, other clients of a share may not be).
+func (p *Source) Mknod(_ context.Context, name string, mode fs.FileMode, o source.Owner) error {
+	var typ uint32
+	switch {
+	case mode&fs.ModeNamedPipe != 0:
+		typ = unix.S_IFIFO
+	case mode&fs.ModeSocket != 0:
+		typ = unix.S_IFSOCK
+	default:
+		return &fs.PathError{Op: "mknod", Path: name, Err: unix.EPERM}
+	}
+	pf, base, err := p.parent(name)
+	if err != nil {
+		return err
+	}
+	defer pf.Close()
+	if err := unix.Mknodat(int(pf.Fd()), base, typ|0o600, 0); err != nil {
+		return &fs.PathError{Op: "mknod", Path: name, Err: err}
+	}
+	fd, err := OpenAt(int(pf.Fd()), base, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return own(pf, fd, name, mode, o)
 }
