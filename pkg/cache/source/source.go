@@ -89,8 +89,6 @@ type Writable interface {
 	// EEXIST when excl; otherwise it is left as it is and created is
 	// false.
 	Create(ctx context.Context, name string, mode fs.FileMode, excl bool, o Owner) (created bool, err error)
-	// WriteAt writes p to the existing file name at off.
-	WriteAt(ctx context.Context, name string, p []byte, off int64) (int, error)
 	// OpenFile opens the existing file name (flags as open(2): access
 	// mode, O_APPEND, O_TRUNC) for a handle to write, sync and allocate
 	// through; the handle follows the file through renames.

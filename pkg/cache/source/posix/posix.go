@@ -160,19 +160,6 @@ func (p *Source) ReadAt(_ context.Context, name string, b []byte, off int64) (in
 	return f.ReadAt(b, off)
 }
 
-// WriteAt implements source.Writable.
-func (p *Source) WriteAt(_ context.Context, name string, b []byte, off int64) (int, error) {
-	f, err := p.root.Open(name, unix.O_WRONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return 0, err
-	}
-	n, werr := f.WriteAt(b, off)
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	return n, werr
-}
-
 // Create implements source.Writable.
 func (p *Source) Create(_ context.Context, name string, mode fs.FileMode, excl bool, o source.Owner) (bool, error) {
 	pf, base, err := p.parent(name)
