@@ -18,6 +18,7 @@ import (
 
 	s3source "github.com/cistern-csi/cistern/pkg/cache/source/s3"
 	"github.com/minio/minio-go/v7"
+	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
@@ -409,4 +410,35 @@ func TestS3StatDuringUpload(t *testing.T) {
 		t.Errorf("fsync after the store came back: %v", err)
 	}
 	f.Close()
+}
+
+// TestS3RefusesWhatObjectsCannot: an object store has no links, FIFOs or
+// devices, and cannot exchange or refuse-to-replace atomically; each is
+// refused with the errno the README names, and nothing reaches the store.
+func TestS3RefusesWhatObjectsCannot(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	_, mnt := mountTest(t, s3Source(t, e, s3store.Config{}, 0), c, Options{Name: "w", SpoolDir: t.TempDir()})
+	before := e.Keys(t)
+	a, b := filepath.Join(mnt, "day-00/sym-0.csv"), filepath.Join(mnt, "day-00/sym-5.csv")
+	for _, tc := range []struct {
+		name string
+		err  error
+		want syscall.Errno
+	}{
+		{"symlink", os.Symlink("day-00/sym-0.csv", filepath.Join(mnt, "l")), syscall.EOPNOTSUPP},
+		{"link", os.Link(a, filepath.Join(mnt, "h")), syscall.EOPNOTSUPP},
+		{"mkfifo", syscall.Mkfifo(filepath.Join(mnt, "p"), 0o644), syscall.EOPNOTSUPP},
+		{"mknod", syscall.Mknod(filepath.Join(mnt, "d"), syscall.S_IFCHR|0o644, 0), syscall.EOPNOTSUPP},
+		{"rename noreplace", unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, filepath.Join(mnt, "day-00/new.csv"), unix.RENAME_NOREPLACE), syscall.EINVAL},
+		{"rename exchange", unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE), syscall.EINVAL},
+	} {
+		if !errors.Is(tc.err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, tc.err, tc.want)
+		}
+	}
+	if after := e.Keys(t); !slices.Equal(before, after) {
+		t.Errorf("refused operations changed the store: %v -> %v", before, after)
+	}
 }
