@@ -21,6 +21,7 @@
 package cache
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -220,11 +221,12 @@ func (c *Cache) BlockSize() int64 { return c.opts.BlockSize }
 // item returns the item of dataset/name for the given source attributes,
 // creating it, or resetting it when the source's fingerprint changed.
 func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
-	key := itemKey(dataset, name)
+	id := itemID(name, a)
+	key := itemKey(dataset, id)
 	c.mu.Lock()
 	it := c.items[key]
 	if it == nil {
-		it = newItem(c.env, c.placement(a.Size), dataset, name, c.countersLocked(dataset))
+		it = newItem(c.env, c.placement(a.Size), dataset, id, name, c.countersLocked(dataset))
 		it.resetLocked(a) // not yet shared, and nothing to retire
 		c.items[key] = it
 		it.ctr.files.Add(1)
@@ -257,7 +259,9 @@ func (c *Cache) placement(size int64) *tier {
 
 // evictName drops the cached item of dataset/name, if any: what a write,
 // a create, an unlink or a rename of a file costs, whatever the number of
-// cached files.
+// cached files. (An item known by its inode is not found by a path: its
+// fingerprint, checked on every read, drops its blocks when the file
+// changes, and the cleaner removes it when it is no longer read.)
 func (c *Cache) evictName(dataset, name string) int {
 	key := itemKey(dataset, name)
 	c.mu.Lock()
@@ -304,7 +308,7 @@ func (c *Cache) load(t *tier) error {
 		m, err := readIndex(mp)
 		var it *Item
 		if err == nil {
-			it = newItem(c.env, t, m.Dataset, m.Name, c.countersLocked(m.Dataset))
+			it = newItem(c.env, t, m.Dataset, cmp.Or(m.ID, m.Name), m.Name, c.countersLocked(m.Dataset))
 			err = it.loadIndex(m, mp)
 		}
 		if err != nil {
@@ -313,7 +317,7 @@ func (c *Cache) load(t *tier) error {
 			os.Remove(strings.TrimSuffix(mp, ".meta") + ".data")
 			continue
 		}
-		key := itemKey(it.dataset, it.name)
+		key := itemKey(it.dataset, it.id)
 		if prev := c.items[key]; prev != nil {
 			// Two generations of one file (a crash between a reset and
 			// the removal of the old one): keep the newer.

@@ -115,7 +115,7 @@ func (c *Cache) cleanTier(t *tier) {
 			break
 		}
 		it := cd.it
-		key := itemKey(it.dataset, it.name)
+		key := itemKey(it.dataset, it.id)
 		if c.items[key] != it || it.busy.Load() != 0 {
 			continue // gone, replaced or in use meanwhile
 		}

@@ -12,6 +12,7 @@ import (
 // itemMeta is an item's persisted index.
 type itemMeta struct {
 	Dataset     string   `json:"dataset"`
+	ID          string   `json:"id,omitempty"` // itemID ("" for an index of an older version: the name)
 	Name        string   `json:"name"`
 	Fingerprint string   `json:"fingerprint"`
 	Size        int64    `json:"size"`
@@ -34,7 +35,7 @@ func (it *Item) save() error {
 	}
 	gen, metaPath := it.gen, it.metaPath
 	it.unsaved = 0
-	m := itemMeta{Dataset: it.dataset, Name: it.name, Fingerprint: it.fingerprint, Size: it.size,
+	m := itemMeta{Dataset: it.dataset, ID: it.id, Name: it.name, Fingerprint: it.fingerprint, Size: it.size,
 		BlockSize: it.env.blockSize, Present: append([]bool(nil), it.present...), Sums: append([]uint32(nil), it.sums...), Atime: it.atime.Load()}
 	it.mu.Unlock()
 	b, err := json.Marshal(m)

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"fmt"
 	"hash/crc32"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/cistern-csi/cistern/pkg/cache/fusefs"
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
 	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
 )
 
@@ -65,7 +67,7 @@ func checkInvariants(t reporter, c *Cache) {
 		bs := it.env.blockSize
 		nb := (it.size + bs - 1) / bs
 		switch {
-		case key != itemKey(it.dataset, it.name):
+		case key != itemKey(it.dataset, it.id):
 			t.Errorf("item %s is in the map under another key", it.name)
 		case it.removed:
 			t.Errorf("item %s is in the map and removed", it.name)
@@ -173,7 +175,7 @@ func TestCheckInvariantsCatchesDrift(t *testing.T) {
 	defer c.Close()
 	readAll(t, c, p, "f")
 	checkInvariants(t, c) // sound before
-	it := c.items[itemKey("ds", "f")]
+	it := cachedItem(t, c, p, "f")
 	for _, tc := range []struct {
 		name         string
 		break_, mend func()
@@ -197,4 +199,21 @@ func TestCheckInvariantsCatchesDrift(t *testing.T) {
 		}
 	}
 	checkInvariants(t, c) // sound after
+}
+
+// cachedItem returns the cached item of name of dataset "ds" served from
+// src (known by inode for a POSIX source).
+func cachedItem(t *testing.T, c *Cache, src source.Source, name string) *Item {
+	t.Helper()
+	a, err := src.Stat(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	it := c.items[itemKey("ds", itemID(name, a))]
+	if it == nil {
+		t.Fatalf("%s is not cached", name)
+	}
+	return it
 }

@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -42,11 +43,12 @@ type itemEnv struct {
 // Item is the cache of one source file.
 type Item struct {
 	// immutable after creation
-	env           *itemEnv
-	tier          *tier
-	dataset, name string
-	hash          string
-	ctr           *counters // the dataset's; set before the item is shared
+	env         *itemEnv
+	tier        *tier
+	dataset, id string // the key: the dataset's key and the file's identity (itemID)
+	name        string // the path the file was first read at (logs, prefix evictions)
+	hash        string
+	ctr         *counters // the dataset's; set before the item is shared
 
 	atime atomic.Int64 // last use, UnixNano; the LRU order
 	busy  atomic.Int32 // reads and fetches in progress; the cleaner skips busy items
@@ -83,15 +85,32 @@ type Item struct {
 }
 
 // itemKey is the map key of a dataset's file.
-func itemKey(dataset, name string) string { return dataset + "\x00" + name }
+func itemKey(dataset, id string) string { return dataset + "\x00" + id }
 
-func itemHash(dataset, name string) string {
-	sum := sha256.Sum256([]byte(itemKey(dataset, name)))
+// itemID is what a cached file is known by: a POSIX file by its device
+// and inode (a renamed file keeps its blocks, the names of a hard-linked
+// file share them), a file of a store without inodes by its path.
+func itemID(name string, a source.Attr) string {
+	if a.Ino != 0 {
+		return "inode:" + strconv.FormatUint(a.Dev, 10) + ":" + strconv.FormatUint(a.Ino, 10)
+	}
+	return name
+}
+
+// fileRef is where a read of an item goes: the source and the file's
+// current path (an item keyed by inode has no path of its own).
+type fileRef struct {
+	src  source.Source
+	name string
+}
+
+func itemHash(dataset, id string) string {
+	sum := sha256.Sum256([]byte(itemKey(dataset, id)))
 	return hex.EncodeToString(sum[:16])
 }
 
-func newItem(env *itemEnv, t *tier, dataset, name string, ctr *counters) *Item {
-	it := &Item{env: env, tier: t, dataset: dataset, name: name, hash: itemHash(dataset, name), ctr: ctr,
+func newItem(env *itemEnv, t *tier, dataset, id, name string, ctr *counters) *Item {
+	it := &Item{env: env, tier: t, dataset: dataset, id: id, name: name, hash: itemHash(dataset, id), ctr: ctr,
 		inflight: map[int64]*fetchCall{}}
 	it.dataPath, it.metaPath = it.newPaths()
 	return it
@@ -175,26 +194,26 @@ func (it *Item) addBytesLocked(n int64) {
 
 // readAt reads p at off (within the file's size, off < end) block by
 // block and starts read-ahead when reads are sequential.
-func (it *Item) readAt(ctx context.Context, src source.Source, p []byte, off, end int64) (int, error) {
+func (it *Item) readAt(ctx context.Context, ref fileRef, p []byte, off, end int64) (int, error) {
 	bs := it.env.blockSize
 	n := 0
 	for pos := off; pos < end; {
 		b := pos / bs
 		boff := pos - b*bs
 		want := min(bs-boff, end-pos)
-		got, err := it.readBlock(ctx, src, b, p[n:n+int(want)], boff)
+		got, err := it.readBlock(ctx, ref, b, p[n:n+int(want)], boff)
 		n += got
 		if err != nil {
 			return n, err
 		}
 		pos += want
 	}
-	it.noteRead(src, off, end)
+	it.noteRead(ref, off, end)
 	return n, nil
 }
 
 // readBlock copies block b from offset boff into dst.
-func (it *Item) readBlock(ctx context.Context, src source.Source, b int64, dst []byte, boff int64) (int, error) {
+func (it *Item) readBlock(ctx context.Context, ref fileRef, b int64, dst []byte, boff int64) (int, error) {
 	it.busy.Add(1)
 	defer it.busy.Add(-1)
 	if it.verify(b) {
@@ -205,7 +224,7 @@ func (it *Item) readBlock(ctx context.Context, src source.Source, b int64, dst [
 			return n, nil
 		}
 	}
-	buf, err := it.fetchUpTo(ctx, src, b, int(boff)+len(dst))
+	buf, err := it.fetchUpTo(ctx, ref, b, int(boff)+len(dst))
 	if err != nil {
 		return 0, err
 	}
@@ -274,13 +293,13 @@ func (it *Item) verify(b int64) bool {
 // readers ask at the same time. Each caller waits with its own context; the
 // fetch itself runs under the fetcher's, so one impatient reader does not
 // fail the others.
-func (it *Item) fetch(ctx context.Context, src source.Source, b int64) ([]byte, error) {
-	return it.fetchUpTo(ctx, src, b, math.MaxInt)
+func (it *Item) fetch(ctx context.Context, ref fileRef, b int64) ([]byte, error) {
+	return it.fetchUpTo(ctx, ref, b, math.MaxInt)
 }
 
 // fetchUpTo is fetch that returns as soon as the block's first need bytes
 // are there; the caller reads only buf[:need] of what it returns.
-func (it *Item) fetchUpTo(ctx context.Context, src source.Source, b int64, need int) ([]byte, error) {
+func (it *Item) fetchUpTo(ctx context.Context, ref fileRef, b int64, need int) ([]byte, error) {
 	it.mu.Lock()
 	if b < int64(len(it.present)) && it.present[b] && it.verified[b] {
 		// Stored by a fetch (read-ahead, say) that finished after the
@@ -304,7 +323,7 @@ func (it *Item) fetchUpTo(ctx context.Context, src source.Source, b int64, need 
 		it.inflight[b] = call
 		gen, fp := it.gen, it.fingerprint
 		it.busy.Add(1)
-		it.env.fetch.spawn(func(context.Context) { it.runFetch(src, b, gen, fp, call) })
+		it.env.fetch.spawn(func(context.Context) { it.runFetch(ref, b, gen, fp, call) })
 	}
 	it.mu.Unlock()
 	if err := call.wait(ctx, need); err != nil {
@@ -315,7 +334,7 @@ func (it *Item) fetchUpTo(ctx context.Context, src source.Source, b int64, need 
 
 // runFetch reads block b of version gen from the source into call and
 // stores it.
-func (it *Item) runFetch(src source.Source, b int64, gen uint64, fingerprint string, call *fetchCall) {
+func (it *Item) runFetch(ref fileRef, b int64, gen uint64, fingerprint string, call *fetchCall) {
 	defer it.busy.Add(-1)
 	defer func() {
 		it.mu.Lock()
@@ -330,11 +349,11 @@ func (it *Item) runFetch(src source.Source, b int64, gen uint64, fingerprint str
 		call.err = io.EOF
 		return
 	}
-	n, err := it.env.fetch.read(src, it.name, fingerprint, call.buf, b*it.env.blockSize, call.progress)
+	n, err := it.env.fetch.read(ref.src, ref.name, fingerprint, call.buf, b*it.env.blockSize, call.progress)
 	it.env.total.sourceBytes.Add(int64(n))
 	it.ctr.sourceBytes.Add(int64(n))
 	if err != nil && !(errors.Is(err, io.EOF) && int64(n) == bl) {
-		call.err = fmt.Errorf("read %s block %d from source: %w", it.name, b, err)
+		call.err = fmt.Errorf("read %s block %d from source: %w", ref.name, b, err)
 		return
 	}
 	it.env.total.misses.Add(1)
@@ -389,7 +408,7 @@ func (it *Item) store(b int64, buf []byte, gen uint64) error {
 const saveEvery = 64
 
 // noteRead starts read-ahead when reads are sequential.
-func (it *Item) noteRead(src source.Source, off, end int64) {
+func (it *Item) noteRead(ref fileRef, off, end int64) {
 	bs := it.env.blockSize
 	it.mu.Lock()
 	seq := off == it.lastEnd
@@ -415,6 +434,6 @@ func (it *Item) noteRead(src source.Source, off, end int64) {
 	}
 	it.mu.Unlock()
 	for _, b := range todo {
-		it.env.fetch.readAhead(func(ctx context.Context) { _, _ = it.fetch(ctx, src, b) })
+		it.env.fetch.readAhead(func(ctx context.Context) { _, _ = it.fetch(ctx, ref, b) })
 	}
 }

@@ -27,18 +27,16 @@ func TestEvictedItemNeverClobbersItsSuccessor(t *testing.T) {
 	defer c.Close()
 	readAll(t, c, p, "f")
 	// The first half of an eviction: out of the map, files not yet gone.
+	old := cachedItem(t, c, p, "f")
 	c.mu.Lock()
-	old := c.items[itemKey("ds", "f")]
-	delete(c.items, itemKey("ds", "f"))
+	delete(c.items, itemKey("ds", old.id))
 	old.ctr.files.Add(-1)
 	c.mu.Unlock()
 	// A reader in between makes and fills a new item.
 	readAll(t, c, p, "f")
 	// The second half of the eviction.
 	old.remove()
-	c.mu.Lock()
-	cur := c.items[itemKey("ds", "f")]
-	c.mu.Unlock()
+	cur := cachedItem(t, c, p, "f")
 	if err := cur.closeFile(); err != nil { // as the open-file bound does
 		t.Fatal(err)
 	}
@@ -69,9 +67,7 @@ func TestReopenReverifies(t *testing.T) {
 	c := newTestCache(t, t.TempDir(), 1<<30)
 	defer c.Close()
 	readAll(t, c, p, "f")
-	c.mu.Lock()
-	it := c.items[itemKey("ds", "f")]
-	c.mu.Unlock()
+	it := cachedItem(t, c, p, "f")
 	if err := it.closeFile(); err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +87,34 @@ func TestReopenReverifies(t *testing.T) {
 	}
 	if src.total.Load() == 0 {
 		t.Error("nothing was fetched again: the replaced file was trusted")
+	}
+	checkInvariants(t, c)
+}
+
+// TestCachedByInode: a POSIX file is cached by its inode: the second name
+// of a hard-linked file reads the blocks the first fetched (it was cached
+// by path: fetched again under each name). A rename changes the file's
+// ctime, which the fingerprint includes (it is what tells a rewrite that
+// kept size and mtime): the renamed file reads right, fetched again.
+func TestCachedByInode(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 5*cachetest.Block+3, 61)
+	if err := os.Link(filepath.Join(root, "f"), filepath.Join(root, "g")); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	readAll(t, c, p, "f")
+	src := newCounting(p)
+	if got := readAll(t, c, src, "g"); !bytes.Equal(got, want) || src.total.Load() != 0 {
+		t.Fatalf("the second name of a hard link: equal=%t, %d source reads (want 0)", bytes.Equal(got, want), src.total.Load())
+	}
+	if err := os.Rename(filepath.Join(root, "f"), filepath.Join(root, "h")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, c, src, "h"); !bytes.Equal(got, want) {
+		t.Fatal("a renamed file reads wrong bytes")
 	}
 	checkInvariants(t, c)
 }

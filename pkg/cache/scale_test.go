@@ -46,7 +46,7 @@ func fillItems(b *testing.B, c *Cache, n int) {
 	ct := c.countersLocked("ds")
 	for i := range n {
 		name := fmt.Sprintf("d%03d/f%07d", i%1000, i)
-		it := newItem(c.env, c.tiers[0], "ds", name, ct)
+		it := newItem(c.env, c.tiers[0], "ds", name, name, ct)
 		it.resetLocked(source.Attr{Size: 4096})
 		c.items[itemKey("ds", name)] = it
 		ct.files.Add(1)

@@ -55,7 +55,14 @@ func (n *node) fill(a source.Attr, out *fuse.Attr) {
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 1 << 20
 	out.Nlink = max(a.Nlink, 1)
-	out.SetTimes(nil, &a.Mtime, &a.Mtime)
+	at, ct := a.Atime, a.Ctime
+	if at.IsZero() {
+		at = a.Mtime // an object store keeps one time
+	}
+	if ct.IsZero() {
+		ct = a.Mtime
+	}
+	out.SetTimes(&at, &a.Mtime, &ct)
 }
 
 func (n *node) setAttr(a source.Attr) {

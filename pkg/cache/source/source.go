@@ -21,6 +21,8 @@ type Attr struct {
 	UID, GID uint32
 	Size     int64
 	Mtime    time.Time
+	// Atime is a POSIX file's access time (zero for an object store).
+	Atime time.Time
 	// Nlink is the number of names of a POSIX file (1 elsewhere).
 	Nlink uint32
 	// Ctime, Dev and Ino are a POSIX file's change time, device and inode

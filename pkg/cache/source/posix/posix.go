@@ -71,6 +71,7 @@ func attrOf(st *unix.Stat_t) source.Attr {
 		GID:   st.Gid,
 		Size:  st.Size,
 		Mtime: time.Unix(st.Mtim.Unix()),
+		Atime: time.Unix(st.Atim.Unix()),
 		Ctime: time.Unix(st.Ctim.Unix()),
 		Dev:   st.Dev,
 		Ino:   st.Ino,
