@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+	"syscall"
 )
 
 // Limits of a path inside a dataset: those of Linux file names and paths.
@@ -24,12 +25,15 @@ var ErrBadPath = errors.New("invalid path")
 // MaxPath bytes in all. The error names the path and wraps ErrBadPath and
 // fs.ErrInvalid.
 func CheckPath(p string) error {
-	bad := func(format string, a ...any) error { return pathError(fmt.Sprintf(format, a...)) }
+	bad := func(format string, a ...any) error { return pathError{msg: fmt.Sprintf(format, a...)} }
+	tooLong := func(format string, a ...any) error {
+		return pathError{msg: fmt.Sprintf(format, a...), errno: syscall.ENAMETOOLONG}
+	}
 	switch {
 	case p == "":
 		return bad("the path is empty")
 	case len(p) > MaxPath:
-		return bad("path is %d bytes long, more than %d", len(p), MaxPath)
+		return tooLong("path is %d bytes long, more than %d", len(p), MaxPath)
 	case strings.IndexByte(p, 0) >= 0:
 		return bad("path %q contains a NUL byte", p)
 	case strings.HasPrefix(p, "/"):
@@ -42,18 +46,27 @@ func CheckPath(p string) error {
 		case seg == "." || seg == "..":
 			return bad("path %q has a %q segment", p, seg)
 		case len(seg) > MaxSegment:
-			return bad("path segment %.20q... is %d bytes long, more than %d", seg, len(seg), MaxSegment)
+			return tooLong("path segment %.20q... is %d bytes long, more than %d", seg, len(seg), MaxSegment)
 		}
 	}
 	return nil
 }
 
 // pathError is a CheckPath error: its text says what is wrong, it matches
-// ErrBadPath and fs.ErrInvalid.
-type pathError string
+// ErrBadPath and fs.ErrInvalid, and ENAMETOOLONG for a name or path too
+// long (the errno a file-system caller expects).
+type pathError struct {
+	msg   string
+	errno syscall.Errno
+}
 
-func (e pathError) Error() string   { return string(e) }
-func (e pathError) Unwrap() []error { return []error{ErrBadPath, fs.ErrInvalid} }
+func (e pathError) Error() string { return e.msg }
+func (e pathError) Unwrap() []error {
+	if e.errno != 0 {
+		return []error{ErrBadPath, fs.ErrInvalid, e.errno}
+	}
+	return []error{ErrBadPath, fs.ErrInvalid}
+}
 
 // CheckName is CheckPath that also accepts "", the dataset's root: the
 // names a Source is given.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -35,6 +36,9 @@ func TestCheckPath(t *testing.T) {
 		if err != nil && (!errors.Is(err, ErrBadPath) || !errors.Is(err, fs.ErrInvalid)) {
 			t.Errorf("CheckPath(%.40q) = %v: does not wrap ErrBadPath and fs.ErrInvalid", tc.path, err)
 		}
+	}
+	if err := CheckPath(long); Errno(err) != syscall.ENAMETOOLONG {
+		t.Errorf("a name of %d bytes maps to %v, want ENAMETOOLONG", len(long), Errno(err))
 	}
 	if err := CheckName(""); err != nil {
 		t.Errorf("CheckName(\"\") = %v, want the root accepted", err)
