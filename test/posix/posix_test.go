@@ -365,6 +365,37 @@ var cases = []posixCase{
 		}
 		return want(string(buf) == "AFTER!", "read %q after unlink", buf)
 	}, ""},
+	{"a write by another user clears setuid and setgid", func(d string) error {
+		p := filepath.Join(d, "f")
+		if err := os.WriteFile(p, nil, 0o666); err != nil {
+			return err
+		}
+		if err := unix.Chmod(p, 0o6777); err != nil {
+			return err
+		}
+		if err := asUser(nobody, nobody, nil, "printf x >> "+p); err != nil {
+			return err
+		}
+		st, err := stat(p)
+		return errors.Join(err, want(st.Mode&0o7777 == 0o777, "mode %o after a write by uid %d, want 777", st.Mode&0o7777, nobody))
+	}, ""},
+	{"fstat of an unlinked open file", func(d string) error {
+		p := filepath.Join(d, "f")
+		os.WriteFile(p, []byte("x"), 0o644)
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return err
+		}
+		return want(st.Nlink == 0 && st.Size == 1, "nlink %d size %d, want 0 and 1", st.Nlink, st.Size)
+	}, ""},
 }
 
 // TestPOSIXConformance runs every case on a plain directory and on a

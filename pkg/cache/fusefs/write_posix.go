@@ -9,6 +9,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
@@ -67,7 +68,25 @@ type posixHandle struct {
 	appendOnly bool // O_APPEND: every write at the end, as the source has it
 }
 
-var _ gofs.FileReader = (*posixHandle)(nil)
+var (
+	_ gofs.FileReader    = (*posixHandle)(nil)
+	_ gofs.FileGetattrer = (*posixHandle)(nil)
+)
+
+// Getattr answers fstat(2) from the handle's own descriptor: an open file
+// that was renamed or unlinked still has attributes (nlink 0).
+func (h *posixHandle) Getattr(_ context.Context, out *fuse.AttrOut) syscall.Errno {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.f.Fd()), &st); err != nil {
+		return source.Errno(err)
+	}
+	a := source.StatAttr(&st)
+	h.n.fill(a, &out.Attr)
+	if a.Nlink == 0 {
+		out.Nlink = 0 // fill shows at least 1 for a named file
+	}
+	return 0
+}
 
 // Read implements gofs.FileReader.
 func (h *posixHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -92,7 +111,7 @@ var (
 )
 
 // Write writes through to the source; the cached copy is dropped.
-func (h *posixHandle) Write(_ context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+func (h *posixHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	if !h.writable {
 		return 0, syscall.EBADF
 	}
@@ -104,7 +123,30 @@ func (h *posixHandle) Write(_ context.Context, data []byte, off int64) (uint32, 
 		k, err = h.f.WriteAt(data, off)
 	}
 	h.n.fsys.eng.EvictFile(h.n.rel())
+	if err == nil && caller(ctx).UID != 0 {
+		err = killPrivileges(h.f)
+	}
 	return uint32(k), source.Errno(err)
+}
+
+// killPrivileges clears the setuid bit, and the setgid bit of a group
+// executable file, after a write by anyone but root, as the kernel does
+// for a write of its own file systems (the daemon writes as root, which
+// keeps them).
+func killPrivileges(f *os.File) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	mode := st.Mode & 0o7777
+	kill := uint32(syscall.S_ISUID)
+	if mode&0o010 != 0 {
+		kill |= syscall.S_ISGID
+	}
+	if mode&kill == 0 {
+		return nil
+	}
+	return syscall.Fchmod(int(f.Fd()), mode&^kill)
 }
 
 // Fsync makes the file durable in the source before it returns.

@@ -3,6 +3,9 @@ package source
 import (
 	"io/fs"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // UnixMode converts m to the mode bits of stat(2), type included.
@@ -51,4 +54,38 @@ func FileMode(mode uint32) fs.FileMode {
 		m |= fs.ModeSticky
 	}
 	return m
+}
+
+// StatAttr converts what stat(2) says of a file to its Attr.
+func StatAttr(st *unix.Stat_t) Attr {
+	a := Attr{
+		Mode:  FileMode(st.Mode),
+		UID:   st.Uid,
+		GID:   st.Gid,
+		Size:  st.Size,
+		Mtime: time.Unix(st.Mtim.Unix()),
+		Atime: time.Unix(st.Atim.Unix()),
+		Ctime: time.Unix(st.Ctim.Unix()),
+		Dev:   st.Dev,
+		Ino:   st.Ino,
+		Nlink: uint32(st.Nlink),
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		a.Mode |= fs.ModeDir
+	case unix.S_IFLNK:
+		a.Mode |= fs.ModeSymlink
+	case unix.S_IFREG:
+	case unix.S_IFIFO:
+		a.Mode |= fs.ModeNamedPipe
+	case unix.S_IFSOCK:
+		a.Mode |= fs.ModeSocket
+	case unix.S_IFCHR:
+		a.Mode |= fs.ModeDevice | fs.ModeCharDevice
+	case unix.S_IFBLK:
+		a.Mode |= fs.ModeDevice
+	default:
+		a.Mode |= fs.ModeIrregular
+	}
+	return a
 }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -65,36 +64,7 @@ func (p *Source) parentOrRoot(name string) (*os.File, string, error) {
 }
 
 func attrOf(st *unix.Stat_t) source.Attr {
-	a := source.Attr{
-		Mode:  source.FileMode(st.Mode),
-		UID:   st.Uid,
-		GID:   st.Gid,
-		Size:  st.Size,
-		Mtime: time.Unix(st.Mtim.Unix()),
-		Atime: time.Unix(st.Atim.Unix()),
-		Ctime: time.Unix(st.Ctim.Unix()),
-		Dev:   st.Dev,
-		Ino:   st.Ino,
-		Nlink: uint32(st.Nlink),
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFDIR:
-		a.Mode |= fs.ModeDir
-	case unix.S_IFLNK:
-		a.Mode |= fs.ModeSymlink
-	case unix.S_IFREG:
-	case unix.S_IFIFO:
-		a.Mode |= fs.ModeNamedPipe
-	case unix.S_IFSOCK:
-		a.Mode |= fs.ModeSocket
-	case unix.S_IFCHR:
-		a.Mode |= fs.ModeDevice | fs.ModeCharDevice
-	case unix.S_IFBLK:
-		a.Mode |= fs.ModeDevice
-	default:
-		a.Mode |= fs.ModeIrregular
-	}
-	return a
+	return source.StatAttr(st)
 }
 
 // Stat implements source.Source.
