@@ -81,6 +81,17 @@ var cases = []posixCase{
 		st, err := stat(filepath.Join(d, "f"))
 		return errors.Join(err, want(st.Mode&0o7777 == 0o751, "mode %o, want 751", st.Mode&0o7777))
 	}, ""},
+	{"a file created with mode 0000 keeps it", func(d string) error {
+		old := unix.Umask(0)
+		defer unix.Umask(old)
+		fd, err := unix.Open(filepath.Join(d, "f"), unix.O_CREAT|unix.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		unix.Close(fd)
+		st, err := stat(filepath.Join(d, "f"))
+		return errors.Join(err, want(st.Mode&0o7777 == 0, "mode %o, want 0", st.Mode&0o7777))
+	}, ""},
 	{"mkdir keeps the mode asked for", func(d string) error {
 		old := unix.Umask(0)
 		defer unix.Umask(old)

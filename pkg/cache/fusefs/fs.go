@@ -128,6 +128,8 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 	}
 	root := &node{fsys: f}
 	srv, err := gofs.Mount(dir, root, &gofs.Options{
+		// A mode of 0000 is a mode (a file created so), not "unset".
+		NullPermissions: true,
 		MountOptions:    mo,
 		EntryTimeout:    &mc,
 		AttrTimeout:     &mc,
