@@ -144,6 +144,21 @@ var cases = []posixCase{
 		st, err2 := stat(filepath.Join(d, "l"))
 		return errors.Join(err, err2, want(got == "target/elsewhere" && st.Mode&unix.S_IFMT == unix.S_IFLNK, "readlink %q, mode %o", got, st.Mode))
 	}, ""},
+	{"a symbolic link's own times stick (lookups do not read it)", func(d string) error {
+		l := filepath.Join(d, "l")
+		if err := os.Symlink("target", l); err != nil {
+			return err
+		}
+		ts := []unix.Timespec{unix.NsecToTimespec(1_900_000_000e9), unix.NsecToTimespec(1_950_000_000e9)}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, l, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+		st, err := stat(l)
+		if err == nil {
+			st, err = stat(l)
+		}
+		return errors.Join(err, want(st.Atim.Sec == 1_900_000_000 && st.Mtim.Sec == 1_950_000_000, "link atime %d mtime %d", st.Atim.Sec, st.Mtim.Sec))
+	}, ""},
 	{"hard link: one file, two names", func(d string) error {
 		a, b := filepath.Join(d, "a"), filepath.Join(d, "b")
 		if err := os.WriteFile(a, []byte("one"), 0o644); err != nil {

@@ -49,7 +49,7 @@ func (n *node) fill(a source.Attr, out *fuse.Attr) {
 	out.Mode = source.UnixMode(a.Mode)
 	out.Owner = fuse.Owner{Uid: a.UID, Gid: a.GID}
 	out.Size = uint64(a.Size)
-	if a.Mode&fs.ModeSymlink != 0 {
+	if a.Mode&fs.ModeSymlink != 0 && a.Target != "" {
 		out.Size = uint64(len(a.Target))
 	}
 	out.Blocks = (out.Size + 511) / 512
@@ -180,6 +180,13 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 
 // Readlink implements gofs.NodeReadlinker.
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if r, ok := n.fsys.src.(source.Readlinker); ok {
+		target, err := r.Readlink(ctx, n.rel())
+		if err != nil {
+			return nil, source.Errno(err)
+		}
+		return []byte(target), 0
+	}
 	a, err := n.fsys.src.Stat(ctx, n.rel())
 	if err != nil {
 		return nil, source.Errno(err)

@@ -33,7 +33,8 @@ type Attr struct {
 	Dev, Ino uint64
 	// ETag is the object store's version tag; empty for POSIX sources.
 	ETag string
-	// Target is a symbolic link's target.
+	// Target is a symbolic link's target, where the source says it with
+	// the attributes (see Readlinker).
 	Target string
 }
 
@@ -122,6 +123,12 @@ type FSStats struct {
 	Blocks, Bfree, Bavail uint64
 	Files, Ffree          uint64
 	NameLen               uint32
+}
+
+// Readlinker is a source that reads a symbolic link's target apart from
+// its attributes (a POSIX tree: reading it is an access of the link).
+type Readlinker interface {
+	Readlink(ctx context.Context, name string) (string, error)
 }
 
 // StatFSer is a source that knows its file system's size and use (a POSIX

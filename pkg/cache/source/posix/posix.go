@@ -78,16 +78,24 @@ func (p *Source) Stat(_ context.Context, name string) (source.Attr, error) {
 	if err := unix.Fstatat(int(pf.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW|unix.AT_EMPTY_PATH); err != nil {
 		return source.Attr{}, &fs.PathError{Op: "stat", Path: name, Err: err}
 	}
-	a := attrOf(&st)
-	if a.Mode&fs.ModeSymlink != 0 {
-		buf := make([]byte, 4096)
-		n, err := unix.Readlinkat(int(pf.Fd()), base, buf)
-		if err != nil {
-			return source.Attr{}, &fs.PathError{Op: "readlink", Path: name, Err: err}
-		}
-		a.Target = string(buf[:n])
+	// A link's target is read by Readlink only: reading it here would
+	// change the link's access time at every lookup.
+	return attrOf(&st), nil
+}
+
+// Readlink implements source.Readlinker.
+func (p *Source) Readlink(_ context.Context, name string) (string, error) {
+	pf, base, err := p.parent(name)
+	if err != nil {
+		return "", err
 	}
-	return a, nil
+	defer pf.Close()
+	buf := make([]byte, 4096)
+	n, err := unix.Readlinkat(int(pf.Fd()), base, buf)
+	if err != nil {
+		return "", &fs.PathError{Op: "readlink", Path: name, Err: err}
+	}
+	return string(buf[:n]), nil
 }
 
 // List implements source.Source.
@@ -110,13 +118,7 @@ func (p *Source) List(ctx context.Context, dir string) ([]source.Entry, error) {
 			}
 			return nil, &fs.PathError{Op: "stat", Path: path.Join(dir, n), Err: err}
 		}
-		e := source.Entry{Name: n, Attr: attrOf(&st)}
-		if e.Attr.Mode&fs.ModeSymlink != 0 {
-			if a, err := p.Stat(ctx, path.Join(dir, n)); err == nil {
-				e.Attr = a
-			}
-		}
-		out = append(out, e)
+		out = append(out, source.Entry{Name: n, Attr: attrOf(&st)})
 	}
 	return out, nil
 }
