@@ -76,8 +76,9 @@ type FS struct {
 	log    klog.Logger
 	eng    Engine
 	src    source.Source
-	w      writer  // the write strategy
-	inodes *inodes // the inode numbers the kernel sees
+	w      writer     // the write strategy
+	inodes *inodes    // the inode numbers the kernel sees
+	locks  lockOwners // record-lock owners' descriptors (POSIX write-through)
 	srv    *fuse.Server
 
 	// Reads counts READ requests that reached the daemon (a passthrough
@@ -125,6 +126,11 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 	mo.Options = append(mo.Options, "default_permissions")
 	if opts.ReadOnly {
 		mo.Options = append(mo.Options, "ro")
+	}
+	if _, ok := w.(posixWriter); ok {
+		// Locks are the source's: they hold across nodes.
+		mo.EnableLocks = true
+		f.locks.fds = map[lockOwnerKey]*os.File{}
 	}
 	root := &node{fsys: f}
 	srv, err := gofs.Mount(dir, root, &gofs.Options{

@@ -5,6 +5,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -66,6 +67,9 @@ type posixHandle struct {
 	f          *os.File
 	writable   bool // opened for writing
 	appendOnly bool // O_APPEND: every write at the end, as the source has it
+
+	ownersMu sync.Mutex
+	owners   []uint64 // guarded by ownersMu; lock owners that took record locks through it
 }
 
 var (
@@ -172,6 +176,7 @@ func (h *posixHandle) Allocate(_ context.Context, off, size uint64, mode uint32)
 
 // Release closes the source descriptor.
 func (h *posixHandle) Release(ctx context.Context) syscall.Errno {
+	h.releaseOwners()
 	h.f.Close()
 	return h.handle.Release(ctx)
 }
