@@ -105,3 +105,46 @@ func TestPermissionsEnforced(t *testing.T) {
 		t.Errorf("chmod by another user succeeded: %q", out)
 	}
 }
+
+// TestCreateOverAFileMadeBehindTheKernel: when the kernel still believes a
+// name free (a negative entry) while the file exists in the source (made
+// on another node), open(O_CREAT) reaches the daemon as a create; the
+// caller must get the rights of an open of that file, not a creator's. The
+// daemon opened it for writing as root, and another user truncated and
+// wrote a file it could only read.
+func TestCreateOverAFileMadeBehindTheKernel(t *testing.T) {
+	cachetest.RequireFUSE(t)
+	const nobody = 65534
+	root := t.TempDir()
+	os.Chmod(root, 0o777)
+	p, err := posix.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	mnt := filepath.Join(cachetest.OpenDir(t), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Mount(mnt, c.Dataset("ds", p), Options{Name: "ds", MetaCache: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cachetest.UnmountAtCleanup(t, mnt, f.Unmount)
+	// The kernel learns the name is free...
+	if _, err := os.Stat(filepath.Join(mnt, "report")); !os.IsNotExist(err) {
+		t.Fatalf("stat of a free name: %v", err)
+	}
+	// ...then another node makes it, read-only to others.
+	if err := os.WriteFile(filepath.Join(root, "report"), []byte("root's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cachetest.AsUser(t, nobody, nobody, nil, "echo overwritten > "+mnt+"/report")
+	if err == nil {
+		t.Errorf("uid %d opened a file it may only read for writing: %q", nobody, out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "report")); string(b) != "root's" {
+		t.Errorf("the file is %q in the source, want it untouched", b)
+	}
+}

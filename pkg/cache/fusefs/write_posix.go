@@ -189,10 +189,24 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 	if err != nil {
 		return nil, nil, 0, source.Errno(err)
 	}
-	if !created && flags&syscall.O_TRUNC != 0 {
-		if err := w.src.Truncate(ctx, p, 0); err != nil {
+	openFlags := flags&^uint32(syscall.O_TRUNC|syscall.O_ACCMODE) | syscall.O_RDWR
+	if !created {
+		// Made meanwhile behind the kernel's back (it believed the name
+		// free): open it as open(2) opens an existing file, with the
+		// caller's rights, not a creator's.
+		a, err := w.src.Stat(ctx, p)
+		if err != nil {
 			return nil, nil, 0, source.Errno(err)
 		}
+		if !mayOpen(a, caller(ctx), int(flags)) {
+			return nil, nil, 0, syscall.EACCES
+		}
+		if flags&syscall.O_TRUNC != 0 {
+			if err := w.src.Truncate(ctx, p, 0); err != nil {
+				return nil, nil, 0, source.Errno(err)
+			}
+		}
+		openFlags = flags &^ syscall.O_TRUNC
 	}
 	parent.fsys.eng.EvictFile(p)
 	in, c, errno := parent.newChild(ctx, name, out)
@@ -201,7 +215,7 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 	}
 	// The creator writes what it created whatever its mode (as open(2)
 	// with O_CREAT does): the handle is opened for writing by the daemon.
-	h, errno := w.openHandle(ctx, c, p, flags&^uint32(syscall.O_TRUNC|syscall.O_ACCMODE)|syscall.O_RDWR)
+	h, errno := w.openHandle(ctx, c, p, openFlags)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
@@ -322,4 +336,37 @@ func (w posixWriter) mknod(ctx context.Context, parent *node, name string, mode 
 
 func (w posixWriter) fsync(ctx context.Context, n *node, datasync bool) syscall.Errno {
 	return source.Errno(w.src.Fsync(ctx, n.rel(), datasync))
+}
+
+// mayOpen reports whether the caller may open the existing file a with
+// flags' access mode, by its owner, group and mode bits (the caller's
+// supplementary groups are not known here: a member by one of them is
+// refused, never a stranger let in).
+func mayOpen(a source.Attr, c source.Owner, flags int) bool {
+	if c.UID == 0 {
+		return true
+	}
+	perm := uint32(a.Mode.Perm())
+	var bits uint32
+	switch {
+	case a.UID == c.UID:
+		bits = perm >> 6 & 7
+	case a.GID == c.GID:
+		bits = perm >> 3 & 7
+	default:
+		bits = perm & 7
+	}
+	var need uint32
+	switch flags & syscall.O_ACCMODE {
+	case syscall.O_RDONLY:
+		need = 4
+	case syscall.O_WRONLY:
+		need = 2
+	default:
+		need = 6
+	}
+	if flags&syscall.O_TRUNC != 0 {
+		need |= 2
+	}
+	return bits&need == need
 }
