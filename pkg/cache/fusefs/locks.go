@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -45,33 +46,35 @@ var (
 	_ gofs.FileSetlkwer = (*posixHandle)(nil)
 )
 
-// ownerFile returns owner's descriptor of the handle's file, opening it.
-func (h *posixHandle) ownerFile(ctx context.Context, owner uint64) (*os.File, error) {
+// withOwnerFile calls fn with owner's descriptor of the handle's file,
+// opening it first. fn runs under the table's lock, so a concurrent
+// unlock of the whole file cannot close the descriptor under it.
+func (h *posixHandle) withOwnerFile(owner uint64, fn func(fd uintptr) error) error {
 	fsys := h.n.fsys
 	key := lockOwnerKey{h.n.StableAttr().Ino, owner}
 	fsys.locks.mu.Lock()
 	defer fsys.locks.mu.Unlock()
-	if f := fsys.locks.fds[key]; f != nil {
-		return f, nil
+	f := fsys.locks.fds[key]
+	if f == nil {
+		// Through /proc: the same file the handle has open, whatever its
+		// name is now. The descriptor only ever locks (the kernel checks a
+		// lock against the access mode of the caller's descriptor), so read-write when the source
+		// lets root have it, which any lock of any of the owner's handles
+		// can then use.
+		var err error
+		if f, err = os.OpenFile(procFD(h.f), os.O_RDWR, 0); err != nil {
+			if f, err = os.OpenFile(procFD(h.f), os.O_RDONLY, 0); err != nil {
+				return err
+			}
+		}
+		fsys.locks.fds[key] = f
+		h.ownersMu.Lock()
+		if !slices.Contains(h.owners, owner) {
+			h.owners = append(h.owners, owner)
+		}
+		h.ownersMu.Unlock()
 	}
-	w, ok := fsys.w.(posixWriter)
-	if !ok {
-		return nil, syscall.ENOTSUP
-	}
-	// Through /proc: the same file the handle has open, whatever its
-	// name is now.
-	f, err := os.OpenFile(procFD(h.f), os.O_RDWR, 0)
-	if err != nil {
-		f, err = w.src.OpenFile(ctx, h.n.rel(), os.O_RDWR)
-	}
-	if err != nil {
-		return nil, err
-	}
-	fsys.locks.fds[key] = f
-	h.ownersMu.Lock()
-	h.owners = append(h.owners, owner)
-	h.ownersMu.Unlock()
-	return f, nil
+	return fn(f.Fd())
 }
 
 // dropOwner closes owner's descriptor of the handle's file (which
@@ -80,10 +83,9 @@ func (h *posixHandle) dropOwner(owner uint64) {
 	fsys := h.n.fsys
 	key := lockOwnerKey{h.n.StableAttr().Ino, owner}
 	fsys.locks.mu.Lock()
-	f := fsys.locks.fds[key]
-	delete(fsys.locks.fds, key)
-	fsys.locks.mu.Unlock()
-	if f != nil {
+	defer fsys.locks.mu.Unlock()
+	if f := fsys.locks.fds[key]; f != nil {
+		delete(fsys.locks.fds, key)
 		f.Close()
 	}
 }
@@ -104,12 +106,10 @@ func flockT(lk *fuse.FileLock) unix.Flock_t {
 
 // Getlk implements gofs.FileGetlker.
 func (h *posixHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
-	f, err := h.ownerFile(ctx, owner)
-	if err != nil {
-		return source.Errno(err)
-	}
 	fl := flockT(lk)
-	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &fl); err != nil {
+	if err := h.withOwnerFile(owner, func(fd uintptr) error {
+		return unix.FcntlFlock(fd, unix.F_OFD_GETLK, &fl)
+	}); err != nil {
 		return source.Errno(err)
 	}
 	out.Typ = uint32(fl.Type)
@@ -149,12 +149,10 @@ func (h *posixHandle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock
 			h.dropOwner(owner) // the owner let go of the whole file
 			return nil
 		}
-		f, err := h.ownerFile(ctx, owner)
-		if err != nil {
-			return err
-		}
 		fl := flockT(lk)
-		return unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &fl)
+		return h.withOwnerFile(owner, func(fd uintptr) error {
+			return unix.FcntlFlock(fd, unix.F_OFD_SETLK, &fl)
+		})
 	}
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
 		err := try()

@@ -119,6 +119,14 @@ func (h *posixHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	if !h.writable {
 		return 0, syscall.EBADF
 	}
+	// Before the write, as the kernel does: a write that cannot drop
+	// the bits writes nothing, and one that did is never refused after
+	// its data landed.
+	if caller(ctx).UID != 0 {
+		if err := killPrivileges(h.f); err != nil {
+			return 0, source.Errno(err)
+		}
+	}
 	var k int
 	var err error
 	if h.appendOnly {
@@ -127,8 +135,8 @@ func (h *posixHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 		k, err = h.f.WriteAt(data, off)
 	}
 	h.n.fsys.eng.EvictFile(h.n.rel())
-	if err == nil && caller(ctx).UID != 0 {
-		err = killPrivileges(h.f)
+	if k > 0 {
+		err = nil // a short write reports what it wrote
 	}
 	return uint32(k), source.Errno(err)
 }
@@ -237,9 +245,19 @@ func (w posixWriter) unlink(ctx context.Context, parent *node, name string) sysc
 	return source.Errno(err)
 }
 
-// rmdir removes an empty directory (Remove takes both).
+// rmdir removes an empty directory, never a file that took its name
+// behind the kernel's back (a source without Rmdir has Remove take both).
 func (w posixWriter) rmdir(ctx context.Context, parent *node, name string) syscall.Errno {
-	return w.unlink(ctx, parent, name)
+	r, ok := w.src.(interface {
+		Rmdir(context.Context, string) error
+	})
+	if !ok {
+		return w.unlink(ctx, parent, name)
+	}
+	p := parent.child(name)
+	err := r.Rmdir(ctx, p)
+	parent.fsys.eng.EvictFile(p)
+	return source.Errno(err)
 }
 
 func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *node, newName string, flags uint32) syscall.Errno {

@@ -125,12 +125,41 @@ func (p *Source) List(ctx context.Context, dir string) ([]source.Entry, error) {
 
 // ReadAt implements source.Source.
 func (p *Source) ReadAt(_ context.Context, name string, b []byte, off int64) (int, error) {
-	f, err := p.root.Open(name, unix.O_RDONLY, 0)
+	f, err := p.openRegular(name, unix.O_RDONLY)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
 	return f.ReadAt(b, off)
+}
+
+// openRegular opens name beneath the root without following a final
+// symbolic link, and only if it is a regular file: O_NONBLOCK keeps an
+// open of a FIFO put in its place from waiting for a writer forever (it
+// is then refused), and is cleared again for the regular file.
+func (p *Source) openRegular(name string, flags int) (*os.File, error) {
+	f, err := p.root.Open(name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
+	}
+	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG {
+		f.Close()
+		errno := unix.EINVAL
+		if t == unix.S_IFDIR {
+			errno = unix.EISDIR
+		}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: errno}
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_SETFL, flags&(unix.O_APPEND|unix.O_DIRECT)); err != nil {
+		f.Close()
+		return nil, &fs.PathError{Op: "fcntl", Path: name, Err: err}
+	}
+	return f, nil
 }
 
 // Create implements source.Writable.
@@ -181,7 +210,7 @@ func own(parent *os.File, fd int, name string, mode fs.FileMode, o source.Owner)
 
 // Truncate implements source.Writable.
 func (p *Source) Truncate(_ context.Context, name string, size int64) error {
-	f, err := p.root.Open(name, unix.O_WRONLY, 0)
+	f, err := p.openRegular(name, unix.O_WRONLY)
 	if err != nil {
 		return err
 	}
@@ -292,25 +321,43 @@ func (p *Source) Mkdir(_ context.Context, name string, mode fs.FileMode, o sourc
 	return own(pf, fd, name, mode|fs.ModeDir, o)
 }
 
-// Remove implements source.Writable: a file, a link or an empty directory.
+// Remove implements source.Writable: a file or a link (Rmdir removes a
+// directory).
 func (p *Source) Remove(_ context.Context, name string) error {
 	pf, base, err := p.parent(name)
 	if err != nil {
 		return err
 	}
 	defer pf.Close()
-	err = unix.Unlinkat(int(pf.Fd()), base, 0)
-	if errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EPERM) {
-		err = unix.Unlinkat(int(pf.Fd()), base, unix.AT_REMOVEDIR)
-	}
-	if err != nil {
+	// Never as a directory: a directory put in the place of the file
+	// behind the kernel's back is left alone (EISDIR); Rmdir removes one.
+	if err := unix.Unlinkat(int(pf.Fd()), base, 0); err != nil {
 		return &fs.PathError{Op: "remove", Path: name, Err: err}
+	}
+	return nil
+}
+
+// Rmdir removes the directory name, and nothing else: a file put in its
+// place behind the kernel's back is left alone (ENOTDIR).
+func (p *Source) Rmdir(_ context.Context, name string) error {
+	pf, base, err := p.parent(name)
+	if err != nil {
+		return err
+	}
+	defer pf.Close()
+	if err := unix.Unlinkat(int(pf.Fd()), base, unix.AT_REMOVEDIR); err != nil {
+		return &fs.PathError{Op: "rmdir", Path: name, Err: err}
 	}
 	return nil
 }
 
 // Rename implements source.Writable.
 func (p *Source) Rename(_ context.Context, from, to string, flags uint32) error {
+	// RENAME_WHITEOUT would leave a character device behind, which the
+	// daemon (root) must not make for a pod.
+	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
+		return &fs.PathError{Op: "rename", Path: from, Err: unix.EINVAL}
+	}
 	ff, fb, err := p.parent(from)
 	if err != nil {
 		return err
@@ -331,7 +378,7 @@ func (p *Source) Rename(_ context.Context, from, to string, flags uint32) error 
 // never through a symbolic link.
 func (p *Source) OpenFile(_ context.Context, name string, flags int) (*os.File, error) {
 	flags &= unix.O_ACCMODE | unix.O_APPEND | unix.O_TRUNC | unix.O_SYNC | unix.O_DSYNC
-	return p.root.Open(name, flags|unix.O_NOFOLLOW, 0)
+	return p.openRegular(name, flags)
 }
 
 // Fsync implements source.Writable.

@@ -1,0 +1,192 @@
+package fusefs
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
+)
+
+// mountRW mounts a read-write POSIX dataset of a fresh source directory
+// and returns the source directory and the mount point.
+func mountRW(t *testing.T) (root, mnt string) {
+	t.Helper()
+	cachetest.RequireFUSE(t)
+	root = t.TempDir()
+	p, err := posix.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	t.Cleanup(func() { c.Close() })
+	mnt = filepath.Join(cachetest.OpenDir(t), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Mount(mnt, c.Dataset("ds", p), Options{Name: "ds", MetaCache: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cachetest.UnmountAtCleanup(t, mnt, f.Unmount)
+	return root, mnt
+}
+
+// TestFIFOSwappedInForAFile: a file replaced by a FIFO behind the kernel's
+// back (another node of the share) fails to open. The daemon opened the
+// FIFO for the caller and waited for a writer forever, hanging the open
+// and a FUSE request thread.
+func TestFIFOSwappedInForAFile(t *testing.T) {
+	root, mnt := mountRW(t)
+	name := filepath.Join(root, "f")
+	if err := os.WriteFile(name, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "f")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(name); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(name, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Should the open wait, a writer set it free so the test can end.
+	t.Cleanup(func() {
+		if w, err := os.OpenFile(name, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+	})
+	for _, flag := range []int{os.O_RDONLY, os.O_RDWR} {
+		done := make(chan error, 1)
+		go func() {
+			f, err := os.OpenFile(filepath.Join(mnt, "f"), flag, 0)
+			if err == nil {
+				f.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("open(%#x) of a name that is now a FIFO in the source succeeded as a file", flag)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("open(%#x) of a name that became a FIFO hung", flag)
+		}
+	}
+}
+
+// TestRenameWhiteoutRefused: RENAME_WHITEOUT would have the daemon make a
+// character device in the source, which a pod may not.
+func TestRenameWhiteoutRefused(t *testing.T) {
+	root, mnt := mountRW(t)
+	if err := os.WriteFile(filepath.Join(mnt, "a"), []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(mnt, "a"), unix.AT_FDCWD, filepath.Join(mnt, "b"), unix.RENAME_WHITEOUT)
+	if !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("rename with RENAME_WHITEOUT: %v, want EINVAL", err)
+	}
+	if st, err := os.Lstat(filepath.Join(root, "a")); err != nil || !st.Mode().IsRegular() {
+		t.Errorf("source a after a refused whiteout rename: %v, %v; want the file untouched", st, err)
+	}
+}
+
+// TestUnlinkErrorIsTheSources: unlink of a file the source refuses to
+// remove (immutable) fails with the source's EPERM.
+func TestUnlinkErrorIsTheSources(t *testing.T) {
+	root, mnt := mountRW(t)
+	name := filepath.Join(root, "kept")
+	if err := os.WriteFile(name, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("chattr", "+i", name).CombinedOutput(); err != nil {
+		t.Skipf("the test directory's file system has no immutable files (chattr: %v %s)", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", name).Run() })
+	if err := os.Remove(filepath.Join(mnt, "kept")); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("unlink of an immutable file: %v, want EPERM", err)
+	}
+}
+
+// TestRmdirLeavesAFileAlone: rmdir of a directory that another node
+// replaced by a file fails with ENOTDIR and the file stays, and unlink
+// of a file replaced by a directory fails with EISDIR. Both went to one
+// remove that took either, which removed the other node's file.
+func TestRemoveLeavesAnotherKindAlone(t *testing.T) {
+	root, mnt := mountRW(t)
+	if err := os.Mkdir(filepath.Join(mnt, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(root, "d")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "d"), []byte("someone's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Rmdir(filepath.Join(mnt, "d")); !errors.Is(err, syscall.ENOTDIR) {
+		t.Errorf("rmdir of a directory now a file in the source: %v, want ENOTDIR", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "d")); err != nil || string(b) != "someone's" {
+		t.Errorf("the file in the source after rmdir: %q, %v; want it kept", b, err)
+	}
+	// And the other way round: unlink of a file that is now a directory.
+	if err := os.WriteFile(filepath.Join(mnt, "f"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(root, "f")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(root, "f"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Unlink(filepath.Join(mnt, "f")); !errors.Is(err, syscall.EISDIR) {
+		t.Errorf("unlink of a file now a directory in the source: %v, want EISDIR", err)
+	}
+	if st, err := os.Stat(filepath.Join(root, "f")); err != nil || !st.IsDir() {
+		t.Errorf("the directory in the source after unlink: %v; want it kept", err)
+	}
+}
+
+// TestLockNeedsTheAccessMode: as fcntl(2) has it, a write lock needs a
+// descriptor open for writing and a read lock one open for reading, though
+// the daemon's descriptor each owner's locks go through is read-write.
+func TestLockNeedsTheAccessMode(t *testing.T) {
+	_, mnt := mountRW(t)
+	name := filepath.Join(mnt, "f")
+	if err := os.WriteFile(name, make([]byte, 10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		flag int
+		typ  int16
+	}{{os.O_RDONLY, unix.F_WRLCK}, {os.O_WRONLY, unix.F_RDLCK}} {
+		f, err := os.OpenFile(name, c.flag, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lk := unix.Flock_t{Type: c.typ, Start: 0, Len: 1}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &lk); !errors.Is(err, syscall.EBADF) {
+			t.Errorf("lock type %d on a descriptor opened %#x: %v, want EBADF", c.typ, c.flag, err)
+		}
+		f.Close()
+	}
+	// The allowed ones still work.
+	f, err := os.OpenFile(name, os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lk := unix.Flock_t{Type: unix.F_RDLCK, Start: 0, Len: 1}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &lk); err != nil {
+		t.Errorf("read lock on a read-only descriptor: %v", err)
+	}
+}
