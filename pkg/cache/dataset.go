@@ -127,8 +127,12 @@ func (d *Dataset) CompleteFile(name string, a source.Attr) *os.File {
 	return f
 }
 
-// EvictFile drops the cached copy of the file name (a constant cost).
-func (d *Dataset) EvictFile(name string) int { return d.c.evictName(d.key, name) }
+// EvictFile drops the cached copy of the file name whose attributes are a
+// (a constant cost): a POSIX file's copy is known by a's device and inode,
+// an object's by its name (a zero a).
+func (d *Dataset) EvictFile(name string, a source.Attr) int {
+	return d.c.evictName(d.key, itemID(name, a))
+}
 
 // EvictTree drops the cached files at or under prefix ("" = all) and
 // returns how many (a scan of the cache: for directories).

@@ -68,7 +68,7 @@ func BenchmarkPerOperation(b *testing.B) {
 		ds := c.Dataset("ds", nil)
 		b.Run(fmt.Sprintf("evict-file/items=%d", n), func(b *testing.B) {
 			for i := 0; b.Loop(); i++ {
-				ds.EvictFile(fmt.Sprintf("absent/f%d", i)) // the write path: a lookup, nothing to remove
+				ds.EvictFile(fmt.Sprintf("absent/f%d", i), source.Attr{}) // the write path: a lookup, nothing to remove
 			}
 		})
 		// What every write cost before: a scan of all items.

@@ -32,9 +32,11 @@ type Engine interface {
 	// CompleteFile returns a read-only descriptor of name's cache file
 	// when it is complete, or nil.
 	CompleteFile(name string, a source.Attr) *os.File
-	// EvictFile drops the cached copy of a file (constant cost);
-	// EvictTree what is cached at or under a directory (a scan).
-	EvictFile(name string) int
+	// EvictFile drops the cached copy of a file whose attributes are a
+	// (constant cost; a POSIX file's copy is known by its inode, an
+	// object's by its name); EvictTree what is cached at or under a
+	// directory (a scan).
+	EvictFile(name string, a source.Attr) int
 	EvictTree(prefix string) int
 }
 

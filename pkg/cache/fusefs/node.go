@@ -71,6 +71,15 @@ func (n *node) setAttr(a source.Attr) {
 	n.mu.Unlock()
 }
 
+// evict drops the cached copy of the file, known by the attributes last
+// seen (a POSIX file's device and inode).
+func (n *node) evict() {
+	n.mu.Lock()
+	a := n.attr
+	n.mu.Unlock()
+	n.fsys.eng.EvictFile(n.rel(), a)
+}
+
 // currentAttr returns the attributes to read with: those of a file being
 // written, the remembered ones on a read-only dataset (trusted for the
 // metacache period by the kernel too), fresh ones on a read-write dataset.

@@ -190,3 +190,34 @@ func TestLockNeedsTheAccessMode(t *testing.T) {
 		t.Errorf("read lock on a read-only descriptor: %v", err)
 	}
 }
+
+// TestWriteDropsTheCachedCopy: what one descriptor writes, a descriptor
+// of the file opened for reading (whose reads the cache serves) reads
+// next. The cached copy of a POSIX file is known by its inode, and a
+// write dropped the copy known by the path, which there never is.
+func TestWriteDropsTheCachedCopy(t *testing.T) {
+	root, mnt := mountRW(t)
+	if err := os.WriteFile(filepath.Join(root, "f"), []byte("old old old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.Open(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	buf := make([]byte, 11)
+	if _, err := r.ReadAt(buf, 0); err != nil || string(buf) != "old old old" {
+		t.Fatalf("first read: %q, %v", buf, err)
+	}
+	w, err := os.OpenFile(filepath.Join(mnt, "f"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt([]byte("new"), 4); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if _, err := r.ReadAt(buf, 0); err != nil || string(buf) != "old new old" {
+		t.Errorf("read after another descriptor wrote: %q, %v; want %q", buf, err, "old new old")
+	}
+}

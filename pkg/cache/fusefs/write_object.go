@@ -210,7 +210,7 @@ func (h *uploadHandle) store(ctx context.Context) syscall.Errno {
 	name := n.rel()
 	start := time.Now()
 	a, err := h.src.Upload(ctx, name, h.spool, size)
-	n.fsys.eng.EvictFile(name)
+	n.fsys.eng.EvictFile(name, source.Attr{})
 	if err != nil {
 		n.fsys.log.Error(err, "Upload failed; close reports the error and the store keeps its previous state", "path", name, "bytes", size)
 		errno := source.Errno(err)
@@ -396,7 +396,7 @@ func (w objectWriter) setSize(ctx context.Context, n *node, fh gofs.FileHandle, 
 	}
 	defer f.Close()
 	na, err := w.src.Upload(ctx, n.rel(), f, 0)
-	n.fsys.eng.EvictFile(n.rel())
+	n.fsys.eng.EvictFile(n.rel(), source.Attr{})
 	if err != nil {
 		return source.Errno(err)
 	}
@@ -422,8 +422,8 @@ func (w objectWriter) rename(ctx context.Context, n *node, name string, np *node
 		return syscall.EISDIR
 	}
 	err = w.src.RenameFile(ctx, from, to, a)
-	n.fsys.eng.EvictFile(from)
-	n.fsys.eng.EvictFile(to)
+	n.fsys.eng.EvictFile(from, source.Attr{})
+	n.fsys.eng.EvictFile(to, source.Attr{})
 	if err == nil {
 		n.fsys.inodes.rename(from, to)
 	}
@@ -463,7 +463,7 @@ func (w objectWriter) unlink(ctx context.Context, n *node, name string) syscall.
 		return source.Errno(err)
 	}
 	err := w.src.RemoveFile(ctx, p)
-	n.fsys.eng.EvictFile(p)
+	n.fsys.eng.EvictFile(p, source.Attr{})
 	return source.Errno(err)
 }
 

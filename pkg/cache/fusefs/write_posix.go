@@ -33,7 +33,7 @@ func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uin
 		return nil, 0, errno
 	}
 	if flags&syscall.O_TRUNC != 0 {
-		n.fsys.eng.EvictFile(n.rel())
+		h.evict()
 	}
 	return h, fuse.FOPEN_DIRECT_IO, 0
 }
@@ -134,7 +134,7 @@ func (h *posixHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	} else {
 		k, err = h.f.WriteAt(data, off)
 	}
-	h.n.fsys.eng.EvictFile(h.n.rel())
+	h.evict()
 	if k > 0 {
 		err = nil // a short write reports what it wrote
 	}
@@ -178,8 +178,19 @@ func (h *posixHandle) Allocate(_ context.Context, off, size uint64, mode uint32)
 		return syscall.EBADF
 	}
 	err := syscall.Fallocate(int(h.f.Fd()), mode, int64(off), int64(size))
-	h.n.fsys.eng.EvictFile(h.n.rel())
+	h.evict()
 	return source.Errno(err)
+}
+
+// evict drops the cached copy of the file the handle has open, known by
+// its descriptor's device and inode whatever its name is now.
+func (h *posixHandle) evict() {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.f.Fd()), &st); err != nil {
+		h.n.evict()
+		return
+	}
+	h.n.fsys.eng.EvictFile(h.n.rel(), source.StatAttr(&st))
 }
 
 // Release closes the source descriptor.
@@ -215,8 +226,8 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 			}
 		}
 		openFlags = flags &^ syscall.O_TRUNC
+		parent.fsys.eng.EvictFile(p, a)
 	}
-	parent.fsys.eng.EvictFile(p)
 	in, c, errno := parent.newChild(ctx, name, out)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -241,7 +252,9 @@ func (w posixWriter) mkdir(ctx context.Context, parent *node, name string, mode 
 func (w posixWriter) unlink(ctx context.Context, parent *node, name string) syscall.Errno {
 	p := parent.child(name)
 	err := w.src.Remove(ctx, p)
-	parent.fsys.eng.EvictFile(p)
+	// (A POSIX file's cached copy is its inode's, which losing a name
+	// does not change: the cleaner drops it once unused.)
+	parent.fsys.eng.EvictFile(p, source.Attr{})
 	return source.Errno(err)
 }
 
@@ -256,7 +269,7 @@ func (w posixWriter) rmdir(ctx context.Context, parent *node, name string) sysca
 	}
 	p := parent.child(name)
 	err := r.Rmdir(ctx, p)
-	parent.fsys.eng.EvictFile(p)
+	parent.fsys.eng.EvictFile(p, source.Attr{})
 	return source.Errno(err)
 }
 
@@ -279,7 +292,7 @@ func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *
 		if e.dir {
 			parent.fsys.eng.EvictTree(e.path)
 		} else {
-			parent.fsys.eng.EvictFile(e.path)
+			parent.fsys.eng.EvictFile(e.path, source.Attr{})
 		}
 	}
 	return source.Errno(err)
@@ -295,7 +308,7 @@ func (w posixWriter) setSize(ctx context.Context, n *node, fh gofs.FileHandle, s
 	if err != nil {
 		return source.Errno(err)
 	}
-	n.fsys.eng.EvictFile(n.rel())
+	n.evict()
 	return 0
 }
 
@@ -304,7 +317,7 @@ func (w posixWriter) setAttr(ctx context.Context, n *node, c source.AttrChange) 
 		return source.Errno(err)
 	}
 	if c.Mtime != nil {
-		n.fsys.eng.EvictFile(n.rel()) // the fingerprint changed
+		n.evict() // the fingerprint changed
 	}
 	return 0
 }
@@ -323,7 +336,7 @@ func (w posixWriter) link(ctx context.Context, target *node, parent *node, name 
 	if err := w.src.Link(ctx, target.rel(), parent.child(name)); err != nil {
 		return nil, source.Errno(err)
 	}
-	target.fsys.eng.EvictFile(target.rel()) // its ctime changed
+	target.evict() // its ctime changed
 	in, _, errno := parent.newChild(ctx, name, out)
 	return in, errno
 }
