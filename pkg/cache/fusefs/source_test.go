@@ -221,3 +221,52 @@ func TestWriteDropsTheCachedCopy(t *testing.T) {
 		t.Errorf("read after another descriptor wrote: %q, %v; want %q", buf, err, "old new old")
 	}
 }
+
+// TestCreateOverSomethingMadeBehindTheKernel: open(O_CREAT) of a name the
+// kernel believes free, which another node meanwhile made a FIFO, fails
+// instead of waiting on the FIFO; made a file, an O_TRUNC open empties
+// it through the descriptor the handle keeps, even read-only.
+func TestCreateOverSomethingMadeBehindTheKernel(t *testing.T) {
+	root, mnt := mountRW(t)
+	for _, n := range []string{"fifo", "file"} {
+		if _, err := os.Stat(filepath.Join(mnt, n)); !os.IsNotExist(err) {
+			t.Fatalf("stat of a free name: %v", err)
+		}
+	}
+	if err := unix.Mkfifo(filepath.Join(root, "fifo"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if w, err := os.OpenFile(filepath.Join(root, "fifo"), os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+	})
+	done := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(filepath.Join(mnt, "fifo"), os.O_RDWR|os.O_CREATE, 0o644)
+		if err == nil {
+			f.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("open(O_CREAT) of a name that is a FIFO in the source succeeded as a file")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("open(O_CREAT) of a name that became a FIFO hung")
+	}
+
+	if err := os.WriteFile(filepath.Join(root, "file"), []byte("old"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(mnt, "file"), os.O_RDONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if b, err := os.ReadFile(filepath.Join(root, "file")); err != nil || len(b) != 0 {
+		t.Errorf("the file after open(O_RDONLY|O_CREAT|O_TRUNC): %q, %v; want it empty", b, err)
+	}
+}

@@ -201,44 +201,62 @@ func (h *posixHandle) Release(ctx context.Context) syscall.Errno {
 }
 
 // create creates a file owned by the caller with the mode it asked for
-// (the kernel applied its umask) and opens it.
+// (the kernel applied its umask) and opens it: the handle has the
+// descriptor the source created the file with, or opened the file
+// another node made meanwhile with (checked against the caller's rights
+// and truncated through that descriptor). No name is looked up twice, so
+// a file swapped in between is never the one opened.
 func (w posixWriter) create(ctx context.Context, parent *node, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	p := parent.child(name)
-	created, err := w.src.Create(ctx, p, source.FileMode(mode), flags&syscall.O_EXCL != 0, caller(ctx))
+	f, created, err := w.src.CreateFile(ctx, p, source.FileMode(mode), int(flags), flags&syscall.O_EXCL != 0, caller(ctx))
 	if err != nil {
 		return nil, nil, 0, source.Errno(err)
 	}
-	openFlags := flags&^uint32(syscall.O_TRUNC|syscall.O_ACCMODE) | syscall.O_RDWR
+	acc := int(flags) & syscall.O_ACCMODE
 	if !created {
-		// Made meanwhile behind the kernel's back (it believed the name
-		// free): open it as open(2) opens an existing file, with the
-		// caller's rights, not a creator's.
-		a, err := w.src.Stat(ctx, p)
-		if err != nil {
+		// Made behind the kernel's back (it believed the name free):
+		// opened as open(2) opens an existing file, with the caller's
+		// rights, not a creator's.
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			f.Close()
 			return nil, nil, 0, source.Errno(err)
 		}
+		a := source.StatAttr(&st)
 		if !mayOpen(a, caller(ctx), int(flags)) {
+			f.Close()
 			return nil, nil, 0, syscall.EACCES
 		}
 		if flags&syscall.O_TRUNC != 0 {
-			if err := w.src.Truncate(ctx, p, 0); err != nil {
+			if err := truncateOpen(f, acc); err != nil {
+				f.Close()
 				return nil, nil, 0, source.Errno(err)
 			}
 		}
-		openFlags = flags &^ syscall.O_TRUNC
 		parent.fsys.eng.EvictFile(p, a)
 	}
 	in, c, errno := parent.newChild(ctx, name, out)
 	if errno != 0 {
+		f.Close()
 		return nil, nil, 0, errno
 	}
-	// The creator writes what it created whatever its mode (as open(2)
-	// with O_CREAT does): the handle is opened for writing by the daemon.
-	h, errno := w.openHandle(ctx, c, p, openFlags)
-	if errno != 0 {
-		return nil, nil, 0, errno
-	}
+	h := &posixHandle{handle: handle{n: c}, f: f, writable: created || acc != syscall.O_RDONLY, appendOnly: flags&syscall.O_APPEND != 0}
 	return in, h, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// truncateOpen empties the open file f, also when it is open read-only
+// (O_RDONLY|O_TRUNC truncates on Linux): then through a writable
+// descriptor of the same file, reopened through /proc.
+func truncateOpen(f *os.File, acc int) error {
+	if acc != syscall.O_RDONLY {
+		return f.Truncate(0)
+	}
+	w, err := os.OpenFile(procFD(f), os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	return w.Truncate(0)
 }
 
 func (w posixWriter) mkdir(ctx context.Context, parent *node, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -259,16 +277,10 @@ func (w posixWriter) unlink(ctx context.Context, parent *node, name string) sysc
 }
 
 // rmdir removes an empty directory, never a file that took its name
-// behind the kernel's back (a source without Rmdir has Remove take both).
+// behind the kernel's back.
 func (w posixWriter) rmdir(ctx context.Context, parent *node, name string) syscall.Errno {
-	r, ok := w.src.(interface {
-		Rmdir(context.Context, string) error
-	})
-	if !ok {
-		return w.unlink(ctx, parent, name)
-	}
 	p := parent.child(name)
-	err := r.Rmdir(ctx, p)
+	err := w.src.Rmdir(ctx, p)
 	parent.fsys.eng.EvictFile(p, source.Attr{})
 	return source.Errno(err)
 }
@@ -350,9 +362,11 @@ func (w posixWriter) mknod(ctx context.Context, parent *node, name string, mode 
 		fm |= fs.ModeSocket
 	case syscall.S_IFREG, 0:
 		// mknod of a regular file: create it.
-		if _, err := w.src.Create(ctx, parent.child(name), fm, true, caller(ctx)); err != nil {
+		f, _, err := w.src.CreateFile(ctx, parent.child(name), fm, syscall.O_WRONLY, true, caller(ctx))
+		if err != nil {
 			return nil, source.Errno(err)
 		}
+		f.Close()
 		in, _, errno := parent.newChild(ctx, name, out)
 		return in, errno
 	default:

@@ -86,12 +86,14 @@ type Owner struct {
 // POSIX tree): every change reaches the source before the call returns.
 type Writable interface {
 	Source
-	// Create creates the regular file name with exactly mode (the
+	// CreateFile creates the regular file name with exactly mode (the
 	// caller's umask is already applied), owned by o (the group is the
-	// parent's when the parent directory is setgid). An existing file is
-	// EEXIST when excl; otherwise it is left as it is and created is
-	// false.
-	Create(ctx context.Context, name string, mode fs.FileMode, excl bool, o Owner) (created bool, err error)
+	// parent's when the parent directory is setgid), and returns it open
+	// for reading and writing. An existing file is EEXIST when excl;
+	// otherwise it is returned open with flags' access mode, unchanged,
+	// and created is false (the caller checks the opener's rights on the
+	// descriptor's attributes).
+	CreateFile(ctx context.Context, name string, mode fs.FileMode, flags int, excl bool, o Owner) (f *os.File, created bool, err error)
 	// OpenFile opens the existing file name (flags as open(2): access
 	// mode, O_APPEND, O_TRUNC) for a handle to write, sync and allocate
 	// through; the handle follows the file through renames.
@@ -109,9 +111,12 @@ type Writable interface {
 	// symbolic link: a link's own owners change, its mode cannot).
 	SetAttr(ctx context.Context, name string, c AttrChange) error
 	// Mkdir creates directory name with exactly mode, owned by o (as
-	// Create).
+	// CreateFile).
 	Mkdir(ctx context.Context, name string, mode fs.FileMode, o Owner) error
+	// Remove removes the file or link name, never a directory (EISDIR).
 	Remove(ctx context.Context, name string) error
+	// Rmdir removes the empty directory name, never a file (ENOTDIR).
+	Rmdir(ctx context.Context, name string) error
 	// Rename moves from to to; flags are renameat2(2)'s (RENAME_NOREPLACE,
 	// RENAME_EXCHANGE).
 	Rename(ctx context.Context, from, to string, flags uint32) error

@@ -134,14 +134,19 @@ func (p *Source) ReadAt(_ context.Context, name string, b []byte, off int64) (in
 }
 
 // openRegular opens name beneath the root without following a final
-// symbolic link, and only if it is a regular file: O_NONBLOCK keeps an
-// open of a FIFO put in its place from waiting for a writer forever (it
-// is then refused), and is cleared again for the regular file.
+// symbolic link, and only if it is a regular file (see regularFile).
 func (p *Source) openRegular(name string, flags int) (*os.File, error) {
 	f, err := p.root.Open(name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
+	return regularFile(f, name, flags)
+}
+
+// regularFile returns f, opened with O_NONBLOCK, if it is a regular file,
+// with O_NONBLOCK cleared; else it closes f. O_NONBLOCK keeps an open of a
+// FIFO put in the place of a file from waiting for a writer forever.
+func regularFile(f *os.File, name string, flags int) (*os.File, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()
@@ -162,22 +167,40 @@ func (p *Source) openRegular(name string, flags int) (*os.File, error) {
 	return f, nil
 }
 
-// Create implements source.Writable.
-func (p *Source) Create(_ context.Context, name string, mode fs.FileMode, excl bool, o source.Owner) (bool, error) {
+// CreateFile implements source.Writable: it creates the file name owned by o with exactly mode and
+// returns it open with flags' access mode (the creator writes what it
+// created, whatever the mode); created is false when the name was taken
+// meanwhile and excl is not set: the existing regular file is returned
+// open with flags, for the caller to check the opener's rights on (its
+// attributes are the descriptor's). Either way the descriptor is the
+// file's own, opened in one step with no name looked up twice, so a
+// file swapped in meanwhile is never the one written.
+func (p *Source) CreateFile(_ context.Context, name string, mode fs.FileMode, flags int, excl bool, o source.Owner) (f *os.File, created bool, err error) {
 	pf, base, err := p.parent(name)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
 	defer pf.Close()
-	fd, err := OpenAt(int(pf.Fd()), base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o600)
-	if errors.Is(err, unix.EEXIST) && !excl {
-		return false, nil // created meanwhile by someone else: theirs
+	keep := flags & (unix.O_APPEND | unix.O_SYNC | unix.O_DSYNC)
+	fd, err := OpenAt(int(pf.Fd()), base, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|keep, 0o600)
+	if err == nil {
+		f := os.NewFile(uintptr(fd), name)
+		if err := own(pf, fd, name, mode, o); err != nil {
+			f.Close()
+			return nil, false, err
+		}
+		return f, true, nil
 	}
+	if !errors.Is(err, unix.EEXIST) || excl {
+		return nil, false, err
+	}
+	acc := flags & unix.O_ACCMODE
+	fd, err = OpenAt(int(pf.Fd()), base, acc|keep|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
-	defer unix.Close(fd)
-	return true, own(pf, fd, name, mode, o)
+	f, err = regularFile(os.NewFile(uintptr(fd), name), name, flags)
+	return f, false, err
 }
 
 // own gives a file or directory this daemon (root) just created to its
@@ -337,7 +360,7 @@ func (p *Source) Remove(_ context.Context, name string) error {
 	return nil
 }
 
-// Rmdir removes the directory name, and nothing else: a file put in its
+// Rmdir implements source.Writable: it removes the directory name, and nothing else: a file put in its
 // place behind the kernel's back is left alone (ENOTDIR).
 func (p *Source) Rmdir(_ context.Context, name string) error {
 	pf, base, err := p.parent(name)
