@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -268,5 +269,43 @@ func TestCreateOverSomethingMadeBehindTheKernel(t *testing.T) {
 	f.Close()
 	if b, err := os.ReadFile(filepath.Join(root, "file")); err != nil || len(b) != 0 {
 		t.Errorf("the file after open(O_RDONLY|O_CREAT|O_TRUNC): %q, %v; want it empty", b, err)
+	}
+}
+
+// TestOpenOfANameRenamedOver: a name another node renamed a new file
+// over opens the new file as the new inode (the kernel looks the name up
+// again), not as the inode the kernel remembered under that name.
+func TestOpenOfANameRenamedOver(t *testing.T) {
+	root, mnt := mountRW(t)
+	if err := os.WriteFile(filepath.Join(mnt, "f"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var before unix.Stat_t
+	if err := unix.Stat(filepath.Join(mnt, "f"), &before); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "g"), []byte("the new one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(root, "g"), filepath.Join(root, "f")); err != nil {
+		t.Fatal(err)
+	}
+	for _, flag := range []int{os.O_RDONLY, os.O_RDWR} {
+		f, err := os.OpenFile(filepath.Join(mnt, "f"), flag, 0)
+		if err != nil {
+			t.Fatalf("open(%#x) of a name renamed over: %v", flag, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(f)
+		f.Close()
+		if st.Ino == before.Ino {
+			t.Errorf("open(%#x) of a name renamed over: inode %d, the old file's", flag, st.Ino)
+		}
+		if err != nil || string(b) != "the new one" {
+			t.Errorf("open(%#x) of a name renamed over reads %q, %v", flag, b, err)
+		}
 	}
 }

@@ -28,11 +28,23 @@ func (posixWriter) pendingChild(*node, string) (*gofs.Inode, source.Attr, bool) 
 }
 
 func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	h, errno := w.openHandle(ctx, n, n.rel(), flags)
+	h, errno := w.openHandle(ctx, n, n.rel(), flags&^syscall.O_TRUNC)
 	if errno != 0 {
 		return nil, 0, errno
 	}
+	// The name may hold another file than the kernel's inode by now
+	// (renamed over on another node): ESTALE has the kernel look the
+	// name up again and open the file it now names.
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.f.Fd()), &st); err != nil || n.fsys.inodes.number(n.rel(), source.StatAttr(&st)) != n.StableAttr().Ino {
+		h.f.Close()
+		return nil, 0, syscall.ESTALE
+	}
 	if flags&syscall.O_TRUNC != 0 {
+		if err := truncateOpen(h.f, int(flags)&syscall.O_ACCMODE); err != nil {
+			h.f.Close()
+			return nil, 0, source.Errno(err)
+		}
 		h.evict()
 	}
 	return h, fuse.FOPEN_DIRECT_IO, 0

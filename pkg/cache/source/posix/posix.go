@@ -203,6 +203,29 @@ func (p *Source) CreateFile(_ context.Context, name string, mode fs.FileMode, fl
 	return f, false, err
 }
 
+// openMade opens base in pf, which this daemon just made of type typ
+// with no permission bits, to give it to its owner through the
+// descriptor, and checks it is still what was made: another node may
+// have put something else in its place meanwhile, which must not be
+// given away (ESTALE). Only links, which have no mode, go unchecked but
+// for their type.
+func openMade(pf *os.File, base, name string, flags int, typ uint32) (int, error) {
+	fd, err := OpenAt(int(pf.Fd()), base, flags|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return -1, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, &fs.PathError{Op: "stat", Path: name, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != typ || (typ != unix.S_IFLNK && st.Mode&0o777 != 0) {
+		unix.Close(fd)
+		return -1, &fs.PathError{Op: "create", Path: name, Err: unix.ESTALE}
+	}
+	return fd, nil
+}
+
 // own gives a file or directory this daemon (root) just created to its
 // owner o, with exactly mode: the group is the parent's when the parent is
 // setgid (and a directory inherits the setgid bit), else o's.
@@ -333,10 +356,10 @@ func (p *Source) Mkdir(_ context.Context, name string, mode fs.FileMode, o sourc
 		return err
 	}
 	defer pf.Close()
-	if err := unix.Mkdirat(int(pf.Fd()), base, 0o700); err != nil {
+	if err := unix.Mkdirat(int(pf.Fd()), base, 0); err != nil {
 		return &fs.PathError{Op: "mkdir", Path: name, Err: err}
 	}
-	fd, err := OpenAt(int(pf.Fd()), base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	fd, err := openMade(pf, base, name, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
 	if err != nil {
 		return err
 	}
@@ -432,12 +455,17 @@ func (p *Source) Symlink(_ context.Context, target, name string, o source.Owner)
 	if err := unix.Symlinkat(target, int(pf.Fd()), base); err != nil {
 		return &fs.PathError{Op: "symlink", Path: name, Err: err}
 	}
+	fd, err := openMade(pf, base, name, unix.O_PATH, unix.S_IFLNK)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
 	gid := o.GID
 	var pst unix.Stat_t
 	if err := unix.Fstat(int(pf.Fd()), &pst); err == nil && pst.Mode&unix.S_ISGID != 0 {
 		gid = pst.Gid
 	}
-	if err := unix.Fchownat(int(pf.Fd()), base, int(o.UID), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fchownat(fd, "", int(o.UID), int(gid), unix.AT_EMPTY_PATH); err != nil {
 		return &fs.PathError{Op: "chown", Path: name, Err: err}
 	}
 	return nil
@@ -481,10 +509,10 @@ func (p *Source) Mknod(_ context.Context, name string, mode fs.FileMode, o sourc
 		return err
 	}
 	defer pf.Close()
-	if err := unix.Mknodat(int(pf.Fd()), base, typ|0o600, 0); err != nil {
+	if err := unix.Mknodat(int(pf.Fd()), base, typ, 0); err != nil {
 		return &fs.PathError{Op: "mknod", Path: name, Err: err}
 	}
-	fd, err := OpenAt(int(pf.Fd()), base, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	fd, err := openMade(pf, base, name, unix.O_PATH, typ)
 	if err != nil {
 		return err
 	}
