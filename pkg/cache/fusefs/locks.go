@@ -57,10 +57,10 @@ func (h *posixHandle) withOwnerFile(owner uint64, fn func(fd uintptr) error) err
 	f := fsys.locks.fds[key]
 	if f == nil {
 		// Through /proc: the same file the handle has open, whatever its
-		// name is now. The descriptor only ever locks (the kernel checks a
-		// lock against the access mode of the caller's descriptor), so read-write when the source
-		// lets root have it, which any lock of any of the owner's handles
-		// can then use.
+		// name is now. The descriptor only ever locks, for any of the
+		// owner's handles (the kernel checked the lock against the
+		// caller's own descriptor's access mode): read-write when the
+		// source lets root have it.
 		var err error
 		if f, err = os.OpenFile(procFD(h.f), os.O_RDWR, 0); err != nil {
 			if f, err = os.OpenFile(procFD(h.f), os.O_RDONLY, 0); err != nil {

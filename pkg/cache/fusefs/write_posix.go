@@ -281,20 +281,15 @@ func (w posixWriter) mkdir(ctx context.Context, parent *node, name string, mode 
 
 func (w posixWriter) unlink(ctx context.Context, parent *node, name string) syscall.Errno {
 	p := parent.child(name)
-	err := w.src.Remove(ctx, p)
-	// (A POSIX file's cached copy is its inode's, which losing a name
-	// does not change: the cleaner drops it once unused.)
-	parent.fsys.eng.EvictFile(p, source.Attr{})
-	return source.Errno(err)
+	// Nothing to evict: a POSIX file's cached copy is its inode's, which
+	// losing a name does not change (the cleaner drops it once unused).
+	return source.Errno(w.src.Remove(ctx, p))
 }
 
 // rmdir removes an empty directory, never a file that took its name
 // behind the kernel's back.
 func (w posixWriter) rmdir(ctx context.Context, parent *node, name string) syscall.Errno {
-	p := parent.child(name)
-	err := w.src.Rmdir(ctx, p)
-	parent.fsys.eng.EvictFile(p, source.Attr{})
-	return source.Errno(err)
+	return source.Errno(w.src.Rmdir(ctx, parent.child(name)))
 }
 
 func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *node, newName string, flags uint32) syscall.Errno {
