@@ -46,6 +46,8 @@ type Driver struct {
 	singleWriters *singleWriters
 
 	subtrees *subtreeLocks // orders record work on overlapping sub-paths (see subtreeLocks)
+
+	registration *registration // with the kubelet, when the node plugin registers itself (else nil)
 }
 
 // CacheClient is the node service's view of the cache daemon: the daemon
@@ -67,7 +69,7 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 	if cc == nil {
 		cc = api.NewClient(opts.CacheSocket)
 	}
-	return &Driver{
+	d := &Driver{
 		opts:          opts,
 		mounter:       m,
 		cache:         cc,
@@ -75,5 +77,13 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 		pathLocks:     newKeyLocks(),
 		singleWriters: newSingleWriters(),
 		subtrees:      newSubtreeLocks(),
-	}, nil
+	}
+	if opts.RegistrationDir != "" {
+		endpoint := opts.KubeletEndpoint
+		if endpoint == "" {
+			endpoint, _ = SocketPath(opts.Endpoint) // checked by Validate
+		}
+		d.registration = &registration{endpoint: endpoint}
+	}
+	return d, nil
 }

@@ -47,6 +47,13 @@ type Options struct {
 	UnmountTimeout time.Duration
 	// Version is reported by GetPluginInfo.
 	Version string
+	// RegistrationDir is the kubelet's plugins_registry directory, where
+	// the node plugin registers itself ("" = leave registration to the
+	// node-driver-registrar sidecar).
+	RegistrationDir string
+	// KubeletEndpoint is the CSI socket's path as the kubelet reaches it
+	// ("" = the endpoint's own path).
+	KubeletEndpoint string
 }
 
 // AddFlags registers the options' flags on fs.
@@ -67,6 +74,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	})
 	fs.StringVar(&o.CacheSocket, "cache-socket", "/var/lib/cistern/cache.sock", "control socket of the node's cistern-cache daemon")
 	fs.DurationVar(&o.UnmountTimeout, "unmount-timeout", 30*time.Second, "how long an unmount may take before it is forced")
+	fs.StringVar(&o.RegistrationDir, "plugin-registration-dir", "", "the kubelet's plugin registration directory (<kubelet root>/plugins_registry, as mounted in this container), where the node plugin registers itself; empty: registration is left to the node-driver-registrar sidecar")
+	fs.StringVar(&o.KubeletEndpoint, "kubelet-registration-path", "", "the CSI socket's path on the host, as the kubelet reaches it (e.g. /var/lib/kubelet/plugins/cistern.csi.dev/csi.sock); default: the --endpoint path")
 }
 
 // Validate checks the options and says which one is wrong.
@@ -96,6 +105,17 @@ func (o *Options) Validate() error {
 		if _, err := ParseInlineSource(p); err != nil {
 			errs = append(errs, fmt.Errorf("--inline-sources: %w", err))
 		}
+	}
+	if o.RegistrationDir != "" {
+		if o.Mode == ModeController {
+			errs = append(errs, fmt.Errorf("--plugin-registration-dir is for the node plugin, not --mode=%s", o.Mode))
+		}
+		if !filepath.IsAbs(o.RegistrationDir) {
+			errs = append(errs, fmt.Errorf("--plugin-registration-dir %q must be an absolute path", o.RegistrationDir))
+		}
+	}
+	if o.KubeletEndpoint != "" && !filepath.IsAbs(o.KubeletEndpoint) {
+		errs = append(errs, fmt.Errorf("--kubelet-registration-path %q must be an absolute path", o.KubeletEndpoint))
 	}
 	if o.UnmountTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--unmount-timeout %s must be positive", o.UnmountTimeout))

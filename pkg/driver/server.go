@@ -42,13 +42,27 @@ func (d *Driver) Run(ctx context.Context) error {
 	}
 	klog.InfoS("Serving CSI", "driver", Name, "version", d.opts.Version, "mode", d.opts.Mode, "endpoint", d.opts.Endpoint, "nodeID", d.opts.NodeID)
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(lis) }()
+	// Registration is served once the CSI socket listens (the kubelet
+	// dials it as soon as it has the registration) and withdrawn first.
+	regCtx, stopReg := context.WithCancel(ctx)
+	regDone := make(chan struct{})
+	go func() {
+		defer close(regDone)
+		if d.registration == nil {
+			return
+		}
+		if err := serveRegistration(regCtx, d.opts.RegistrationDir, d.registration); err != nil {
+			errc <- fmt.Errorf("kubelet registration: %w", err)
+		}
+	}()
 	select {
-	case err := <-errc:
-		return err
+	case err = <-errc:
 	case <-ctx.Done():
 	}
+	stopReg()
+	<-regDone
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
@@ -57,7 +71,7 @@ func (d *Driver) Run(ctx context.Context) error {
 		srv.Stop()
 	}
 	os.Remove(sock)
-	return nil
+	return err
 }
 
 // volumeIDOf is implemented by every CSI request that names a volume.
