@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -440,5 +441,73 @@ func TestS3RefusesWhatObjectsCannot(t *testing.T) {
 	}
 	if after := e.Keys(t); !slices.Equal(before, after) {
 		t.Errorf("refused operations changed the store: %v -> %v", before, after)
+	}
+}
+
+// TestS3UploadSurvivesSignals: an fsync whose caller gets a signal while
+// the upload waits on the store still uploads, and succeeds. The kernel
+// interrupts the FUSE request on any signal with a handler (a Go
+// program's preemption signal, SIGCHLD of a data loader's workers), and
+// the upload was cancelled with it: fsync failed with EIO.
+func TestS3UploadSurvivesSignals(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	_, mnt := mountTest(t, s3Source(t, e, s3store.Config{Timeout: 20 * time.Second}, 0), c, Options{Name: "w", SpoolDir: t.TempDir()})
+	f, err := os.Create(filepath.Join(mnt, "signalled.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("payload")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Srv.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	defer func() {
+		if !thawed {
+			_ = e.Srv.Thaw()
+		}
+	}()
+	tid := make(chan int, 1)
+	syncErr := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // the signal goes to this thread, blocked in fsync
+		defer runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		syncErr <- unix.Fsync(int(f.Fd()))
+	}()
+	thread := <-tid
+	time.Sleep(200 * time.Millisecond) // the upload is in flight, held by the store
+	// SIGURG: Go handles it (preemption) and so restarts nothing itself.
+	if err := unix.Tgkill(os.Getpid(), thread, unix.SIGURG); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	thawed = true
+	if err := e.Srv.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-syncErr:
+		if err != nil && !errors.Is(err, syscall.EINTR) {
+			t.Fatalf("fsync interrupted by a signal: %v, want success (or EINTR, to retry)", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("fsync did not return after the store came back")
+	}
+	if err := f.Sync(); err != nil {
+		t.Errorf("fsync again: %v", err)
+	}
+	obj, err := e.MC.GetObject(context.Background(), "data", "ds/signalled.bin", minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Close()
+	got, err := io.ReadAll(obj)
+	if err != nil || string(got) != "payload" {
+		t.Errorf("the object after the interrupted fsync: %q, %v; want it uploaded", got, err)
 	}
 }

@@ -209,7 +209,12 @@ func (h *uploadHandle) store(ctx context.Context) syscall.Errno {
 	n := h.n
 	name := n.rel()
 	start := time.Now()
-	a, err := h.src.Upload(ctx, name, h.spool, size)
+	// Not cancelled with the request: the kernel interrupts a request
+	// whenever its caller gets a signal (a Go program's preemption
+	// signal, a data loader's SIGCHLD), and an upload given up then
+	// failed a close or fsync that would have succeeded. The store
+	// client's own timeout bounds it.
+	a, err := h.src.Upload(context.WithoutCancel(ctx), name, h.spool, size)
 	n.fsys.eng.EvictFile(name, source.Attr{})
 	if err != nil {
 		n.fsys.log.Error(err, "Upload failed; close reports the error and the store keeps its previous state", "path", name, "bytes", size)
