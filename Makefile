@@ -7,9 +7,14 @@ OUT       := $(CURDIR)/_output
 FUZZTIME  ?= 20000x
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e /test/sanity -e /test/posix)
 
-.PHONY: all build demo demo-check test unit posix sanity fuzz verify bench-cache bench-cache-smoke bench bench-smoke clean
+.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify bench-cache bench-cache-smoke bench bench-smoke clean
 
 all: build
+
+## deps: what demo and test need on a fresh Debian machine (apt packages,
+## Go modules, the local S3 server); a no-op when all is there.
+deps:
+	@hack/install-deps.sh
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
@@ -17,7 +22,7 @@ build:
 ## demo: real mounts, a generated dataset, the real driver; needs root.
 ## SOURCE=s3 puts the datasets on a local S3 server (versitygw) instead.
 SOURCE ?= file
-demo: build
+demo: deps build
 	$(BIN)/cistern demo --source $(SOURCE)
 
 ## demo-check: the demo as a test, with both sources: it fails if any check
@@ -31,7 +36,7 @@ demo-check: build
 	@! grep cistern /proc/mounts
 
 ## test: everything CI runs (needs root for real mounts).
-test: verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smoke
+test: deps verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smoke
 
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)

@@ -2,8 +2,10 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,14 +42,17 @@ func TestKubeletRegistration(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
+	// stop stops the driver and returns what Run did, once.
+	stop := sync.OnceValue(func() error {
 		cancel()
 		select {
-		case <-done:
+		case err := <-done:
+			return err
 		case <-time.After(10 * time.Second):
-			t.Error("the driver did not stop")
+			return errors.New("the driver did not stop")
 		}
 	})
+	t.Cleanup(func() { stop() })
 
 	sock := filepath.Join(reg, Name+"-reg.sock")
 	deadline := time.Now().Add(5 * time.Second)
@@ -103,21 +108,14 @@ func TestKubeletRegistration(t *testing.T) {
 		t.Errorf("after the kubelet registered the driver: %t %q", ok, why)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the driver did not stop")
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 	for _, s := range []string{sock, csiSock} {
 		if _, err := os.Stat(s); !os.IsNotExist(err) {
 			t.Errorf("%s left behind after the driver stopped: %v", s, err)
 		}
 	}
-	done <- nil // for the cleanup
 }
 
 // TestRegistrationOptions: registration is the node plugin's, with

@@ -113,25 +113,11 @@ func TestPermissionsEnforced(t *testing.T) {
 // daemon opened it for writing as root, and another user truncated and
 // wrote a file it could only read.
 func TestCreateOverAFileMadeBehindTheKernel(t *testing.T) {
-	cachetest.RequireFUSE(t)
 	const nobody = 65534
-	root := t.TempDir()
-	os.Chmod(root, 0o777)
-	p, err := posix.New(root)
-	if err != nil {
+	root, mnt := mountRW(t)
+	if err := os.Chmod(root, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	c := newTestCache(t, t.TempDir(), 1<<30)
-	defer c.Close()
-	mnt := filepath.Join(cachetest.OpenDir(t), "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := Mount(mnt, c.Dataset("ds", p), Options{Name: "ds", MetaCache: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cachetest.UnmountAtCleanup(t, mnt, f.Unmount)
 	// The kernel learns the name is free...
 	if _, err := os.Stat(filepath.Join(mnt, "report")); !os.IsNotExist(err) {
 		t.Fatalf("stat of a free name: %v", err)

@@ -2,9 +2,7 @@ package fusefs
 
 import (
 	"bytes"
-	"context"
 	"errors"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -12,13 +10,13 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"testing/fstest"
 	"time"
 
 	s3source "github.com/cistern-csi/cistern/pkg/cache/source/s3"
-	"github.com/minio/minio-go/v7"
 	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
@@ -350,40 +348,47 @@ func TestS3ForkedWorkerClosePublishesNothing(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatalf("the writer's close: %v", err)
 	}
-	obj, err := e.MC.GetObject(context.Background(), "data", "ds/day-00/out.bin", minio.GetObjectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer obj.Close()
-	if got, err := io.ReadAll(obj); err != nil || string(got) != "part1part2" {
+	if got, err := e.Object("day-00/out.bin"); err != nil || string(got) != "part1part2" {
 		t.Fatalf("stored %q, %v; want the whole file", got, err)
 	}
 }
 
-// TestS3StatDuringUpload: a stat of a file whose upload is in flight
-// answers at once; the handle's lock was held across the upload, so it
-// waited for the store (up to the request timeout).
-func TestS3StatDuringUpload(t *testing.T) {
-	e := cachetest.NewS3Env(t)
+// writtenWhileFrozen mounts a read-write S3 dataset, writes "payload" to
+// a new file name and freezes the store: the file's upload will wait
+// until thaw (which the test's end also does).
+func writtenWhileFrozen(t *testing.T, name string) (e *cachetest.S3Env, f *os.File, thaw func()) {
+	e = cachetest.NewS3Env(t)
 	c := newTestCache(t, t.TempDir(), 1<<30)
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	_, mnt := mountTest(t, s3Source(t, e, s3store.Config{Timeout: 20 * time.Second}, 0), c, Options{Name: "w", SpoolDir: t.TempDir()})
-	f, err := os.Create(filepath.Join(mnt, "slow.bin"))
+	f, err := os.Create(filepath.Join(mnt, name))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { f.Close() })
 	if _, err := f.Write([]byte("payload")); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Srv.Freeze(); err != nil {
 		t.Fatal(err)
 	}
-	thawed := false
-	defer func() {
-		if !thawed {
-			_ = e.Srv.Thaw()
-		}
-	}()
+	var once sync.Once
+	thaw = func() {
+		once.Do(func() {
+			if err := e.Srv.Thaw(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(thaw)
+	return e, f, thaw
+}
+
+// TestS3StatDuringUpload: a stat of a file whose upload is in flight
+// answers at once; the handle's lock was held across the upload, so it
+// waited for the store (up to the request timeout).
+func TestS3StatDuringUpload(t *testing.T) {
+	_, f, thaw := writtenWhileFrozen(t, "slow.bin")
 	syncErr := make(chan error, 1)
 	go func() { syncErr <- f.Sync() }() // uploads; blocks on the frozen store
 	// Wait until the upload is in flight (the store holds it).
@@ -403,10 +408,7 @@ func TestS3StatDuringUpload(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("stat of a file being uploaded waited for the upload")
 	}
-	thawed = true
-	if err := e.Srv.Thaw(); err != nil {
-		t.Fatal(err)
-	}
+	thaw()
 	if err := <-syncErr; err != nil {
 		t.Errorf("fsync after the store came back: %v", err)
 	}
@@ -450,27 +452,7 @@ func TestS3RefusesWhatObjectsCannot(t *testing.T) {
 // program's preemption signal, SIGCHLD of a data loader's workers), and
 // the upload was cancelled with it: fsync failed with EIO.
 func TestS3UploadSurvivesSignals(t *testing.T) {
-	e := cachetest.NewS3Env(t)
-	c := newTestCache(t, t.TempDir(), 1<<30)
-	defer c.Close()
-	_, mnt := mountTest(t, s3Source(t, e, s3store.Config{Timeout: 20 * time.Second}, 0), c, Options{Name: "w", SpoolDir: t.TempDir()})
-	f, err := os.Create(filepath.Join(mnt, "signalled.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Write([]byte("payload")); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Srv.Freeze(); err != nil {
-		t.Fatal(err)
-	}
-	thawed := false
-	defer func() {
-		if !thawed {
-			_ = e.Srv.Thaw()
-		}
-	}()
+	e, f, thaw := writtenWhileFrozen(t, "signalled.bin")
 	tid := make(chan int, 1)
 	syncErr := make(chan error, 1)
 	go func() {
@@ -486,10 +468,7 @@ func TestS3UploadSurvivesSignals(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
-	thawed = true
-	if err := e.Srv.Thaw(); err != nil {
-		t.Fatal(err)
-	}
+	thaw()
 	select {
 	case err := <-syncErr:
 		if err != nil && !errors.Is(err, syscall.EINTR) {
@@ -501,13 +480,7 @@ func TestS3UploadSurvivesSignals(t *testing.T) {
 	if err := f.Sync(); err != nil {
 		t.Errorf("fsync again: %v", err)
 	}
-	obj, err := e.MC.GetObject(context.Background(), "data", "ds/signalled.bin", minio.GetObjectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer obj.Close()
-	got, err := io.ReadAll(obj)
-	if err != nil || string(got) != "payload" {
+	if got, err := e.Object("signalled.bin"); err != nil || string(got) != "payload" {
 		t.Errorf("the object after the interrupted fsync: %q, %v; want it uploaded", got, err)
 	}
 }

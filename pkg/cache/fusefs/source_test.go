@@ -40,6 +40,17 @@ func mountRW(t *testing.T) (root, mnt string) {
 	return root, mnt
 }
 
+// releaseFIFO opens the FIFO name for writing when the test ends: should
+// an open of it for reading wait (the bug a test looks for), that sets
+// it free so the test can end.
+func releaseFIFO(t *testing.T, name string) {
+	t.Cleanup(func() {
+		if w, err := os.OpenFile(name, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+	})
+}
+
 // TestFIFOSwappedInForAFile: a file replaced by a FIFO behind the kernel's
 // back (another node of the share) fails to open. The daemon opened the
 // FIFO for the caller and waited for a writer forever, hanging the open
@@ -59,12 +70,7 @@ func TestFIFOSwappedInForAFile(t *testing.T) {
 	if err := unix.Mkfifo(name, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// Should the open wait, a writer set it free so the test can end.
-	t.Cleanup(func() {
-		if w, err := os.OpenFile(name, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-			w.Close()
-		}
-	})
+	releaseFIFO(t, name)
 	for _, flag := range []int{os.O_RDONLY, os.O_RDWR} {
 		done := make(chan error, 1)
 		go func() {
@@ -237,11 +243,7 @@ func TestCreateOverSomethingMadeBehindTheKernel(t *testing.T) {
 	if err := unix.Mkfifo(filepath.Join(root, "fifo"), 0o666); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if w, err := os.OpenFile(filepath.Join(root, "fifo"), os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-			w.Close()
-		}
-	})
+	releaseFIFO(t, filepath.Join(root, "fifo"))
 	done := make(chan error, 1)
 	go func() {
 		f, err := os.OpenFile(filepath.Join(mnt, "fifo"), os.O_RDWR|os.O_CREATE, 0o644)

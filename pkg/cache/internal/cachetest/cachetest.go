@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -132,6 +133,16 @@ func (e *S3Env) Put(t testing.TB, name string, b []byte) {
 		t.Fatalf("put %s: %v", name, err)
 	}
 	e.Files[name] = b
+}
+
+// Object reads name under the prefix behind Cistern's back.
+func (e *S3Env) Object(name string) ([]byte, error) {
+	obj, err := e.MC.GetObject(context.Background(), "data", "ds/"+name, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer obj.Close()
+	return io.ReadAll(obj)
 }
 
 // Names are the files put, sorted.

@@ -283,15 +283,20 @@ func (p *Source) Mkdir(_ context.Context, name string, mode fs.FileMode, o sourc
 // Remove implements source.Writable: a file or a link (Rmdir removes a
 // directory).
 func (p *Source) Remove(_ context.Context, name string) error {
+	// Never as a directory: a directory put in the place of the file
+	// behind the kernel's back is left alone (EISDIR); Rmdir removes one.
+	return p.unlink(name, "remove", 0)
+}
+
+// unlink runs unlinkat(2) with flags on name in its parent.
+func (p *Source) unlink(name, op string, flags int) error {
 	pf, base, err := p.parent(name)
 	if err != nil {
 		return err
 	}
 	defer pf.Close()
-	// Never as a directory: a directory put in the place of the file
-	// behind the kernel's back is left alone (EISDIR); Rmdir removes one.
-	if err := unix.Unlinkat(int(pf.Fd()), base, 0); err != nil {
-		return &fs.PathError{Op: "remove", Path: name, Err: err}
+	if err := unix.Unlinkat(int(pf.Fd()), base, flags); err != nil {
+		return &fs.PathError{Op: op, Path: name, Err: err}
 	}
 	return nil
 }
@@ -300,13 +305,24 @@ func (p *Source) Remove(_ context.Context, name string) error {
 // nothing else; a file put in its place behind the kernel's back is left
 // alone (ENOTDIR).
 func (p *Source) Rmdir(_ context.Context, name string) error {
-	pf, base, err := p.parent(name)
+	return p.unlink(name, "rmdir", unix.AT_REMOVEDIR)
+}
+
+// twoNames runs fn with the parent directories and base names of from
+// and to (renameat2, linkat), naming an error as op of name.
+func (p *Source) twoNames(from, to, op, name string, fn func(ffd int, fb string, tfd int, tb string) error) error {
+	ff, fb, err := p.parent(from)
 	if err != nil {
 		return err
 	}
-	defer pf.Close()
-	if err := unix.Unlinkat(int(pf.Fd()), base, unix.AT_REMOVEDIR); err != nil {
-		return &fs.PathError{Op: "rmdir", Path: name, Err: err}
+	defer ff.Close()
+	tf, tb, err := p.parent(to)
+	if err != nil {
+		return err
+	}
+	defer tf.Close()
+	if err := fn(int(ff.Fd()), fb, int(tf.Fd()), tb); err != nil {
+		return &fs.PathError{Op: op, Path: name, Err: err}
 	}
 	return nil
 }
@@ -318,20 +334,9 @@ func (p *Source) Rename(_ context.Context, from, to string, flags uint32) error 
 	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
 		return &fs.PathError{Op: "rename", Path: from, Err: unix.EINVAL}
 	}
-	ff, fb, err := p.parent(from)
-	if err != nil {
-		return err
-	}
-	defer ff.Close()
-	tf, tb, err := p.parent(to)
-	if err != nil {
-		return err
-	}
-	defer tf.Close()
-	if err := unix.Renameat2(int(ff.Fd()), fb, int(tf.Fd()), tb, uint(flags)); err != nil {
-		return &fs.PathError{Op: "rename", Path: from, Err: err}
-	}
-	return nil
+	return p.twoNames(from, to, "rename", from, func(ffd int, fb string, tfd int, tb string) error {
+		return unix.Renameat2(ffd, fb, tfd, tb, uint(flags))
+	})
 }
 
 // OpenFile implements source.Writable: the file is opened beneath the root,
@@ -388,20 +393,9 @@ func (p *Source) Symlink(_ context.Context, target, name string, o source.Owner)
 // Link implements source.Writable: neither name is followed through a
 // link; a link to a directory is refused by the kernel.
 func (p *Source) Link(_ context.Context, from, to string) error {
-	ff, fb, err := p.parent(from)
-	if err != nil {
-		return err
-	}
-	defer ff.Close()
-	tf, tb, err := p.parent(to)
-	if err != nil {
-		return err
-	}
-	defer tf.Close()
-	if err := unix.Linkat(int(ff.Fd()), fb, int(tf.Fd()), tb, 0); err != nil {
-		return &fs.PathError{Op: "link", Path: to, Err: err}
-	}
-	return nil
+	return p.twoNames(from, to, "link", to, func(ffd int, fb string, tfd int, tb string) error {
+		return unix.Linkat(ffd, fb, tfd, tb, 0)
+	})
 }
 
 // Mknod implements source.Writable: FIFOs and sockets. Device nodes are
