@@ -35,8 +35,7 @@ func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uin
 	// The name may hold another file than the kernel's inode by now
 	// (renamed over on another node): ESTALE has the kernel look the
 	// name up again and open the file it now names.
-	var st unix.Stat_t
-	if err := unix.Fstat(int(h.f.Fd()), &st); err != nil || n.fsys.inodes.number(n.rel(), source.StatAttr(&st)) != n.StableAttr().Ino {
+	if n.fsys.inodes.number(n.rel(), h.id) != n.StableAttr().Ino {
 		h.f.Close()
 		return nil, 0, syscall.ESTALE
 	}
@@ -60,7 +59,20 @@ func (w posixWriter) openHandle(ctx context.Context, n *node, p string, flags ui
 		return nil, source.Errno(err)
 	}
 	acc := int(flags) & syscall.O_ACCMODE
-	return &posixHandle{handle: handle{n: n}, f: f, writable: acc != syscall.O_RDONLY, appendOnly: flags&syscall.O_APPEND != 0}, 0
+	h, err := newPosixHandle(n, f, acc != syscall.O_RDONLY, flags&syscall.O_APPEND != 0)
+	return h, source.Errno(err)
+}
+
+// newPosixHandle makes a handle of the open file f (closed on error).
+func newPosixHandle(n *node, f *os.File, writable, appendOnly bool) (*posixHandle, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, err
+	}
+	id := source.StatAttr(&st)
+	return &posixHandle{handle: handle{n: n}, f: f, writable: writable, appendOnly: appendOnly,
+		id: source.Attr{Dev: id.Dev, Ino: id.Ino}}, nil
 }
 
 // write is only called for handles that are not posixHandles.
@@ -77,8 +89,9 @@ func (w posixWriter) write(ctx context.Context, n *node, data []byte, off int64)
 type posixHandle struct {
 	handle
 	f          *os.File
-	writable   bool // opened for writing
-	appendOnly bool // O_APPEND: every write at the end, as the source has it
+	writable   bool        // opened for writing
+	appendOnly bool        // O_APPEND: every write at the end, as the source has it
+	id         source.Attr // the file's device and inode: what its cached copy is known by
 
 	ownersMu sync.Mutex
 	owners   []uint64 // guarded by ownersMu; lock owners that took record locks through it
@@ -195,15 +208,8 @@ func (h *posixHandle) Allocate(_ context.Context, off, size uint64, mode uint32)
 }
 
 // evict drops the cached copy of the file the handle has open, known by
-// its descriptor's device and inode whatever its name is now.
-func (h *posixHandle) evict() {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(h.f.Fd()), &st); err != nil {
-		h.n.evict()
-		return
-	}
-	h.n.fsys.eng.EvictFile(h.n.rel(), source.StatAttr(&st))
-}
+// its device and inode whatever its name is now.
+func (h *posixHandle) evict() { h.n.fsys.eng.EvictFile(h.n.rel(), h.id) }
 
 // Release closes the source descriptor.
 func (h *posixHandle) Release(ctx context.Context) syscall.Errno {
@@ -252,7 +258,10 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 		f.Close()
 		return nil, nil, 0, errno
 	}
-	h := &posixHandle{handle: handle{n: c}, f: f, writable: created || acc != syscall.O_RDONLY, appendOnly: flags&syscall.O_APPEND != 0}
+	h, err := newPosixHandle(c, f, created || acc != syscall.O_RDONLY, flags&syscall.O_APPEND != 0)
+	if err != nil {
+		return nil, nil, 0, source.Errno(err)
+	}
 	return in, h, fuse.FOPEN_DIRECT_IO, 0
 }
 
