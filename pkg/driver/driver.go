@@ -8,6 +8,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
@@ -48,6 +49,8 @@ type Driver struct {
 	subtrees *subtreeLocks // orders record work on overlapping sub-paths (see subtreeLocks)
 
 	registration *registration // with the kubelet, when the node plugin registers itself (else nil)
+
+	healthAddr atomic.Value // string: where /healthz is served, once listening
 }
 
 // CacheClient is the node service's view of the cache daemon: the daemon
@@ -55,6 +58,8 @@ type Driver struct {
 type CacheClient interface {
 	Mount(ctx context.Context, req api.MountRequest) (api.MountResponse, error)
 	Release(ctx context.Context, holder string) error
+	// Health is nil when the daemon serves every dataset it has mounted.
+	Health(ctx context.Context) error
 }
 
 // New validates opts and returns a driver using m for mounts and cc to
@@ -86,4 +91,11 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 		d.registration = &registration{endpoint: endpoint}
 	}
 	return d, nil
+}
+
+// HealthAddr returns the address /healthz is served on ("" until Run
+// listens; useful with --health-address=127.0.0.1:0).
+func (d *Driver) HealthAddr() string {
+	a, _ := d.healthAddr.Load().(string)
+	return a
 }

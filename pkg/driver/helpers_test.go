@@ -65,6 +65,8 @@ type fakeCache struct {
 	mu      sync.Mutex
 	holders map[string]string
 	last    api.MountRequest
+	// unhealthy is what Health answers.
+	unhealthy error
 }
 
 func (f *fakeCache) Mount(_ context.Context, req api.MountRequest) (api.MountResponse, error) {
@@ -80,6 +82,12 @@ func (f *fakeCache) Release(_ context.Context, holder string) error {
 	defer f.mu.Unlock()
 	delete(f.holders, holder)
 	return nil
+}
+
+func (f *fakeCache) Health(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.unhealthy
 }
 
 func (f *fakeCache) held() int {

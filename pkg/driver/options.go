@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -54,6 +55,9 @@ type Options struct {
 	// KubeletEndpoint is the CSI socket's path as the kubelet reaches it
 	// ("" = the endpoint's own path).
 	KubeletEndpoint string
+	// HealthAddr is where GET /healthz is served for a liveness probe
+	// ("" = not served).
+	HealthAddr string
 }
 
 // AddFlags registers the options' flags on fs.
@@ -75,6 +79,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.CacheSocket, "cache-socket", "/var/lib/cistern/cache.sock", "control socket of the node's cistern-cache daemon")
 	fs.DurationVar(&o.UnmountTimeout, "unmount-timeout", 30*time.Second, "how long an unmount may take before it is forced")
 	fs.StringVar(&o.RegistrationDir, "plugin-registration-dir", "", "the kubelet's plugin registration directory (<kubelet root>/plugins_registry, as mounted in this container), where the node plugin registers itself; empty: registration is left to the node-driver-registrar sidecar")
+	fs.StringVar(&o.HealthAddr, "health-address", "", "host:port to serve GET /healthz on for a liveness probe (200, or 503 with the reason when the cache daemon does not serve or the kubelet refused the registration); empty: not served")
 	fs.StringVar(&o.KubeletEndpoint, "kubelet-registration-path", "", "the CSI socket's path on the host, as the kubelet reaches it (e.g. /var/lib/kubelet/plugins/cistern.csi.dev/csi.sock); default: the --endpoint path")
 }
 
@@ -116,6 +121,11 @@ func (o *Options) Validate() error {
 	}
 	if o.KubeletEndpoint != "" && !filepath.IsAbs(o.KubeletEndpoint) {
 		errs = append(errs, fmt.Errorf("--kubelet-registration-path %q must be an absolute path", o.KubeletEndpoint))
+	}
+	if o.HealthAddr != "" {
+		if _, _, err := net.SplitHostPort(o.HealthAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--health-address %q: %w", o.HealthAddr, err))
+		}
 	}
 	if o.UnmountTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--unmount-timeout %s must be positive", o.UnmountTimeout))

@@ -66,6 +66,20 @@ func (r *registration) Registered() (bool, string) {
 	return r.status.GetPluginRegistered(), r.status.GetError()
 }
 
+// refused returns the kubelet's error when its last word was a refusal
+// ("" before it said anything and after it registered the driver).
+func (r *registration) refused() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.status == nil || r.status.GetPluginRegistered() {
+		return ""
+	}
+	if r.status.GetError() == "" {
+		return "no reason given"
+	}
+	return r.status.GetError()
+}
+
 // registrationSocket is the socket's path in the kubelet's directory.
 func registrationSocket(dir string) string { return filepath.Join(dir, Name+"-reg.sock") }
 

@@ -136,6 +136,8 @@ func TestRegistrationOptions(t *testing.T) {
 		{"controller does not", func(o *Options) { o.Mode = ModeController; o.RegistrationDir = "/registration" }, false},
 		{"relative directory", func(o *Options) { o.RegistrationDir = "registration" }, false},
 		{"relative kubelet path", func(o *Options) { o.KubeletEndpoint = "csi.sock" }, false},
+		{"health address", func(o *Options) { o.HealthAddr = ":9808" }, true},
+		{"health address without a port", func(o *Options) { o.HealthAddr = "9808" }, false},
 	} {
 		o := base
 		c.change(&o)

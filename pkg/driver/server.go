@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -42,8 +43,21 @@ func (d *Driver) Run(ctx context.Context) error {
 	}
 	klog.InfoS("Serving CSI", "driver", Name, "version", d.opts.Version, "mode", d.opts.Mode, "endpoint", d.opts.Endpoint, "nodeID", d.opts.NodeID)
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(lis) }()
+	if d.opts.HealthAddr != "" {
+		hl, err := net.Listen("tcp", d.opts.HealthAddr)
+		if err != nil {
+			srv.Stop()
+			return fmt.Errorf("health listener: %w", err)
+		}
+		d.healthAddr.Store(hl.Addr().String())
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /healthz", d.serveHealth)
+		hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- hsrv.Serve(hl) }()
+		defer hsrv.Close()
+	}
 	// Registration is served once the CSI socket listens (the kubelet
 	// dials it as soon as it has the registration) and withdrawn first.
 	regCtx, stopReg := context.WithCancel(ctx)

@@ -110,6 +110,12 @@ func (c *Client) Release(ctx context.Context, holder string) error {
 	return c.do(ctx, http.MethodPost, "/v1/release", ReleaseRequest{Holder: holder}, nil)
 }
 
+// Health asks the daemon whether it serves (every mounted dataset answers
+// through its FUSE mount); nil when it does.
+func (c *Client) Health(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
+}
+
 // Stats returns the daemon's stats.
 func (c *Client) Stats(ctx context.Context) (StatsResponse, error) {
 	var resp StatsResponse

@@ -164,6 +164,12 @@ type ErrorResponse struct {
 	Error string `json:"error"`
 }
 
+// HealthResponse answers GET /healthz when the daemon serves (else an
+// ErrorResponse with HTTP 503 says why).
+type HealthResponse struct {
+	Status string `json:"status"`
+}
+
 // StatsResponse is the daemon's view of the node (GET /v1/stats).
 type StatsResponse struct {
 	Cache    CacheStats    `json:"cache"`

@@ -148,7 +148,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 		d.metricsAddr.Store(ml.Addr().String())
-		msrv = &http.Server{Handler: metricsHandler(d.Stats), ReadHeaderTimeout: 10 * time.Second}
+		msrv = &http.Server{Handler: metricsHandler(d.Stats, d.serveHealth), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- msrv.Serve(ml) }()
 	}
 	d.log.Info("Cache daemon serving", "socket", d.opts.Socket, "metrics", d.opts.MetricsAddr, "tiers", d.opts.tiers())

@@ -89,11 +89,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descMounted, int64(len(s.Datasets)))
 }
 
-// metricsHandler serves /metrics from stats.
-func metricsHandler(stats func() api.StatsResponse) http.Handler {
+// metricsHandler serves /metrics from stats, and /healthz (for the
+// container's liveness probe) from health.
+func metricsHandler(stats func() api.StatsResponse, health http.HandlerFunc) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{stats})
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", health)
 	return mux
 }

@@ -22,6 +22,7 @@ func (e *statusError) Unwrap() error { return e.err }
 
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", d.serveHealth)
 	mux.HandleFunc("POST /v1/mount", func(w http.ResponseWriter, r *http.Request) {
 		var req api.MountRequest
 		if !decode(w, r, &req) {
