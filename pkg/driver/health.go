@@ -23,9 +23,9 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	case req.GetVolumePath() == "":
 		return nil, status.Error(codes.InvalidArgument, "volume_path is required")
 	}
-	id, err := ParseVolumeID(req.GetVolumeId())
+	id, err := d.volumeID(req.GetVolumeId())
 	if err != nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s: %v", req.GetVolumeId(), err)
+		return nil, err
 	}
 	if h := checkVolumePath(d.mounter, id, req.GetVolumePath()); h != nil {
 		if h.Status == csi.VolumeHealthErrorType_INACCESSIBLE && h.Reason == reasonNotMounted {
@@ -65,9 +65,9 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
 	}
-	id, err := ParseVolumeID(req.GetVolumeId())
+	id, err := d.volumeID(req.GetVolumeId())
 	if err != nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s: %v", req.GetVolumeId(), err)
+		return nil, err
 	}
 	health := &csi.VolumeHealth{VolumeId: req.GetVolumeId()}
 	// An object store is checked through the mounts below (the node has

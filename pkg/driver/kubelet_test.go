@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"maps"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -41,6 +42,24 @@ func TestNodeAdvertisesSingleNodeMultiWriter(t *testing.T) {
 	}
 }
 
+// kubeletContexts returns the volume contexts the kubelet sends for a PV
+// that external-provisioner made from a CreateVolume response: the PV's
+// volumeAttributes are the response's context plus the provisioner's
+// identity; NodePublish adds the pod's (the CSIDriver has podInfoOnMount).
+func kubeletContexts(created map[string]string) (stage, publish map[string]string) {
+	stage = maps.Clone(created)
+	stage["storage.kubernetes.io/csiProvisionerIdentity"] = "1764662400000-8081-cistern.csi.dev"
+	publish = maps.Clone(stage)
+	for k, v := range map[string]string{
+		"csi.storage.k8s.io/pod.name": "trainer-0", "csi.storage.k8s.io/pod.namespace": "team-a",
+		"csi.storage.k8s.io/pod.uid": "5a1481f3-1e17-4fec-a962-d50f30fdc8dd", "csi.storage.k8s.io/serviceAccount.name": "default",
+		"csi.storage.k8s.io/ephemeral": "false",
+	} {
+		publish[k] = v
+	}
+	return stage, publish
+}
+
 // TestKubeletRequests drives stage and publish as the kubelet does for
 // every (lifecycle, access mode, readonly flag, dataset access): each is
 // served, and every mount is read-only exactly when the dataset is
@@ -61,10 +80,11 @@ func TestKubeletRequests(t *testing.T) {
 					c := mountCap(kubeletModes[k8sMode])
 					dir := t.TempDir()
 					staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "target")
-					if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: c, VolumeContext: vol.VolumeContext}); err != nil {
+					stageCtx, publishCtx := kubeletContexts(vol.VolumeContext)
+					if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: c, VolumeContext: stageCtx}); err != nil {
 						t.Fatalf("NodeStageVolume: %v", err)
 					}
-					if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c, Readonly: readonly, VolumeContext: vol.VolumeContext}); err != nil {
+					if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c, Readonly: readonly, VolumeContext: publishCtx}); err != nil {
 						t.Fatalf("NodePublishVolume: %v", err)
 					}
 					datasetRO := access == "read-only"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -24,12 +25,17 @@ type nodeVolume struct {
 	id       VolumeID
 	params   *Params
 	readOnly bool // the dataset's access, from ID and context
+	static   bool // an administrator's PV: the ID came from the context
 }
 
 // volumeFromRequest decodes a volume ID and its context and checks that they
-// agree. A context that names another source than the ID is refused.
-func volumeFromRequest(rawID string, volCtx map[string]string) (*nodeVolume, error) {
+// agree. A context that names another source than the ID is refused. An ID
+// Cistern did not make is a static PV's (see staticVolume).
+func (d *Driver) volumeFromRequest(rawID string, volCtx map[string]string) (*nodeVolume, error) {
 	id, err := ParseVolumeID(rawID)
+	if err != nil && !strings.HasPrefix(rawID, volumeIDPrefix+"#") {
+		return d.staticVolume(rawID, volCtx)
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.NotFound, "volume %s: %v", rawID, err)
 	}
@@ -55,7 +61,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	case req.GetVolumeCapability() == nil:
 		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
 	}
-	v, err := volumeFromRequest(req.GetVolumeId(), req.GetVolumeContext())
+	v, err := d.volumeFromRequest(req.GetVolumeId(), req.GetVolumeContext())
 	if err != nil {
 		return nil, err
 	}
@@ -79,8 +85,26 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		d.release(ctx, holder)
 		return nil, err
 	}
+	if v.static {
+		if !v.readOnly {
+			// As CreateVolume would: a read-write static volume's
+			// directory is made if missing (a read-only one must hold
+			// data already).
+			if err := (posixDataset{root: mnt}).MkdirAll(v.id.SubPath); err != nil {
+				d.release(ctx, holder)
+				return nil, subPathStatus(err, v.id.Dataset, v.id.SubPath)
+			}
+		}
+		if err := d.rememberStatic(req.GetVolumeId(), v.id); err != nil {
+			d.release(ctx, holder)
+			return nil, status.Errorf(codes.Internal, "static volume: %v", err)
+		}
+	}
 	if err := d.bindDatasetDir(ctx, mnt, v.id, staging, ro); err != nil {
 		d.release(ctx, holder)
+		if v.static {
+			_ = d.forgetStatic(req.GetVolumeId())
+		}
 		return nil, err
 	}
 	klog.FromContext(ctx).V(2).Info("Volume staged", "stagingPath", staging, "readOnly", v.readOnly, "datasetMount", mnt)
@@ -106,6 +130,9 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err := d.cache.Release(ctx, "volume:"+req.GetVolumeId()); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "release the dataset mount: %v", err)
 	}
+	if err := d.forgetStatic(req.GetVolumeId()); err != nil {
+		return nil, status.Errorf(codes.Internal, "static volume: %v", err)
+	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
@@ -127,7 +154,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if req.GetStagingTargetPath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "staging_target_path is required: the volume must be staged first")
 	}
-	v, err := volumeFromRequest(req.GetVolumeId(), req.GetVolumeContext())
+	v, err := d.volumeFromRequest(req.GetVolumeId(), req.GetVolumeContext())
 	if err != nil {
 		return nil, err
 	}

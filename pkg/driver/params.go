@@ -58,6 +58,18 @@ const (
 	MetaEphemeral    = "csi.storage.k8s.io/ephemeral"
 )
 
+// provisionerMetaPrefix marks keys external-provisioner adds to the
+// volume attributes of every PV it makes (its identity,
+// storage.kubernetes.io/csiProvisionerIdentity); the kubelet hands them to
+// NodeStage and NodePublish with the dataset's parameters.
+const provisionerMetaPrefix = "storage.kubernetes.io/"
+
+// isCOMetadata reports whether a parameter or attribute key is the CO's
+// metadata rather than a dataset parameter.
+func isCOMetadata(k string) bool {
+	return strings.HasPrefix(k, metaPrefix) || strings.HasPrefix(k, provisionerMetaPrefix)
+}
+
 // Access says whether a dataset may be written.
 type Access string
 
@@ -113,7 +125,7 @@ func (p *Params) ReadOnly() bool { return p.Access == ReadOnly }
 func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	var unknown []string
 	for k := range m {
-		if strings.HasPrefix(k, metaPrefix) {
+		if isCOMetadata(k) {
 			continue
 		}
 		switch k {

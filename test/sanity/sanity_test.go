@@ -104,7 +104,7 @@ func TestSanity(t *testing.T) {
 func writeSecrets(t *testing.T, dir string, secrets map[string]string) string {
 	t.Helper()
 	var b strings.Builder
-	for _, call := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret", "NodeStageVolumeSecret", "NodePublishVolumeSecret"} {
+	for _, call := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret", "NodeStageVolumeSecret", "NodePublishVolumeSecret", "ControllerExpandVolumeSecret"} {
 		fmt.Fprintf(&b, "%s:\n", call)
 		for k, v := range secrets {
 			fmt.Fprintf(&b, "  %s: %q\n", k, v)
