@@ -7,7 +7,7 @@ OUT       := $(CURDIR)/_output
 FUZZTIME  ?= 20000x
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e /test/sanity -e /test/posix)
 
-.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify bench-cache bench-cache-smoke bench bench-smoke clean
+.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify manifests images bench-cache bench-cache-smoke bench bench-smoke clean
 
 all: build
 
@@ -99,9 +99,22 @@ bench-smoke: build
 	@! grep -q "could not run here" $(OUT)/bench-smoke/benchmarks.md || { grep "could not run here" $(OUT)/bench-smoke/benchmarks.md; exit 1; }
 
 verify:
-	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	@out=$$(gofmt -l cmd pkg test hack); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 	@hack/verify-layout.sh
+	@hack/manifests.sh --check
+
+## manifests: deploy/kubernetes/cistern.yaml from the Helm chart.
+manifests:
+	@hack/manifests.sh
+
+## images: container images as docker-archive tarballs in _output/images
+## (cistern, the CSI sidecars, pause and the e2e test images; the sidecars
+## and test images are built from source once and cached, see
+## hack/k8s-build.sh). IMAGES=cistern builds only Cistern's.
+IMAGES ?= all
+images:
+	@hack/images.sh $(IMAGES)
 
 clean:
 	rm -rf $(BIN) $(OUT)

@@ -2,8 +2,8 @@ package driver
 
 import (
 	"context"
-	"maps"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
