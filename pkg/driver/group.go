@@ -31,7 +31,33 @@ func (d *Driver) applyMountGroup(mnt string, id VolumeID, ro bool, group string)
 		return subPathStatus(err, id.Dataset, id.SubPath)
 	}
 	defer dir.Close()
-	fd := int(dir.Fd())
+	return giveToGroup(int(dir.Fd()), id, gid)
+}
+
+// applyPublishGroup applies a publishing pod's fsGroup to a staged
+// read-write POSIX volume, through its staging path (a bind of the
+// volume's directory): the kubelet stages a volume once for all its pods
+// on a node, so a pod that arrives later, with its own fsGroup, is only
+// seen at publish.
+func (d *Driver) applyPublishGroup(staging string, id VolumeID, group string) error {
+	if group == "" || id.ReadOnly || id.Source.IsS3() {
+		return nil
+	}
+	gid, err := api.ParseGroup(group)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "volume_capability: %v", err)
+	}
+	fd, err := unix.Open(staging, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return status.Errorf(codes.Internal, "staging path %s: %v", staging, err)
+	}
+	defer unix.Close(fd)
+	return giveToGroup(fd, id, gid)
+}
+
+// giveToGroup gives the directory open at fd to gid, with group rwx and
+// the setgid bit.
+func giveToGroup(fd int, id VolumeID, gid uint32) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return status.Errorf(codes.Internal, "dataset %s, sub-path %q: %v", id.Dataset, id.SubPath, err)

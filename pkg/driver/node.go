@@ -174,6 +174,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err != nil || !st.Mounted || st.Corrupted {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
 	}
+	if !ro {
+		if err := d.applyPublishGroup(req.GetStagingTargetPath(), v.id, c.GetMount().GetVolumeMountGroup()); err != nil {
+			return nil, err
+		}
+	}
 	if err := d.singleWriters.claim(req.GetVolumeId(), target, c); err != nil {
 		return nil, err
 	}
