@@ -7,7 +7,7 @@ OUT       := $(CURDIR)/_output
 FUZZTIME  ?= 20000x
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e /test/sanity -e /test/posix)
 
-.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify manifests images bench-cache bench-cache-smoke bench bench-smoke clean
+.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify manifests images k8s-e2e bench-cache bench-cache-smoke bench bench-smoke clean
 
 all: build
 
@@ -107,6 +107,14 @@ verify:
 ## manifests: deploy/kubernetes/cistern.yaml from the Helm chart.
 manifests:
 	@hack/manifests.sh
+
+## k8s-e2e: a local single-node Kubernetes (hack/local-cluster.sh), Cistern
+## installed with Helm, the Kubernetes external storage suite on a file://
+## and an s3:// dataset, Cistern's own scenarios, uninstall and teardown;
+## prints each phase's time (needs root; see README, "Run the e2e suite
+## locally").
+k8s-e2e: deps
+	@hack/k8s-e2e.sh
 
 ## images: container images as docker-archive tarballs in _output/images
 ## (cistern, the CSI sidecars, pause and the e2e test images; the sidecars

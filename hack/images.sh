@@ -9,7 +9,9 @@
 #   csi-provisioner.tar  registry.k8s.io/sig-storage/csi-provisioner
 #   csi-resizer.tar      registry.k8s.io/sig-storage/csi-resizer
 #   pause.tar            registry.k8s.io/pause (the sandbox image)
-#   busybox.tar agnhost.tar   the e2e suite's test images
+#   busybox.tar agnhost.tar nginx.tar glibc-dns-testing.tar
+#                        the e2e suite's test images (the last two are
+#                        busybox: the storage suite only runs shell in them)
 #
 # Usage: hack/images.sh [cistern|all]   (default all; the sidecars and test
 # images are built from source by hack/k8s-build.sh first, cached).
@@ -24,12 +26,16 @@ CACHE=${CISTERN_CACHE:-/var/cache/cistern}
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 PROVISIONER_VERSION=${PROVISIONER_VERSION:-v6.4.0}
 RESIZER_VERSION=${RESIZER_VERSION:-v2.3.0}
-PAUSE_TAG=3.10.2 BUSYBOX_TAG=1.37.0-2 AGNHOST_TAG=2.66.1
+PAUSE_TAG=3.10.2 BUSYBOX_TAG=1.37.0-2 AGNHOST_TAG=2.66.1 NGINX_TAG=1.27.0-2 GLIBC_DNS_TAG=2.1.1
 
-BUSYBOX=$(command -v busybox || true)
-[ -n "$BUSYBOX" ] || BUSYBOX=/bin/busybox
+# A static busybox, from Debian's busybox-static (installed if missing).
+BUSYBOX=/bin/busybox
 if ! "$BUSYBOX" --list-full >/dev/null 2>&1 || ldd "$BUSYBOX" >/dev/null 2>&1; then
-  echo "images: need a static busybox (Debian's busybox-static)" >&2; exit 1
+  echo "images: installing busybox-static"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+fi
+if ! "$BUSYBOX" --list-full >/dev/null 2>&1 || ldd "$BUSYBOX" >/dev/null 2>&1; then
+  echo "images: $BUSYBOX is not a static busybox (Debian's busybox-static)" >&2; exit 1
 fi
 mkdir -p "$OUT" _output/bin
 go build -o _output/bin/mkimage ./hack/mkimage
@@ -58,6 +64,9 @@ mk -out "$OUT/csi-resizer.tar" -ref "registry.k8s.io/sig-storage/csi-resizer:$RE
   -add /csi-resizer="$CACHE/csi-resizer-$RESIZER_VERSION/bin/csi-resizer" -entrypoint /csi-resizer
 mk -out "$OUT/pause.tar" -ref "registry.k8s.io/pause:$PAUSE_TAG" -add /pause="$kbin/pause" -entrypoint /pause
 mk -out "$OUT/busybox.tar" -ref "registry.k8s.io/e2e-test-images/busybox:$BUSYBOX_TAG" -busybox "$BUSYBOX" -cmd sh
+# The storage suite runs shell commands in these two; busybox serves.
+mk -out "$OUT/nginx.tar" -ref "registry.k8s.io/e2e-test-images/nginx:$NGINX_TAG" -busybox "$BUSYBOX" -cmd sh
+mk -out "$OUT/glibc-dns-testing.tar" -ref "registry.k8s.io/e2e-test-images/glibc-dns-testing:$GLIBC_DNS_TAG" -busybox "$BUSYBOX" -cmd sh
 mk -out "$OUT/agnhost.tar" -ref "registry.k8s.io/e2e-test-images/agnhost:$AGNHOST_TAG" \
   -add /agnhost="$kbin/agnhost" -busybox "$BUSYBOX" -entrypoint /agnhost -cmd pause
 ls -la "$OUT"

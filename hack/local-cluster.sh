@@ -202,7 +202,11 @@ up() {
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 
   log "starting containerd, etcd, kube-apiserver"
-  start containerd containerd --config "$DIR/containerd.toml"
+  # Every image comes from `load`: a pull of a missing image goes to a
+  # proxy on loopback that does not exist, and fails here, instead of
+  # looking up a registry's name and leaving the machine.
+  start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+    containerd --config "$DIR/containerd.toml"
   start etcd "$etcd" --name local --data-dir "$DIR/etcd" \
     --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
@@ -297,10 +301,11 @@ down() {
   # Shims of this containerd (started by it, with its socket in argv).
   local pid
   for pid in $(pgrep -f "containerd-shim.*$DIR/containerd.sock" || true); do kill -KILL "$pid" 2>/dev/null || true; done
-  # Mounts left under the kubelet's, this cluster's and Cistern's state.
+  # Mounts left under the kubelet's (and the kubelet's bind of its own
+  # directory), this cluster's and Cistern's state.
   local m
   for m in $(awk -v a="$KUBELET_DIR/" -v b="$DIR/" -v c=/var/lib/cistern/ -v d=/run/netns/cni- \
-      'index($2, a) == 1 || index($2, b) == 1 || index($2, c) == 1 || index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
+      'index($2 "/", a) == 1 || index($2, b) == 1 || index($2, c) == 1 || index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
   done
   for m in /run/netns/cni-*; do [ -e "$m" ] && ip netns delete "$(basename "$m")" 2>/dev/null; done
@@ -313,8 +318,8 @@ down() {
   # The next `up` starts from an empty cluster (built binaries, certificates
   # and imported images are kept).
   rm -rf "$DIR/etcd" "$DIR/containerd/state" "$KUBELET_DIR/pods" "$KUBELET_DIR/plugins" "$KUBELET_DIR/plugins_registry"
-  if grep -qE " ($KUBELET_DIR|$DIR|/var/lib/cistern)/" /proc/mounts; then
-    die "mounts remain: $(grep -E " ($KUBELET_DIR|$DIR|/var/lib/cistern)/" /proc/mounts | awk '{print $2}' | tr '\n' ' ')"
+  if grep -qE " ($KUBELET_DIR|$DIR/|/var/lib/cistern/)" /proc/mounts; then
+    die "mounts remain: $(grep -E " ($KUBELET_DIR|$DIR/|/var/lib/cistern/)" /proc/mounts | awk '{print $2}' | tr '\n' ' ')"
   fi
   log "cluster down; nothing left mounted"
 }

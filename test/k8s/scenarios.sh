@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Cistern's own scenarios on a real cluster, with real pods and kubectl
+# (run by hack/k8s-e2e.sh after `helm install`): each prints PASS or FAIL
+# with what it saw, and the script ends with "scenarios: N passed, M failed".
+# Needs KUBECONFIG, KUBECTL, and the datasets under $DATA (made here).
+set -uo pipefail
+KUBECTL=${KUBECTL:-kubectl}
+DATA=${DATA:-/var/lib/cistern-e2e/datasets}
+NS=${CISTERN_NAMESPACE:-kube-system}
+IMG=registry.k8s.io/e2e-test-images/busybox:1.37.0-2
+k() { "$KUBECTL" "$@"; }
+pass=0 fail=0
+ok() { pass=$((pass + 1)); echo "PASS $1"; }
+bad() { fail=$((fail + 1)); echo "FAIL $1: $2"; }
+node=$(k get nodes -o jsonpath='{.items[0].metadata.name}')
+
+# pod NS NAME CLAIM|- CMD [extra spec yaml]: a busybox pod with the claim
+# (or the extra volumes yaml) at /data.
+pod() {
+  local ns=$1 name=$2 claim=$3 cmd=$4 extra=${5:-}
+  {
+    cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $name, namespace: $ns}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+EOF
+    [ -n "$extra" ] && echo "$extra"
+    cat <<EOF
+  containers:
+    - name: c
+      image: $IMG
+      imagePullPolicy: IfNotPresent
+      command: [sh, -c, "$cmd"]
+      volumeMounts: [{name: data, mountPath: /data}]
+EOF
+    if [ "$claim" != - ]; then
+      echo "  volumes: [{name: data, persistentVolumeClaim: {claimName: $claim}}]"
+    fi
+  } | k apply -f - >/dev/null
+}
+
+# claim NS NAME CLASS MODE
+claim() {
+  k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $2, namespace: $1}
+spec:
+  accessModes: [$4]
+  storageClassName: $3
+  resources: {requests: {storage: 1Gi}}
+EOF
+}
+
+# class NAME DATASET ACCESS SUBPATH [extra parameter lines]
+class() {
+  k apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $1}
+provisioner: cistern.csi.dev
+volumeBindingMode: WaitForFirstConsumer
+parameters:
+  dataset: $2
+  source: file://$DATA/$2
+  access: $3
+  subPath: "$4"
+${5:-}
+EOF
+}
+
+# done_pod NS NAME: waits for the pod to finish; prints its log.
+done_pod() {
+  k -n "$1" wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$2" --timeout=120s >/dev/null 2>&1 ||
+    k -n "$1" wait --for=jsonpath='{.status.phase}'=Failed "pod/$2" --timeout=5s >/dev/null 2>&1
+  k -n "$1" logs "$2" 2>&1
+}
+running() { k -n "$1" wait --for=condition=Ready "pod/$2" --timeout="${3:-120}s" >/dev/null 2>&1; }
+
+for ns in team-a team-b; do k create namespace "$ns" >/dev/null 2>&1 || true; done
+
+echo "== the research dataset in two namespaces"
+mkdir -p "$DATA/research/team-a" "$DATA/research/team-b"
+echo "a-prices" > "$DATA/research/team-a/prices.csv"
+echo "b-signals" > "$DATA/research/team-b/signals.csv"
+class research research read-only '${pvc.namespace}'
+for ns in team-a team-b; do
+  claim "$ns" research research ReadOnlyMany
+  pod "$ns" reader research 'ls /data; cat /data/*.csv; cat /data/../team-b/signals.csv /data/../team-a/prices.csv 2>/dev/null; touch /data/x 2>&1 | grep -q Read-only && echo EROFS'
+done
+out_a=$(done_pod team-a reader) out_b=$(done_pod team-b reader)
+if [ "$out_a" = "$(printf 'prices.csv\na-prices\nEROFS')" ] && [ "$out_b" = "$(printf 'signals.csv\nb-signals\nEROFS')" ]; then
+  ok "each namespace sees only its tree, read-only"
+else
+  bad "each namespace sees only its tree" "team-a saw [$out_a], team-b saw [$out_b]"
+fi
+
+echo "== a read-write features claim shared by two pods"
+mkdir -p "$DATA/features"
+class features features read-write '${pvc.namespace}/${pvc.name}' "  onDelete: delete"
+claim team-a features features ReadWriteMany
+pod team-a writer features 'echo f1 > /data/features.parquet && sleep 300'
+pod team-a reader2 features 'for i in $(seq 60); do [ -f /data/features.parquet ] && cat /data/features.parquet && exit 0; sleep 1; done; echo none'
+out=$(done_pod team-a reader2)
+[ "$out" = f1 ] && ok "a second pod reads what the first wrote" || bad "shared read-write claim" "reader saw [$out]"
+
+echo "== a non-root pod with an fsGroup writes a file"
+pod team-a nonroot features 'id; echo x > /data/by-1000 && stat -c %u:%g /data/by-1000' \
+  "  securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}"
+out=$(done_pod team-a nonroot)
+case $out in *"1000:2000"*) ok "non-root writer with fsGroup (file owned 1000:2000)" ;;
+  *) bad "non-root writer with fsGroup" "saw [$out]" ;; esac
+
+echo "== an inline volume of a shared public dataset"
+mkdir -p "$DATA/public/market-reference"
+echo "ref" > "$DATA/public/market-reference/calendar.csv"
+pod team-b inline - 'cat /data/calendar.csv; touch /data/y 2>&1 | grep -q Read-only && echo EROFS' "  volumes:
+    - name: data
+      csi:
+        driver: cistern.csi.dev
+        readOnly: true
+        volumeAttributes: {dataset: market-reference, source: file://$DATA/public/market-reference, shared: \"true\"}"
+out=$(done_pod team-b inline)
+[ "$out" = "$(printf 'ref\nEROFS')" ] && ok "inline shared dataset, read-only" || bad "inline shared dataset" "saw [$out]"
+
+echo "== cistern stats through kubectl exec"
+nodepod=$(k -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
+out=$(k -n "$NS" exec "$nodepod" -c cistern-cache -- cistern stats --socket /var/lib/cistern/cache.sock 2>&1)
+case $out in *research*features*|*features*research*) ok "cistern stats lists the mounted datasets" ;;
+  *) bad "cistern stats" "saw [$(echo "$out" | head -5)]" ;; esac
+
+echo "== the node plugin restarts while pods read"
+pod team-a steady research 'n=0; e=0; while [ $n -lt 200 ]; do cat /data/prices.csv >/dev/null 2>&1 || e=$((e+1)); n=$((n+1)); sleep 0.1; done; echo errors=$e'
+running team-a steady
+k -n "$NS" exec "$nodepod" -c cistern-csi -- kill 1 >/dev/null 2>&1
+out=$(done_pod team-a steady)
+restarts=$(k -n "$NS" get pod "$nodepod" -o jsonpath='{.status.containerStatuses[?(@.name=="cistern-csi")].restartCount}')
+[ "$out" = errors=0 ] && [ "${restarts:-0}" -ge 1 ] && ok "reads go on while cistern-csi restarts ($restarts restart)" ||
+  bad "reads during a node plugin restart" "reader saw [$out], cistern-csi restarts ${restarts:-?}"
+
+echo "== a class whose cache group the node does not serve"
+class pooled research read-only '${pvc.namespace}' "  cacheGroup: research-groups"
+claim team-a pooled pooled ReadOnlyMany
+pod team-a pooled pooled 'cat /data/prices.csv'
+sleep 15
+phase=$(k -n team-a get pod pooled -o jsonpath='{.status.phase}')
+events=$(k -n team-a get events -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | grep -c research-groups)
+if [ "$phase" = Pending ] && [ "$events" -ge 1 ]; then ok "pending with an event naming the group"; else
+  bad "pending outside the group" "phase $phase, $events events name research-groups"; fi
+k label node "$node" cistern.csi.dev/cache-group=research-groups --overwrite >/dev/null
+out=$(k -n team-a wait --for=jsonpath='{.status.phase}'=Succeeded pod/pooled --timeout=180s >/dev/null 2>&1 && k -n team-a logs pooled)
+[ "$out" = a-prices ] && ok "labelling the node lets it run" || bad "labelled node" "pod $(k -n team-a get pod pooled -o jsonpath='{.status.phase}'), log [$out]"
+k -n team-a delete pod pooled --wait=true >/dev/null 2>&1
+k -n team-a delete pvc pooled --wait=true >/dev/null 2>&1
+k label node "$node" cistern.csi.dev/cache-group- >/dev/null
+k -n "$NS" rollout status daemonset/cistern-node --timeout=120s >/dev/null 2>&1
+
+echo "== claim deletion honours onDelete"
+dir=$(ls -d "$DATA"/features/team-a/features 2>/dev/null)
+k -n team-a delete pod writer reader2 nonroot steady --wait=true >/dev/null 2>&1
+k -n team-a delete pvc features --wait=true >/dev/null 2>&1
+for _ in $(seq 30); do [ -d "$DATA/features/team-a/features" ] || break; sleep 1; done
+if [ -n "$dir" ] && [ ! -d "$DATA/features/team-a/features" ] && [ -d "$DATA/research/team-a" ]; then
+  ok "onDelete=delete removed the claim's directory; the read-only dataset kept its data"
+else bad "onDelete" "directory ${dir:-never made}; after delete: $(ls "$DATA/features/team-a" 2>&1)"; fi
+
+k delete namespace team-a team-b --wait=true >/dev/null 2>&1
+k delete storageclass research features pooled >/dev/null 2>&1
+echo "scenarios: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
