@@ -163,7 +163,17 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 	}
 	a, err := n.fsys.src.Stat(ctx, n.rel())
 	if err != nil {
-		return source.Errno(err)
+		if errno := source.Errno(err); errno != syscall.ENOENT {
+			return errno
+		}
+		// The kernel still holds this inode (a bind mount of a removed
+		// directory, a process's cwd, a dentry cached before a change
+		// behind its back) but its name is gone: the handle is stale.
+		// ESTALE, not ENOENT, as NFS answers: the VFS then retries a
+		// path lookup once (a stat of a removed name still gets ENOENT),
+		// and the kubelet sees a broken mount it must unmount rather than
+		// a path that does not exist and whose mount it skips.
+		return syscall.ESTALE
 	}
 	n.setAttr(a)
 	n.fill(a, &out.Attr)

@@ -311,3 +311,40 @@ func TestOpenOfANameRenamedOver(t *testing.T) {
 		}
 	}
 }
+
+// TestBindOfARemovedDirectory is what the kubelet meets with a subPath
+// whose directory a container removed: a bind mount of a directory of the
+// dataset outlives the directory. stat of the bind must not say "does not
+// exist" (the kubelet then skips its unmount and the pod never goes away,
+// seen in the external storage suite's "should be able to unmount after
+// the subpath directory is deleted"); it says ESTALE, a stale handle, and
+// the bind unmounts. A stat of the removed name through the dataset's
+// mount still says ENOENT.
+func TestBindOfARemovedDirectory(t *testing.T) {
+	_, mnt := mountRW(t)
+	sub := filepath.Join(mnt, "subpath")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bind := filepath.Join(t.TempDir(), "bind")
+	if err := os.Mkdir(bind, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(sub, bind, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(bind, unix.MNT_DETACH) })
+	if err := os.Remove(sub); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(bind, &st); err != unix.ESTALE {
+		t.Errorf("stat of a bind of a removed directory: %v, want ESTALE", err)
+	}
+	if err := unix.Stat(sub, &st); err != unix.ENOENT {
+		t.Errorf("stat of the removed name: %v, want ENOENT", err)
+	}
+	if err := unix.Unmount(bind, 0); err != nil {
+		t.Errorf("unmount the bind: %v", err)
+	}
+}
