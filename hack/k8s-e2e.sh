@@ -84,7 +84,7 @@ for src in $E2E_SOURCES; do
   mkdir -p "$OUT/$src"
   skip=$E2E_SKIP; [ "$src" = s3 ] && skip=$E2E_SKIP_S3
   echo "== external storage suite, $src dataset (log: $OUT/$src/e2e.log)"
-  (cd "$OUT/$src" && "$kbin/e2e.test" -kubeconfig "$KUBECONFIG" -provider local \
+  (cd "$OUT/$src" && "$kbin/e2e.test" -kubeconfig "$KUBECONFIG" -provider local -kubectl-path "$kbin/kubectl" \
     -storage.testdriver "$ROOT/test/k8s/testdriver-$src.yaml" \
     -ginkgo.focus "$E2E_FOCUS" -ginkgo.skip "$skip" -ginkgo.no-color -ginkgo.v \
     -ginkgo.junit-report junit.xml -report-dir "$OUT/$src" > e2e.log 2>&1) || suite_rc=1
