@@ -80,11 +80,6 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	ro := v.readOnly || isReaderMode(req.GetVolumeCapability())
-	if err := d.applyMountGroup(mnt, v.id, ro, group); err != nil {
-		d.release(ctx, holder)
-		return nil, err
-	}
 	if v.static {
 		if !v.readOnly {
 			// As CreateVolume would: a read-write static volume's
@@ -100,7 +95,12 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 			return nil, status.Errorf(codes.Internal, "static volume: %v", err)
 		}
 	}
-	if err := d.bindDatasetDir(ctx, mnt, v.id, staging, ro); err != nil {
+	ro := v.readOnly || isReaderMode(req.GetVolumeCapability())
+	err = d.applyMountGroup(mnt, v.id, ro, group)
+	if err == nil {
+		err = d.bindDatasetDir(ctx, mnt, v.id, staging, ro)
+	}
+	if err != nil {
 		d.release(ctx, holder)
 		if v.static {
 			_ = d.forgetStatic(req.GetVolumeId())

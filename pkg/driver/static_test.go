@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -72,14 +73,18 @@ func TestStaticPV(t *testing.T) {
 	_, err = d.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: handle})
 	wantCode(t, err, codes.NotFound) // forgotten at unstage
 
-	// A read-write static PV gets its directory, as CreateVolume would.
+	// A read-write static PV gets its directory, as CreateVolume would,
+	// before the pod's fsGroup is given it.
 	rw := map[string]string{"dataset": "scratch", "source": "file://" + root, "access": "read-write", "subPath": "team-b/run-7"}
 	s2 := filepath.Join(dir, "s2")
-	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "scratch-run-7", StagingTargetPath: s2, VolumeCapability: rwo, VolumeContext: rw}); err != nil {
+	withGroup := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER)
+	withGroup.GetMount().VolumeMountGroup = "4321"
+	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "scratch-run-7", StagingTargetPath: s2, VolumeCapability: withGroup, VolumeContext: rw}); err != nil {
 		t.Fatalf("NodeStageVolume of a read-write static PV: %v", err)
 	}
-	if fi, err := os.Stat(filepath.Join(root, "team-b/run-7")); err != nil || !fi.IsDir() {
-		t.Fatalf("the read-write static PV's directory was not made: %v", err)
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(root, "team-b/run-7"), &st); err != nil || st.Mode&syscall.S_IFDIR == 0 || st.Gid != 4321 {
+		t.Fatalf("the read-write static PV's directory: %v, gid %d; want a directory of group 4321", err, st.Gid)
 	}
 	if _, err := d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "scratch-run-7", StagingTargetPath: s2}); err != nil {
 		t.Fatal(err)
