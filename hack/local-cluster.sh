@@ -42,6 +42,10 @@ install_packages() {
   command -v conntrack >/dev/null || need+=(conntrack)
   command -v socat >/dev/null || need+=(socat)
   command -v openssl >/dev/null || need+=(openssl)
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v pgrep >/dev/null || need+=(procps)
+  command -v findmnt >/dev/null || need+=(util-linux)
+  command -v curl >/dev/null || need+=(curl)
   [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
