@@ -88,7 +88,7 @@ for src in $E2E_SOURCES; do
     -storage.testdriver "$ROOT/test/k8s/testdriver-$src.yaml" \
     -ginkgo.focus "$E2E_FOCUS" -ginkgo.skip "$skip" -ginkgo.no-color -ginkgo.v \
     -ginkgo.junit-report junit.xml -report-dir "$OUT/$src" > e2e.log 2>&1) || suite_rc=1
-  sum=$(grep -E '^(SUCCESS|FAIL)! -- ' "$OUT/$src/e2e.log" | tail -1)
+  sum=$(grep -E '^(SUCCESS|FAIL)! -- ' "$OUT/$src/e2e.log" | tail -1 || true)
   summaries+=("$src: ${sum:-no summary (see the log)}")
   echo "$src: ${sum:-no summary}"
   grep -E '^\s*\[FAIL\]' "$OUT/$src/e2e.log" | head -20 || true
@@ -100,15 +100,25 @@ DATA=$DATA test/k8s/scenarios.sh | tee "$OUT/scenarios.log" || suite_rc=1
 phase "scenarios"
 
 echo "== helm uninstall"
+# The driver leaves after its volumes: every pod that used one is gone
+# (namespaces the suite left terminating included), or its mounts would
+# stay for want of a node plugin to unpublish them.
+for ns in $(k get namespaces -o jsonpath='{.items[*].metadata.name}'); do
+  case $ns in default|kube-system|kube-public|kube-node-lease) ;; *) k delete namespace "$ns" --wait=false >/dev/null 2>&1 ;; esac
+done
+for _ in $(seq 180); do
+  [ -z "$(k get pv -o name)" ] && [ "$(k get namespaces -o name | wc -l)" -le 4 ] && break; sleep 1
+done
 "$helm" uninstall cistern --namespace kube-system --wait --timeout 2m
 k delete storageclass cistern-e2e-file cistern-e2e-s3 >/dev/null 2>&1 || true
 for _ in $(seq 60); do
   [ -z "$(k -n kube-system get pods -l app.kubernetes.io/instance=cistern -o name)" ] && break; sleep 1
 done
 left_mounts=$(grep -c 'fuse.cistern' /proc/mounts || true)
-left_procs=$(pgrep -c -x 'cistern-(csi|cache)' || true)
+left_procs=$(pgrep -c -f '^/usr/local/bin/cistern-(csi|cache)( |$)' || true)
 if [ "$left_mounts" -ne 0 ] || [ "$left_procs" -ne 0 ]; then
-  echo "FAIL helm uninstall left $left_mounts Cistern mounts and $left_procs Cistern processes"; suite_rc=1
+  echo "FAIL helm uninstall left $left_mounts Cistern mounts and $left_procs Cistern processes:"
+  grep 'fuse.cistern' /proc/mounts | awk '{print "  " $2}'; suite_rc=1
 else
   echo "PASS helm uninstall leaves no Cistern mount and no Cistern process"
 fi

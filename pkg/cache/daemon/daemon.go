@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,13 @@ func New(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ctx, d.stop = context.WithCancel(context.Background())
+	sweepDeadMounts(filepath.Join(opts.StateDir, "datasets"), func(path string, err error) {
+		if err != nil {
+			d.log.Error(err, "A dead dataset mount of an earlier daemon could not be detached", "path", path)
+			return
+		}
+		d.log.Info("Detached a dead dataset mount of an earlier daemon", "path", path)
+	})
 	for _, t := range tiers {
 		if t.Name == "mem" {
 			if err := MountTmpfs(memDir, t.Quota); err != nil {
@@ -112,7 +120,8 @@ func (d *Daemon) Close() error {
 		if m.timer != nil {
 			m.timer.Stop()
 		}
-		if err := m.fs.Unmount(); err != nil {
+		if err := m.fs.Unmount(); err != nil && slices.Contains(cisternMounts(), m.mnt) {
+			// (Not an error when someone else already removed it.)
 			errs = append(errs, err)
 			_ = unix.Unmount(m.mnt, unix.MNT_DETACH)
 		}

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -66,4 +69,67 @@ func (d *Daemon) serveHealth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reply(w, api.HealthResponse{Status: "ok"}, nil)
+}
+
+// sweepDeadMounts detaches the dataset mounts under the state directory
+// whose FUSE connection is gone (ENOTCONN): a daemon that was killed, or
+// whose unmount failed while the kernel still held binds of its mounts,
+// leaves them behind, and nothing else would ever remove them (a new
+// daemon only replaces the mounts of datasets it mounts again). Live
+// mounts are left alone. It returns the paths it detached.
+func sweepDeadMounts(datasets string, log func(path string, err error)) []string {
+	var swept []string
+	for _, mnt := range cisternMounts() {
+		if !strings.HasPrefix(mnt, datasets+"/") {
+			continue
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(mnt, &st); !errors.Is(err, unix.ENOTCONN) && !errors.Is(err, unix.ECONNABORTED) {
+			continue
+		}
+		err := unix.Unmount(mnt, unix.MNT_DETACH)
+		log(mnt, err)
+		if err == nil {
+			swept = append(swept, mnt)
+		}
+	}
+	return swept
+}
+
+// cisternMounts lists the mount points of Cistern's FUSE mounts in this
+// mount namespace.
+func cisternMounts() []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		// mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if ok && len(f) >= 5 && len(g) >= 1 && g[0] == "fuse.cistern" {
+			out = append(out, unescapeMountPath(f[4]))
+		}
+	}
+	return out
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -86,3 +86,49 @@ func TestDaemonHealth(t *testing.T) {
 		t.Fatalf("GET /healthz with an aborted dataset mount = %d %s, want 503 naming %s", code, body, m.Key)
 	}
 }
+
+// TestSweepDeadMounts: a dataset mount whose daemon is gone (its FUSE
+// connection aborted) is detached when a daemon starts; a live one is
+// left alone. Seen in a cluster: a node pod replaced while binds held its
+// mounts left a dead mount under /var/lib/cistern that outlived helm
+// uninstall.
+func TestSweepDeadMounts(t *testing.T) {
+	d, cl, _ := startDaemon(t, time.Hour)
+	ctx := context.Background()
+	var mnts []string
+	for _, name := range []string{"dead", "live"} {
+		root := t.TempDir()
+		cachetest.WriteRandom(t, filepath.Join(root, "f"), cachetest.Block, 1)
+		m, err := cl.Mount(ctx, api.MountRequest{Holder: name, Dataset: name, Source: "file://" + root, ReadOnly: true, MetaCache: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mnts = append(mnts, m.MountPath)
+	}
+	abortFUSE(t, mnts[0])
+	// A daemon starting on the same state directory (as after a crash;
+	// its own disk tier, since the first one still runs here) sweeps.
+	d2, err := New(Options{Socket: filepath.Join(t.TempDir(), "cache.sock"), StateDir: d.opts.StateDir,
+		Tiers: "disk:" + t.TempDir() + ":64Mi", BlockSize: cachetest.Block})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile("/proc/mounts")
+	if strings.Contains(string(b), mnts[0]+" ") {
+		t.Errorf("the dead mount %s is still mounted", mnts[0])
+	}
+	if _, err := os.ReadFile(filepath.Join(mnts[1], "f")); err != nil {
+		t.Errorf("the live mount stopped serving: %v", err)
+	}
+}
+
+func TestUnescapeMountPath(t *testing.T) {
+	for in, want := range map[string]string{`/a/b`: "/a/b", `/a\040b`: "/a b", `/a\134b`: `/a\b`, `/a\`: `/a\`} {
+		if got := unescapeMountPath(in); got != want {
+			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
