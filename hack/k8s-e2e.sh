@@ -74,7 +74,13 @@ ROOT_ACCESS_KEY=$s3key ROOT_SECRET_KEY=$s3secret setsid "$versitygw" --port "$S3
 s3pid=$!
 
 "$helm" install cistern deploy/charts/cistern --namespace kube-system -f test/k8s/values-local.yaml --wait --timeout 3m
-k create secret generic cistern-e2e-s3 -n kube-system --from-literal=access-key="$s3key" --from-literal=secret-key="$s3secret" >/dev/null
+# The credentials go through stdin, never argv.
+k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: cistern-e2e-s3, namespace: kube-system}
+stringData: {access-key: "$s3key", secret-key: "$s3secret"}
+EOF
 k apply -f test/k8s/storageclass-file.yaml -f test/k8s/storageclass-s3.yaml >/dev/null
 phase "helm install"
 
