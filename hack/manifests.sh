@@ -18,6 +18,7 @@ render() {
   "$helm" template cistern deploy/charts/cistern --namespace kube-system --kube-version 1.37.2
 }
 if [ "${1:-}" = --check ]; then
+  mkdir -p _output
   if ! diff -u "$out" <(render) > _output/manifests.diff 2>&1; then
     echo "$out has drifted from deploy/charts/cistern; run hack/manifests.sh:" >&2
     head -40 _output/manifests.diff >&2
