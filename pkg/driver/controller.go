@@ -184,11 +184,10 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	}
 	defer unlock()
 
-	ds, err := d.openDataset(id.Source, req.GetSecrets())
+	ds, store, err := d.volumeStore(id, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
-	store := d.records(id.Source, id.ReadOnly, ds)
 
 	// Decide under the subtree's lock, mark the record, and remove or
 	// archive the directory without it (that may be long: an S3 prefix

@@ -42,11 +42,10 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 		return nil, err
 	}
 	defer unlock()
-	ds, err := d.openDataset(id.Source, req.GetSecrets())
+	_, store, err := d.volumeStore(id, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
-	store := d.records(id.Source, id.ReadOnly, ds)
 	release := d.subtrees.lock(id.Source.String(), id.SubPath)
 	defer release()
 	rec, err := store.Get(ctx, id.NameHash)

@@ -49,6 +49,15 @@ func (d *Driver) records(src api.Source, readOnly bool, ds dataset) records {
 	return ds.Records()
 }
 
+// volumeStore opens a volume's dataset and its records store.
+func (d *Driver) volumeStore(id VolumeID, secrets map[string]string) (dataset, records, error) {
+	ds, err := d.openDataset(id.Source, secrets)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ds, d.records(id.Source, id.ReadOnly, ds), nil
+}
+
 // recordEntry is one entry of a records directory, as listRecords reads it.
 type recordEntry struct {
 	name string

@@ -55,17 +55,6 @@ func (r *registration) NotifyRegistrationStatus(_ context.Context, s *registerap
 	return &registerapi.RegistrationStatusResponse{}, nil
 }
 
-// Registered reports the kubelet's last word: whether it registered the
-// driver, and its error if not ("not yet" before it said anything).
-func (r *registration) Registered() (bool, string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.status == nil {
-		return false, "the kubelet has not registered the driver yet"
-	}
-	return r.status.GetPluginRegistered(), r.status.GetError()
-}
-
 // refused returns the kubelet's error when its last word was a refusal
 // ("" before it said anything and after it registered the driver).
 func (r *registration) refused() string {

@@ -92,20 +92,20 @@ func TestKubeletRegistration(t *testing.T) {
 		t.Fatalf("NodeGetInfo through the registered endpoint: %v, %v", ni, err)
 	}
 
-	if ok, why := d.registration.Registered(); ok || why == "" {
-		t.Errorf("registered before the kubelet said so: %t %q", ok, why)
+	if why := d.registration.refused(); why != "" {
+		t.Errorf("refused before the kubelet said anything: %q", why)
 	}
 	if _, err := rc.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{PluginRegistered: false, Error: "bad versions"}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, why := d.registration.Registered(); ok || why != "bad versions" {
-		t.Errorf("after a refusal: %t %q, want false and the kubelet's error", ok, why)
+	if why := d.registration.refused(); why != "bad versions" {
+		t.Errorf("after a refusal: %q, want the kubelet's error", why)
 	}
 	if _, err := rc.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{PluginRegistered: true}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, why := d.registration.Registered(); !ok {
-		t.Errorf("after the kubelet registered the driver: %t %q", ok, why)
+	if why := d.registration.refused(); why != "" {
+		t.Errorf("after the kubelet registered the driver: still refused %q", why)
 	}
 
 	if err := stop(); err != nil {
