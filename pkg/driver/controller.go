@@ -263,6 +263,15 @@ func (d *Driver) decideDelete(ctx context.Context, id VolumeID, rawID string, st
 			sharers = append(sharers, o.Name)
 		}
 	}
+	if d.kube != nil {
+		// Static PVs have no record, and a volume of another dataset
+		// may lie in this one's tree: the API server knows them all.
+		pvs, err := d.volumeSharers(ctx, id, rawID)
+		if err != nil {
+			return nil, false, kubeStatus("list the PersistentVolumes the delete guard checks", err)
+		}
+		sharers = append(sharers, pvs...)
+	}
 	if len(sharers) > 0 {
 		sort.Strings(sharers)
 		logger.Info("Sub-directory retained: other volumes use it", "subPath", id.SubPath, "onDelete", id.OnDelete, "sharedWith", strings.Join(sharers, ","))

@@ -13,6 +13,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/pkg/kube"
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
@@ -50,6 +51,10 @@ type Driver struct {
 
 	registration *registration // with the kubelet, when the node plugin registers itself (else nil)
 
+	// kube reaches the API server (--records-namespace; else nil): the
+	// records of read-only datasets, the PVs the delete guard checks.
+	kube *kube.Client
+
 	healthAddr atomic.Value // string: where /healthz is served, once listening
 }
 
@@ -82,6 +87,13 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 		pathLocks:     newKeyLocks(),
 		singleWriters: newSingleWriters(),
 		subtrees:      newSubtreeLocks(),
+	}
+	if opts.RecordsNamespace != "" {
+		c, err := kube.InCluster(kube.ServiceAccountDir)
+		if err != nil {
+			return nil, fmt.Errorf("--records-namespace needs the API server: %w", err)
+		}
+		d.kube = c
 	}
 	if opts.RegistrationDir != "" {
 		endpoint := opts.KubeletEndpoint

@@ -40,9 +40,13 @@ type records interface {
 }
 
 // records returns where the volume records of a dataset live: inside a
-// read-write dataset (they travel with the data), in the controller's state
-// directory for a read-only one (the controller never writes into it).
+// read-write dataset (they travel with the data); for a read-only one (the
+// controller never writes into it) in ConfigMaps in a cluster, else in the
+// controller's state directory.
 func (d *Driver) records(src api.Source, readOnly bool, ds dataset) records {
+	if readOnly && d.kube != nil {
+		return kubeRecords{c: d.kube, ns: d.opts.RecordsNamespace, source: src.String()}
+	}
 	if readOnly {
 		return ctxRecords{recordStore{dir: filepath.Join(d.opts.StateDir, "records", NameHash(src.String()))}}
 	}

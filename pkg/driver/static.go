@@ -24,6 +24,20 @@ import (
 
 // staticVolume is the nodeVolume of a static PV's handle and attributes.
 func (d *Driver) staticVolume(rawID string, volCtx map[string]string) (*nodeVolume, error) {
+	p, err := staticParams(rawID, volCtx)
+	if err != nil {
+		return nil, err
+	}
+	if p.CacheGroup != "" && p.CacheGroup != d.opts.CacheGroup {
+		return nil, status.Errorf(codes.FailedPrecondition, "static volume %s: dataset %s is served by cache group %q; this node is in %q (give the PV a nodeAffinity on %s)", truncate(rawID, 64), p.Dataset, p.CacheGroup, d.opts.CacheGroup, TopologyCacheGroup)
+	}
+	id := VolumeID{Dataset: p.Dataset, ReadOnly: p.ReadOnly(), OnDelete: Retain, NameHash: NameHash(rawID), Source: p.Source, SubPath: p.SubPath}
+	return &nodeVolume{id: id, params: p, readOnly: p.ReadOnly(), static: true}, nil
+}
+
+// staticParams reads a static PV's attributes as dataset parameters, with
+// the literal sub-path resolved.
+func staticParams(rawID string, volCtx map[string]string) (*Params, error) {
 	bad := func(format string, a ...any) error {
 		return status.Errorf(codes.InvalidArgument, "volume %s is not a Cistern volume ID, so it is read as a static PV, whose volumeAttributes are dataset parameters: %s", truncate(rawID, 64), fmt.Sprintf(format, a...))
 	}
@@ -48,16 +62,13 @@ func (d *Driver) staticVolume(rawID string, volCtx map[string]string) (*nodeVolu
 		return nil, bad("parameter %s %q: a static PV takes a literal path (templates need a PVC or a pod)", ParamSubPath, tmpl)
 	case p.OnDelete != Retain:
 		return nil, bad("parameter %s=%s does not apply: a static PV's data is the administrator's, and Cistern never deletes it", ParamOnDelete, p.OnDelete)
-	case p.CacheGroup != "" && p.CacheGroup != d.opts.CacheGroup:
-		return nil, status.Errorf(codes.FailedPrecondition, "static volume %s: dataset %s is served by cache group %q; this node is in %q (give the PV a nodeAffinity on %s)", truncate(rawID, 64), p.Dataset, p.CacheGroup, d.opts.CacheGroup, TopologyCacheGroup)
 	}
 	sub, err := ResolveSubPath(tmpl, nil)
 	if err != nil {
 		return nil, bad("parameter %s %q: %v", ParamSubPath, tmpl, err)
 	}
 	p.SubPath = sub
-	id := VolumeID{Dataset: p.Dataset, ReadOnly: p.ReadOnly(), OnDelete: Retain, NameHash: NameHash(rawID), Source: p.Source, SubPath: sub}
-	return &nodeVolume{id: id, params: p, readOnly: p.ReadOnly(), static: true}, nil
+	return p, nil
 }
 
 // staticFile is where the node keeps a staged static volume's VolumeID.

@@ -158,6 +158,71 @@ k -n team-a delete pvc pooled --wait=true >/dev/null 2>&1
 k label node "$node" cistern.csi.dev/cache-group- >/dev/null
 k -n "$NS" rollout status daemonset/cistern-node --timeout=120s >/dev/null 2>&1
 
+echo "== the delete guard after the controller's pod moves"
+# A read-write volume that deletes its directory, a read-only volume of the
+# same dataset inside it, and a static PV inside it; the controller's pod
+# is replaced (its state directory is gone): deleting the outer claim must
+# keep the tree, and the read-only volume's record (a ConfigMap) must still
+# let it expand.
+mkdir -p "$DATA/nest"
+class nest-rw nest read-write '${pvc.namespace}/${pvc.name}' "  onDelete: delete"
+k apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: nest-ro}
+provisioner: cistern.csi.dev
+volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
+parameters: {dataset: nest, source: "file://$DATA/nest", access: read-only, subPath: "\${pvc.namespace}/outer/inner"}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: cistern-e2e-nest-static}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadOnlyMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  csi:
+    driver: cistern.csi.dev
+    volumeHandle: nest-static
+    volumeAttributes: {dataset: nest, source: "file://$DATA/nest", access: read-only, subPath: team-b/outer/static}
+EOF
+claim team-b outer nest-rw ReadWriteMany
+pod team-b outer outer 'mkdir -p /data/inner /data/static && echo kept > /data/inner/f && echo kept > /data/static/f && echo written'
+out_w=$(done_pod team-b outer)
+claim team-b inner nest-ro ReadOnlyMany
+pod team-b inner inner 'cat /data/f; sleep 600'
+running team-b inner
+old=$(k -n "$NS" get pods -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].metadata.name}')
+k -n "$NS" delete pod "$old" --wait=true >/dev/null 2>&1
+k -n "$NS" rollout status deployment/cistern-controller --timeout=120s >/dev/null 2>&1
+new=$(k -n "$NS" get pods -l app.kubernetes.io/component=controller --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')
+records=$(k -n "$NS" get configmaps -l cistern.csi.dev/source -o name | wc -l)
+k -n team-b patch pvc inner -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}' >/dev/null
+k -n team-b wait --for=jsonpath='{.status.capacity.storage}'=2Gi pvc/inner --timeout=90s >/dev/null 2>&1
+size=$(k -n team-b get pvc inner -o jsonpath='{.status.capacity.storage}')
+pv=$(k -n team-b get pvc outer -o jsonpath='{.spec.volumeName}')
+k -n team-b delete pod outer --wait=true >/dev/null 2>&1
+k -n team-b delete pvc outer --wait=true >/dev/null 2>&1
+k wait --for=delete "pv/$pv" --timeout=90s >/dev/null 2>&1
+if [ "$out_w" = written ] && [ -n "$new" ] && [ "$new" != "$old" ] && [ "$records" -ge 1 ] && [ "$size" = 2Gi ] &&
+  [ -f "$DATA/nest/team-b/outer/inner/f" ] && [ -f "$DATA/nest/team-b/outer/static/f" ] && ! k get pv "$pv" >/dev/null 2>&1; then
+  ok "a new controller pod kept the tree of a read-only volume and a static PV, and expanded the read-only claim"
+else
+  bad "the delete guard after a controller move" "writer [$out_w], controller $old -> $new, $records record ConfigMaps, read-only claim ${size:-?}, PV ${pv:-none}, tree after delete: $(ls -R "$DATA/nest/team-b" 2>&1 | tr '\n' ' ')"
+fi
+inner_pv=$(k -n team-b get pvc inner -o jsonpath='{.spec.volumeName}')
+records_of() { k -n "$NS" get configmaps -l cistern.csi.dev/source -o jsonpath='{range .items[*]}{.data.record}{"\n"}{end}' | grep -c "\"name\":\"$1\""; }
+before=$(records_of "$inner_pv")
+k -n team-b delete pod inner --wait=true >/dev/null 2>&1
+k -n team-b delete pvc inner --wait=true >/dev/null 2>&1
+k wait --for=delete "pv/$inner_pv" --timeout=90s >/dev/null 2>&1
+k delete pv cistern-e2e-nest-static >/dev/null 2>&1
+after=$(records_of "$inner_pv")
+[ -n "$inner_pv" ] && [ "$before" = 1 ] && [ "$after" = 0 ] && ok "the read-only claim's record is a ConfigMap until the claim is deleted" ||
+  bad "read-only record" "PV ${inner_pv:-none}: $before record(s) before the delete, $after after"
+
 echo "== claim deletion honours onDelete"
 dir=$(ls -d "$DATA"/features/team-a/features 2>/dev/null)
 k -n team-a delete pod writer reader2 nonroot steady --wait=true >/dev/null 2>&1
@@ -168,6 +233,6 @@ if [ -n "$dir" ] && [ ! -d "$DATA/features/team-a/features" ] && [ -d "$DATA/res
 else bad "onDelete" "directory ${dir:-never made}; after delete: $(ls "$DATA/features/team-a" 2>&1)"; fi
 
 k delete namespace team-a team-b --wait=true >/dev/null 2>&1
-k delete storageclass research features pooled >/dev/null 2>&1
+k delete storageclass research features pooled nest-rw nest-ro >/dev/null 2>&1
 echo "scenarios: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
