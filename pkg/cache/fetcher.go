@@ -101,7 +101,8 @@ func acquire(ctx context.Context, sem chan struct{}) error {
 type fetchCall struct {
 	done chan struct{}
 	buf  []byte
-	err  error // set before done is closed
+	err  error  // set before done is closed
+	name string // the name of the file the source is read under
 
 	mu     sync.Mutex
 	filled int           // guarded by mu; buf[:filled] is final

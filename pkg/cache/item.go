@@ -300,6 +300,12 @@ func (it *Item) fetch(ctx context.Context, ref fileRef, b int64) ([]byte, error)
 // fetchUpTo is fetch that returns as soon as the block's first need bytes
 // are there; the caller reads only buf[:need] of what it returns.
 func (it *Item) fetchUpTo(ctx context.Context, ref fileRef, b int64, need int) ([]byte, error) {
+	return it.fetchTry(ctx, ref, b, need, true)
+}
+
+// fetchTry is fetchUpTo; retry allows one more attempt when the fetch
+// joined ran under another name.
+func (it *Item) fetchTry(ctx context.Context, ref fileRef, b int64, need int, retry bool) ([]byte, error) {
 	it.mu.Lock()
 	if b < int64(len(it.present)) && it.present[b] && it.verified[b] {
 		// Stored by a fetch (read-ahead, say) that finished after the
@@ -320,13 +326,22 @@ func (it *Item) fetchUpTo(ctx context.Context, ref fileRef, b int64, need int) (
 			return nil, fmt.Errorf("cache closed: %w", err)
 		}
 		call = newFetchCall(it.blockLenLocked(b))
+		call.name = ref.name
 		it.inflight[b] = call
 		gen, fp := it.gen, it.fingerprint
 		it.busy.Add(1)
 		it.env.fetch.spawn(func(context.Context) { it.runFetch(ref, b, gen, fp, call) })
 	}
 	it.mu.Unlock()
-	if err := call.wait(ctx, need); err != nil {
+	err := call.wait(ctx, need)
+	if err != nil && retry && call.name != ref.name && ctx.Err() == nil {
+		// The fetch this reader joined ran under another name of the
+		// file (a hard link, or a name since renamed): its failure is
+		// not this reader's. Fetch once more, under the reader's name.
+		<-call.done
+		return it.fetchTry(ctx, ref, b, need, false)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return call.buf, nil

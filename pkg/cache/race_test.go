@@ -3,12 +3,17 @@ package cache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
 	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
 )
 
@@ -148,4 +153,66 @@ func TestEvictFileByInode(t *testing.T) {
 		t.Errorf("%d files cached after EvictFile, want 0", got)
 	}
 	checkInvariants(t, c)
+}
+
+// gatedSource fails every read of one name, once the gate opens, and says
+// when the first such read has started.
+type gatedSource struct {
+	source.Source
+	name    string
+	started chan struct{}
+	once    sync.Once
+	gate    chan struct{}
+}
+
+func (s *gatedSource) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	if name == s.name {
+		s.once.Do(func() { close(s.started) })
+		<-s.gate
+		return 0, syscall.EIO
+	}
+	return s.Source.ReadAt(ctx, name, p, off)
+}
+
+// TestJoinedFetchUnderAnotherName: a reader that joins a block's fetch
+// started under another name of the same file (a hard link, or a name
+// renamed within one tick of the clock that stamps ctime) does not inherit
+// that fetch's failure: it fetches under its own name. It used to get the
+// other name's error (seen as "open f: no such file or directory" for a
+// reader of the renamed file).
+func TestJoinedFetchUnderAnotherName(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 2*cachetest.Block, 63)
+	if err := os.Link(filepath.Join(root, "f"), filepath.Join(root, "g")); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := posix.New(root)
+	src := &gatedSource{Source: p, name: "f", started: make(chan struct{}), gate: make(chan struct{})}
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	ds := c.Dataset("ds", src)
+	ctx := context.Background()
+	af, _ := src.Stat(ctx, "f")
+	ag, _ := src.Stat(ctx, "g")
+	errF := make(chan error, 1)
+	go func() {
+		_, err := ds.ReadAt(ctx, "f", af, make([]byte, 100), 0)
+		errF <- err
+	}()
+	<-src.started
+	got := make(chan error, 1)
+	buf := make([]byte, 100)
+	go func() {
+		_, err := ds.ReadAt(ctx, "g", ag, buf, 0)
+		got <- err
+	}()
+	// Let g's reader join f's fetch, then fail that fetch.
+	time.Sleep(50 * time.Millisecond)
+	close(src.gate)
+	if err := <-errF; !errors.Is(err, syscall.EIO) {
+		t.Errorf("the reader of f: %v, want its own fetch's EIO", err)
+	}
+	if err := <-got; err != nil || !bytes.Equal(buf, want[:100]) {
+		t.Fatalf("the reader of g that joined f's fetch: %v (bytes equal: %t)", err, bytes.Equal(buf, want[:100]))
+	}
 }
