@@ -47,7 +47,8 @@ type Driver struct {
 	// singleWriters holds single-writer volumes to one target path.
 	singleWriters *singleWriters
 
-	subtrees *subtreeLocks // orders record work on overlapping sub-paths (see subtreeLocks)
+	subtrees *subtreeLocks  // orders record work on overlapping sub-paths (see subtreeLocks)
+	staged   *stagedVolumes // what each volume was staged with, to stage it again (see restage)
 
 	registration *registration // with the kubelet, when the node plugin registers itself (else nil)
 
@@ -87,6 +88,7 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 		pathLocks:     newKeyLocks(),
 		singleWriters: newSingleWriters(),
 		subtrees:      newSubtreeLocks(),
+		staged:        newStagedVolumes(),
 	}
 	if opts.RecordsNamespace != "" {
 		c, err := kube.InCluster(kube.ServiceAccountDir)

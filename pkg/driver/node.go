@@ -73,12 +73,25 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	defer unlock()
-
-	holder := "volume:" + req.GetVolumeId()
-	group := req.GetVolumeCapability().GetMount().GetVolumeMountGroup()
-	mnt, err := d.datasetMount(ctx, holder, v.params, v.readOnly, group, req.GetSecrets())
-	if err != nil {
+	st := stageArgs{capability: req.GetVolumeCapability(), secrets: req.GetSecrets()}
+	if err := d.stage(ctx, req.GetVolumeId(), v, staging, st); err != nil {
 		return nil, err
+	}
+	// Kept in memory only, so a staging mount whose dataset mount is
+	// lost can be made again at the next publish (see restage).
+	d.staged.put(req.GetVolumeId(), st)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// stage asks the cache daemon for the dataset's mount and binds the
+// volume's directory of it on the staging path. The caller holds the
+// volume's lock.
+func (d *Driver) stage(ctx context.Context, rawID string, v *nodeVolume, staging string, st stageArgs) error {
+	holder := "volume:" + rawID
+	group := st.capability.GetMount().GetVolumeMountGroup()
+	mnt, err := d.datasetMount(ctx, holder, v.params, v.readOnly, group, st.secrets)
+	if err != nil {
+		return err
 	}
 	if v.static {
 		if !v.readOnly {
@@ -87,15 +100,15 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 			// data already).
 			if err := (posixDataset{root: mnt}).MkdirAll(v.id.SubPath); err != nil {
 				d.release(ctx, holder)
-				return nil, subPathStatus(err, v.id.Dataset, v.id.SubPath)
+				return subPathStatus(err, v.id.Dataset, v.id.SubPath)
 			}
 		}
-		if err := d.rememberStatic(req.GetVolumeId(), v.id); err != nil {
+		if err := d.rememberStatic(rawID, v.id); err != nil {
 			d.release(ctx, holder)
-			return nil, status.Errorf(codes.Internal, "static volume: %v", err)
+			return status.Errorf(codes.Internal, "static volume: %v", err)
 		}
 	}
-	ro := v.readOnly || isReaderMode(req.GetVolumeCapability())
+	ro := v.readOnly || isReaderMode(st.capability)
 	err = d.applyMountGroup(mnt, v.id, ro, group)
 	if err == nil {
 		err = d.bindDatasetDir(ctx, mnt, v.id, staging, ro)
@@ -103,12 +116,12 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		d.release(ctx, holder)
 		if v.static {
-			_ = d.forgetStatic(req.GetVolumeId())
+			_ = d.forgetStatic(rawID)
 		}
-		return nil, err
+		return err
 	}
 	klog.FromContext(ctx).V(2).Info("Volume staged", "stagingPath", staging, "readOnly", v.readOnly, "datasetMount", mnt)
-	return &csi.NodeStageVolumeResponse{}, nil
+	return nil
 }
 
 // NodeUnstageVolume unmounts the staging path.
@@ -133,6 +146,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err := d.forgetStatic(req.GetVolumeId()); err != nil {
 		return nil, status.Errorf(codes.Internal, "static volume: %v", err)
 	}
+	d.staged.drop(req.GetVolumeId())
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
@@ -171,8 +185,18 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	defer unlock()
 
 	st, err := mounter.Inspect(d.mounter, req.GetStagingTargetPath())
+	if err == nil && st.Corrupted {
+		// The dataset mount under the staging path is gone (the cache
+		// daemon lost its connections): stage it again, so this pod and
+		// later ones get a working volume.
+		err = d.restage(ctx, req, v, st.Err)
+		st.Mounted, st.Corrupted = err == nil, err != nil
+	}
+	if _, isStatus := status.FromError(err); err != nil && isStatus {
+		return nil, err // restage's answer
+	}
 	if err != nil || !st.Mounted || st.Corrupted {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), req.GetStagingTargetPath())
+		return nil, errNotStaged(req.GetVolumeId(), req.GetStagingTargetPath())
 	}
 	if !ro {
 		if err := d.applyPublishGroup(req.GetStagingTargetPath(), v.id, c.GetMount().GetVolumeMountGroup()); err != nil {

@@ -69,6 +69,26 @@ type State struct {
 	Err       error
 }
 
+// probeTimeout bounds the statfs that tells a dead mount from a live one.
+const probeTimeout = 5 * time.Second
+
+// probe statfs'es path, giving up after timeout (a hung server: the
+// goroutine stays blocked, the caller does not). A timeout is not an error:
+// a slow mount is not a dead one.
+func probe(path string, timeout time.Duration) error {
+	done := make(chan error, 1)
+	go func() {
+		var st unix.Statfs_t
+		done <- unix.Statfs(path, &st)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		return nil
+	}
+}
+
 // Inspect returns the mount state of path. A path that does not exist is
 // returned as os.ErrNotExist.
 func Inspect(m Interface, path string) (State, error) {
@@ -86,6 +106,11 @@ func Inspect(m Interface, path string) (State, error) {
 		return State{}, nil
 	}
 	st := State{Mounted: true}
+	// A bind of a dead FUSE connection still looks like a mount point to
+	// the checks above (they read the mount table): ask the file system.
+	if err := probe(path, probeTimeout); err != nil && mount.IsCorruptedMnt(err) {
+		return State{Mounted: true, Corrupted: true, Err: err}, nil
+	}
 	mps, err := m.List()
 	if err != nil {
 		return State{}, err

@@ -35,8 +35,9 @@ func buildBinaries(t *testing.T, dir string) {
 // process is a binary this test started; it is killed (by PID) when the
 // test ends.
 type process struct {
-	cmd *exec.Cmd
-	log string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{} // closed when it has exited
 }
 
 func start(t *testing.T, log, bin string, args ...string) *process {
@@ -63,7 +64,7 @@ func start(t *testing.T, log, bin string, args ...string) *process {
 			<-done
 		}
 	})
-	return &process{cmd: cmd, log: log}
+	return &process{cmd: cmd, log: log, done: done}
 }
 
 func waitForSocket(t *testing.T, p string) {
