@@ -121,6 +121,9 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 		MaxWrite:         1 << 20,
 		DisableXAttrs:    true,
 		Debug:            opts.Debug,
+		// File handles (name_to_handle_at) stay valid for as long as the
+		// inode table: a LOOKUP of "." finds the node (LookupNode).
+		ExtraCapabilities: fuse.CAP_EXPORT_SUPPORT,
 	}
 	// The kernel checks permissions against the owners and modes the
 	// file system reports: a pod reads and writes what its uid, gids and
@@ -138,6 +141,10 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 	srv, err := gofs.Mount(dir, root, &gofs.Options{
 		// A mode of 0000 is a mode (a file created so), not "unset".
 		NullPermissions: true,
+		// The node IDs the kernel holds are the inode table's numbers,
+		// which outlive the process (see LookupNode).
+		ExternalNodeID:  true,
+		RootStableAttr:  &gofs.StableAttr{Ino: rootNumber},
 		MountOptions:    mo,
 		EntryTimeout:    &mc,
 		AttrTimeout:     &mc,

@@ -33,16 +33,20 @@ type node struct {
 }
 
 var (
-	_ gofs.NodeLookuper   = (*node)(nil)
-	_ gofs.NodeGetattrer  = (*node)(nil)
-	_ gofs.NodeReaddirer  = (*node)(nil)
-	_ gofs.NodeReadlinker = (*node)(nil)
-	_ gofs.NodeStatfser   = (*node)(nil)
+	_ gofs.NodeLookuper    = (*node)(nil)
+	_ gofs.NodeGetattrer   = (*node)(nil)
+	_ gofs.NodeReaddirer   = (*node)(nil)
+	_ gofs.NodeReadlinker  = (*node)(nil)
+	_ gofs.NodeStatfser    = (*node)(nil)
+	_ gofs.NodeLookupNoder = (*node)(nil)
 )
 
-// stableAttr is the identity go-fuse and the kernel know p by.
-func (f *FS) stableAttr(p string, a source.Attr) gofs.StableAttr {
-	return gofs.StableAttr{Mode: source.UnixMode(a.Mode) &^ 0o7777, Ino: f.inodes.number(p, a)}
+// stableAttr is the identity go-fuse and the kernel know the child name of
+// parent by: its inode number is also its FUSE node ID.
+func (f *FS) stableAttr(parent *node, name string, a source.Attr) gofs.StableAttr {
+	ino := f.inodes.number(parent.child(name), a)
+	f.inodes.seen(ino, parent.StableAttr().Ino, name)
+	return gofs.StableAttr{Mode: source.UnixMode(a.Mode) &^ 0o7777, Ino: ino}
 }
 
 func (n *node) fill(a source.Attr, out *fuse.Attr) {
@@ -123,7 +127,7 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 		return nil, nil, source.Errno(err)
 	}
 	n.fill(a, &out.Attr)
-	sa := n.fsys.stableAttr(p, a)
+	sa := n.fsys.stableAttr(n, name, a)
 	if in := n.GetChild(name); in != nil && in.StableAttr() == sa {
 		if cur, ok := in.Operations().(*node); ok {
 			// A known inode (the kernel revalidating its entry takes
@@ -191,7 +195,7 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		if n.fsys.hidden(n, e.Name) {
 			continue
 		}
-		sa := n.fsys.stableAttr(n.child(e.Name), e.Attr)
+		sa := n.fsys.stableAttr(n, e.Name, e.Attr)
 		list = append(list, fuse.DirEntry{Name: e.Name, Mode: sa.Mode, Ino: sa.Ino})
 	}
 	return gofs.NewListDirStream(list), 0
@@ -236,4 +240,39 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	out.Blocks = 1 << 30
 	out.Bfree, out.Bavail = out.Blocks, out.Blocks
 	return 0
+}
+
+// LookupNode implements gofs.NodeLookupNoder (asked of the root): the file
+// behind a node ID the kernel holds that this process never handed out (a
+// connection taken over from an earlier daemon). The inode table knows
+// where the number was last seen; the path is looked up from the root and
+// joined to the tree, and must still name the same file.
+func (n *node) LookupNode(ctx context.Context, id uint64, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	names, ok := n.fsys.inodes.path(id)
+	if !ok {
+		return nil, syscall.ESTALE
+	}
+	cur := n
+	var in *gofs.Inode
+	for _, name := range names {
+		var errno syscall.Errno
+		if in, errno = cur.Lookup(ctx, name, out); errno != 0 {
+			if errno == syscall.ENOENT {
+				errno = syscall.ESTALE
+			}
+			return nil, errno
+		}
+		if cur.GetChild(name) != in {
+			cur.AddChild(name, in, true)
+		}
+		next, ok := in.Operations().(*node)
+		if !ok {
+			return nil, syscall.ESTALE
+		}
+		cur = next
+	}
+	if in == nil || in.StableAttr().Ino != id {
+		return nil, syscall.ESTALE // the name holds another file now
+	}
+	return in, 0
 }

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"golang.org/x/sys/unix"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -99,7 +100,19 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if n.fsys.hidden(n, name) || n.fsys.hidden(np, newName) {
 		return syscall.EACCES
 	}
-	return n.fsys.w.rename(ctx, n, name, np, newName, flags)
+	moved, over := n.GetChild(name), np.GetChild(newName)
+	errno := n.fsys.w.rename(ctx, n, name, np, newName, flags)
+	if errno == 0 {
+		// Where the kernel's inodes are now, for a daemon that takes
+		// the connection over.
+		if moved != nil {
+			n.fsys.inodes.seen(moved.StableAttr().Ino, np.StableAttr().Ino, newName)
+		}
+		if over != nil && flags&unix.RENAME_EXCHANGE != 0 {
+			n.fsys.inodes.seen(over.StableAttr().Ino, n.StableAttr().Ino, name)
+		}
+	}
+	return errno
 }
 
 // Symlink implements gofs.NodeSymlinker: the link is the caller's, and

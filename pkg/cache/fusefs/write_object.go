@@ -347,7 +347,7 @@ func (w objectWriter) create(ctx context.Context, n *node, name string, flags, _
 	}
 	a := w.src.NewFile()
 	c := &node{fsys: n.fsys, attr: a}
-	in := n.NewInode(ctx, c, n.fsys.stableAttr(p, a))
+	in := n.NewInode(ctx, c, n.fsys.stableAttr(n, name, a))
 	c = in.Operations().(*node) // an inode of this name may exist already
 	h, errno := w.newUpload(ctx, c, true, 0)
 	if errno != 0 {
