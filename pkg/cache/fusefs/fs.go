@@ -19,6 +19,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"k8s.io/klog/v2"
 
+	"github.com/cistern-csi/cistern/pkg/cache/fusefs/session"
 	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
 
@@ -78,10 +79,12 @@ type FS struct {
 	log    klog.Logger
 	eng    Engine
 	src    source.Source
-	w      writer     // the write strategy
-	inodes *inodes    // the inode numbers the kernel sees
-	locks  lockOwners // record-lock owners' descriptors (POSIX write-through)
-	srv    *fuse.Server
+	w      writer           // the write strategy
+	inodes *inodes          // the inode numbers the kernel sees
+	locks  lockOwners       // record-lock owners' descriptors (POSIX write-through)
+	srv    *fuse.Server     // go-fuse's server, or
+	sess   *session.Session // the session of a connection that can be taken over
+	dir    string           // the mount point
 
 	// Reads counts READ requests that reached the daemon (a passthrough
 	// read never does).
@@ -94,17 +97,33 @@ type FS struct {
 
 // Mount serves eng's dataset at dir. The caller calls Unmount.
 func Mount(dir string, eng Engine, opts Options) (*FS, error) {
+	f, root, gopts, err := newFS(dir, eng, opts)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := gofs.Mount(dir, root, gopts)
+	if err != nil {
+		f.inodes.close()
+		return nil, err
+	}
+	f.srv = srv
+	return f, nil
+}
+
+// newFS makes the file system of a mount at dir, its root and go-fuse's
+// options.
+func newFS(dir string, eng Engine, opts Options) (*FS, *node, *gofs.Options, error) {
 	if opts.Logger.GetSink() == nil {
 		opts.Logger = klog.Background()
 	}
-	f := &FS{opts: opts, log: opts.Logger, eng: eng, src: eng.Source()}
+	f := &FS{opts: opts, log: opts.Logger, eng: eng, src: eng.Source(), dir: dir}
 	w, err := chooseWriter(f.src, opts)
 	if err != nil {
-		return nil, &fs.PathError{Op: "mount", Path: dir, Err: err}
+		return nil, nil, nil, &fs.PathError{Op: "mount", Path: dir, Err: err}
 	}
 	f.w = w
 	if f.inodes, err = openInodes(opts.InodeTable, opts.Logger); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	mc := opts.MetaCache
 	neg := min(mc, time.Second)
@@ -137,8 +156,7 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 		mo.EnableLocks = true
 		f.locks.fds = map[lockOwnerKey]*os.File{}
 	}
-	root := &node{fsys: f}
-	srv, err := gofs.Mount(dir, root, &gofs.Options{
+	return f, &node{fsys: f}, &gofs.Options{
 		// A mode of 0000 is a mode (a file created so), not "unset".
 		NullPermissions: true,
 		// The node IDs the kernel holds are the inode table's numbers,
@@ -149,13 +167,7 @@ func Mount(dir string, eng Engine, opts Options) (*FS, error) {
 		EntryTimeout:    &mc,
 		AttrTimeout:     &mc,
 		NegativeTimeout: &neg,
-	})
-	if err != nil {
-		f.inodes.close()
-		return nil, err
-	}
-	f.srv = srv
-	return f, nil
+	}, nil
 }
 
 // chooseWriter picks the write strategy of a mount.
@@ -182,6 +194,9 @@ func (f *FS) hidden(dir *node, name string) bool {
 
 // Unmount unmounts and waits for the server to stop.
 func (f *FS) Unmount() error {
+	if f.sess != nil {
+		return f.unmountSession()
+	}
 	err := f.srv.Unmount()
 	if err == nil {
 		f.srv.Wait()

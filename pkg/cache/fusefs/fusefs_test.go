@@ -31,6 +31,9 @@ func newTestCache(t *testing.T, dir string, quota int64) *cache.Cache {
 	return c
 }
 
+// testMount is how mountTest mounts: go-fuse's server, or a session.
+var testMount = Mount
+
 // mountTest serves src through c at a temporary directory (the dataset key
 // is opts.Name, "ds" if empty), unmounted when the test ends.
 func mountTest(t *testing.T, src source.Source, c *cache.Cache, opts Options) (*FS, string) {
@@ -40,7 +43,7 @@ func mountTest(t *testing.T, src source.Source, c *cache.Cache, opts Options) (*
 	if opts.Name == "" {
 		opts.Name = "ds"
 	}
-	f, err := Mount(mnt, c.Dataset(opts.Name, src), opts)
+	f, err := testMount(mnt, c.Dataset(opts.Name, src), opts)
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}

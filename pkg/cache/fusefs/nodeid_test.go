@@ -57,9 +57,6 @@ func TestNodeIDsOutliveTheMount(t *testing.T) {
 	if err := f.Unmount(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(root, "e/gone")); err != nil {
-		t.Fatal(err)
-	}
 	// (Written aside and renamed over, as editors and tools do: the old
 	// inode is still in use when the new one is made, so their numbers
 	// differ. A source that reuses an inode number at once is not told
@@ -68,6 +65,10 @@ func TestNodeIDsOutliveTheMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.Rename(filepath.Join(root, "e/replaced.new"), filepath.Join(root, "e/replaced")); err != nil {
+		t.Fatal(err)
+	}
+	// Removed last, so no file made here reuses its inode number.
+	if err := os.Remove(filepath.Join(root, "e/gone")); err != nil {
 		t.Fatal(err)
 	}
 

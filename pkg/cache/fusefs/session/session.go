@@ -1,0 +1,356 @@
+// Package session serves a FUSE connection with go-fuse's request layer
+// (fuse.ProtocolServer) and a loop of its own, so that a connection can
+// outlive the process that served it: a new server takes the /dev/fuse
+// descriptor over, replays the INIT the kernel negotiated once, asks the
+// kernel to resend what was read but never answered (FUSE_NOTIFY_RESEND),
+// resolves node IDs it never handed out (a LOOKUP of "." the file system
+// answers from its persistent inode table), reopens file handles an
+// earlier server issued, and keeps the lookup counts it forwards within
+// what it knows the file system holds.
+package session
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Conn is a FUSE connection: its device descriptor and what a new server
+// needs to take it over.
+type Conn struct {
+	// Dev is a /dev/fuse descriptor of the connection.
+	Dev *os.File
+	// Init is the kernel's INIT request (header and body) as it was
+	// first sent; nil for a connection not initialised yet.
+	Init []byte
+	// Epoch counts the servers that have served the connection; file
+	// handles carry the epoch that issued them.
+	Epoch uint16
+}
+
+// Options configure a session.
+type Options struct {
+	// ReopenWrites lets a handle of an earlier server that was opened
+	// for writing be reopened; false (an object store, whose upload died
+	// with that server) answers its writes EIO.
+	ReopenWrites bool
+	Logger       klog.Logger
+}
+
+// Stats count what a taken-over session had to do.
+type Stats struct {
+	Revived, Reopened, Resent atomic.Int64
+	// ResendRefused is set when the kernel refused FUSE_NOTIFY_RESEND
+	// (older than Linux 6.9): requests lost with the earlier server
+	// stay unanswered.
+	ResendRefused atomic.Bool
+}
+
+// Session serves one connection.
+type Session struct {
+	conn  Conn
+	ps    *fuse.ProtocolServer
+	opts  Options
+	log   klog.Logger
+	Stats Stats
+
+	mu      sync.Mutex
+	counts  map[uint64]uint64 // lookup counts the file system holds, as forwarded
+	stale   map[uint64]uint64 // an earlier epoch's handle -> this session's reopened one
+	failed  map[uint64]bool   // earlier write handles refused (object stores)
+	stopped bool
+	fd      int    // the session's duplicate of the device, non-blocking
+	wake    [2]int // a pipe: Stop writes, the reader wakes
+	initMu  sync.Mutex
+	next    atomic.Uint64 // uniques of the session's own requests (odd)
+	done    chan error
+	bufs    sync.Pool
+}
+
+const fhShift = 48
+
+// maxRequest bounds a request: the largest WRITE (1 MiB) and its headers.
+const maxRequest = 1<<20 + 64<<10
+
+// Start serves fs on conn. A connection whose Init is nil is new: the
+// kernel's INIT is read from it, answered and kept. Otherwise the session
+// takes it over: the kept INIT is replayed to the new server (the kernel
+// is not asked again) and the kernel resends what was in flight.
+func Start(conn Conn, fs fuse.RawFileSystem, mo *fuse.MountOptions, opts Options) (*Session, error) {
+	if opts.Logger.GetSink() == nil {
+		opts.Logger = klog.Background()
+	}
+	// The session reads a duplicate, non-blocking, waiting in poll(2)
+	// with a pipe Stop writes to; never in Go's poller: its thread would
+	// also wait for the poll of a file of this very mount (FUSE files
+	// are pollable), which only this loop can answer.
+	fd, err := Dup(conn.Dev)
+	if err != nil {
+		return nil, err
+	}
+	dev := os.NewFile(uintptr(fd), conn.Dev.Name()) // blocking here: not in Go's poller
+	var wake [2]int
+	if err := unix.Pipe2(wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		dev.Close()
+		unix.Close(wake[0])
+		unix.Close(wake[1])
+		return nil, err
+	}
+	s := &Session{
+		conn: conn, ps: fuse.NewProtocolServer(fs, mo), opts: opts, log: opts.Logger,
+		counts: map[uint64]uint64{}, stale: map[uint64]uint64{}, failed: map[uint64]bool{},
+		done: make(chan error, 1), fd: fd, wake: wake,
+	}
+	s.conn.Dev = dev
+	s.bufs.New = func() any { b := make([]byte, maxRequest); return &b }
+	s.next.Store(1)
+	if conn.Init != nil {
+		s.conn.Epoch++
+		out := make([]byte, 4096)
+		if _, st := s.ps.HandleRequest([][]byte{conn.Init}, [][]byte{out}); !st.Ok() {
+			dev.Close()
+			return nil, fmt.Errorf("replaying INIT: %v", st)
+		}
+	}
+	go s.loop()
+	if conn.Init != nil {
+		// Requests the earlier server read and never answered.
+		if _, err := unix.Write(fd, errorReply(0, notifyResend)); err != nil {
+			s.Stats.ResendRefused.Store(true)
+			s.log.Info("The kernel refused FUSE_NOTIFY_RESEND: requests in flight when the earlier server stopped stay unanswered", "err", err)
+		}
+	}
+	return s, nil
+}
+
+// Conn returns the connection as a later server takes it over (Init is
+// there once the kernel's INIT has been answered).
+func (s *Session) Conn() Conn {
+	s.initMu.Lock()
+	defer s.initMu.Unlock()
+	return s.conn
+}
+
+// Wait returns when the connection ends (nil: unmounted) or the session
+// is stopped.
+func (s *Session) Wait() error { return <-s.done }
+
+// Stop stops serving without answering what is in flight, as a crash
+// would, and closes this session's descriptor; the connection lives on
+// in others' (Conn().Dev must have been duplicated before).
+func (s *Session) Stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	_, _ = unix.Write(s.wake[1], []byte{0})
+}
+
+func (s *Session) isStopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped
+}
+
+func (s *Session) loop() {
+	err := s.read()
+	s.conn.Dev.Close()
+	unix.Close(s.wake[0])
+	unix.Close(s.wake[1])
+	s.done <- err
+}
+
+// read reads requests until the connection ends (nil: unmounted) or Stop.
+func (s *Session) read() error {
+	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.wake[0]), Events: unix.POLLIN}}
+	for {
+		fds[0].Revents, fds[1].Revents = 0, 0
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			return err
+		}
+		if fds[1].Revents != 0 || s.isStopped() {
+			return nil
+		}
+		bp := s.bufs.Get().(*[]byte)
+		n, err := unix.Read(s.fd, *bp)
+		switch err {
+		case nil:
+			go s.serve(bp, n)
+			continue
+		case unix.EAGAIN, unix.EINTR, unix.ENOENT: // none yet, a signal, an interrupted request
+			s.bufs.Put(bp)
+			continue
+		case unix.ENODEV: // unmounted
+			s.bufs.Put(bp)
+			return nil
+		}
+		s.bufs.Put(bp)
+		return err
+	}
+}
+
+// serve answers one request.
+func (s *Session) serve(bp *[]byte, n int) {
+	defer s.bufs.Put(bp)
+	req := (*bp)[:n]
+	h, ok := parseHeader(req)
+	if !ok {
+		return
+	}
+	if h.opcode == opInit {
+		s.initMu.Lock()
+		s.conn.Init = append([]byte(nil), req...)
+		s.initMu.Unlock()
+	}
+	if h.unique&uniqueResend != 0 {
+		s.Stats.Resent.Add(1)
+	}
+	reply := s.handle(h, req)
+	if reply == nil || s.isStopped() {
+		return
+	}
+	if _, err := unix.Write(s.fd, reply); err != nil && !errors.Is(err, syscall.ENOENT) {
+		s.log.V(2).Info("FUSE reply not delivered", "opcode", h.opcode, "err", err)
+	}
+}
+
+// handle translates a request for the file system, runs it, and returns
+// the reply for the kernel (nil: none).
+func (s *Session) handle(h header, req []byte) []byte {
+	body := req[inHeaderSize:]
+	switch h.opcode {
+	case opForget:
+		if len(body) >= 8 {
+			if n := s.forget(h.nodeid, le.Uint64(body)); n > 0 {
+				le.PutUint64(body, n)
+				s.call(req)
+			}
+		}
+		return nil
+	case opBatchForget:
+		if b := s.batchForget(h, body); b != nil {
+			s.call(b)
+		}
+		return nil
+	case opInit, opDestroy, opInterrupt:
+		return s.call(req)
+	}
+	if errno := s.revive(h.nodeid); errno != 0 {
+		return errorReply(h.unique, -int32(errno))
+	}
+	for _, off := range bodyNodeIDs(h.opcode, body) {
+		if errno := s.revive(le.Uint64(body[off:])); errno != 0 {
+			return errorReply(h.unique, -int32(errno))
+		}
+	}
+	if off := fhOffset(h.opcode, body); off >= 0 {
+		fh, reply := s.translateFH(h, body, le.Uint64(body[off:]))
+		if reply != nil {
+			return reply
+		}
+		le.PutUint64(body[off:], fh)
+		if h.opcode == opCopyFileRange {
+			fh2, reply := s.translateFH(h, body, le.Uint64(body[24:]))
+			if reply != nil {
+				return reply
+			}
+			le.PutUint64(body[24:], fh2)
+		}
+	}
+	out := s.call(req)
+	if len(out) < outHeaderSize || int32(le.Uint32(out[4:])) != 0 {
+		return s.resent(h, req, out)
+	}
+	entryNodeIDs(h.opcode, out[outHeaderSize:], func(id uint64) { s.counted(id, 1) })
+	if off := replyFHOffset(h.opcode); off >= 0 && len(out) >= outHeaderSize+off+8 {
+		fh := le.Uint64(out[outHeaderSize+off:])
+		le.PutUint64(out[outHeaderSize+off:], uint64(s.conn.Epoch)<<fhShift|fh)
+	}
+	if h.opcode == opRelease || h.opcode == opReleasedir {
+		s.mu.Lock()
+		for old, fh := range s.stale {
+			if fh == le.Uint64(body) {
+				delete(s.stale, old)
+			}
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// call runs a request through the file system and returns its reply (nil:
+// none, as for FORGET).
+func (s *Session) call(req []byte) []byte {
+	h, _ := parseHeader(req)
+	size := 8 << 10
+	body := req[inHeaderSize:]
+	switch h.opcode {
+	case opRead, opReaddir, opReaddirplus:
+		if len(body) >= 20 {
+			size = outHeaderSize + int(le.Uint32(body[16:]))
+		}
+	case 22, 23: // GETXATTR, LISTXATTR: fuse_getxattr_in.size
+		if len(body) >= 4 {
+			size = outHeaderSize + 8 + int(le.Uint32(body))
+		}
+	case opIoctl:
+		size = outHeaderSize + 64<<10
+	}
+	size = max(size, 8<<10)
+	var out []byte
+	if size > 64<<10 {
+		bp := s.bufs.Get().(*[]byte)
+		defer s.bufs.Put(bp)
+		out = (*bp)[:min(size, maxRequest)]
+	} else {
+		out = make([]byte, size)
+	}
+	n, st := s.ps.HandleRequest([][]byte{req}, [][]byte{out})
+	if !st.Ok() {
+		return errorReply(h.unique, -int32(syscall.EIO))
+	}
+	if n == 0 {
+		return nil
+	}
+	return append([]byte(nil), out[:n]...)
+}
+
+// own runs a request of the session's own for nodeid and returns the reply
+// body, or the errno.
+func (s *Session) own(op uint32, nodeid uint64, body []byte) ([]byte, syscall.Errno) {
+	unique := s.next.Add(2) | 1
+	out := s.call(request(op, unique, nodeid, body))
+	if len(out) < outHeaderSize {
+		return nil, syscall.EIO
+	}
+	if e := int32(le.Uint32(out[4:])); e != 0 {
+		return nil, syscall.Errno(-e)
+	}
+	return out[outHeaderSize:], 0
+}
+
+// Dup returns a duplicate of f's descriptor. (f.Fd would put the open
+// file, which duplicates share, into blocking mode under the poller's
+// readers.)
+func Dup(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	cerr := rc.Control(func(raw uintptr) { fd, err = unix.Dup(int(raw)) })
+	if cerr != nil {
+		return -1, cerr
+	}
+	return fd, err
+}

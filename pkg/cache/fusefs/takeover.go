@@ -1,0 +1,102 @@
+package fusefs
+
+import (
+	"errors"
+	"os"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/cistern-csi/cistern/pkg/cache/fusefs/session"
+)
+
+// A mount served by a session (see package session) can be taken over: its
+// connection (the /dev/fuse descriptor and the INIT the kernel negotiated)
+// is handed to a new server, which continues where the old one stopped.
+
+// MountSession serves eng's dataset at dir like Mount, through a session.
+func MountSession(dir string, eng Engine, opts Options) (*FS, error) {
+	f, root, gopts, err := newFS(dir, eng, opts)
+	if err != nil {
+		return nil, err
+	}
+	dev, err := session.Mount(dir, gopts.MountOptions.FsName, &gopts.MountOptions)
+	if err != nil {
+		f.inodes.close()
+		return nil, err
+	}
+	defer dev.Close() // the session serves a duplicate
+	if err := f.serve(session.Conn{Dev: dev}, root, gopts); err != nil {
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		return nil, err
+	}
+	return f, nil
+}
+
+// Resume serves eng's dataset on a connection taken over from an earlier
+// server of the mount at dir (opts as that server had them, the same
+// inode table).
+func Resume(dir string, eng Engine, opts Options, conn session.Conn) (*FS, error) {
+	if conn.Init == nil {
+		return nil, errors.New("resume: the connection was never initialised")
+	}
+	f, root, gopts, err := newFS(dir, eng, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.serve(conn, root, gopts); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *FS) serve(conn session.Conn, root *node, gopts *gofs.Options) error {
+	_, objects := f.w.(objectWriter)
+	sess, err := session.Start(conn, gofs.NewNodeFS(root, gopts), &gopts.MountOptions,
+		session.Options{ReopenWrites: !objects, Logger: f.log})
+	if err != nil {
+		f.inodes.close()
+		return err
+	}
+	f.sess = sess
+	if err := session.PollHack(f.dir); err != nil {
+		f.log.Error(err, "FUSE poll hack failed: a process of the daemon that opens a file of this mount may hang")
+	}
+	return nil
+}
+
+// Detach stops serving without unmounting or answering what is in flight
+// (as a crash would, but in order) and returns the connection for a new
+// server (Resume).
+func (f *FS) Detach() (session.Conn, error) {
+	conn := f.sess.Conn()
+	fd, err := session.Dup(conn.Dev)
+	if err != nil {
+		return session.Conn{}, err
+	}
+	conn.Dev = os.NewFile(uintptr(fd), "/dev/fuse")
+	f.sess.Stop()
+	_ = f.sess.Wait()
+	return conn, f.inodes.close()
+}
+
+// SessionStats returns what the session had to do for an earlier server's state
+// (nil: not a session).
+func (f *FS) SessionStats() *session.Stats {
+	if f.sess == nil {
+		return nil
+	}
+	return &f.sess.Stats
+}
+
+func (f *FS) unmountSession() error {
+	if err := unix.Unmount(f.dir, 0); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return &os.PathError{Op: "unmount", Path: f.dir, Err: err}
+	}
+	err := f.sess.Wait()
+	if cerr := f.inodes.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
