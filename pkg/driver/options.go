@@ -60,6 +60,9 @@ type Options struct {
 	// also checks the cluster's PersistentVolumes ("" = records under
 	// StateDir, no PV check: outside a cluster).
 	RecordsNamespace string
+	// KeeperSocket is where the node plugin keeps the cache daemon's
+	// FUSE connections while the daemon restarts ("" = it does not).
+	KeeperSocket string
 	// HealthAddr is where GET /healthz is served for a liveness probe
 	// ("" = not served).
 	HealthAddr string
@@ -85,6 +88,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.UnmountTimeout, "unmount-timeout", 30*time.Second, "how long an unmount may take before it is forced")
 	fs.StringVar(&o.RegistrationDir, "plugin-registration-dir", "", "the kubelet's plugin registration directory (<kubelet root>/plugins_registry, as mounted in this container), where the node plugin registers itself; empty: registration is left to the node-driver-registrar sidecar")
 	fs.StringVar(&o.RecordsNamespace, "records-namespace", "", "controller in a cluster: keep the records of read-only datasets' volumes as ConfigMaps in this namespace (every replica sees them), and check the cluster's PersistentVolumes before deleting a directory; uses the pod's service account; empty: records under --state-dir, no PV check")
+	fs.StringVar(&o.KeeperSocket, "keeper-socket", "", "node plugin: a unix socket where the cache daemon (its --keeper-socket) leaves its datasets' FUSE connections, so a restart of the daemon pauses pods instead of breaking their mounts; empty: none")
 	fs.StringVar(&o.HealthAddr, "health-address", "", "host:port to serve GET /healthz on for a liveness probe (200, or 503 with the reason when the cache daemon does not serve or the kubelet refused the registration); empty: not served")
 	fs.StringVar(&o.KubeletEndpoint, "kubelet-registration-path", "", "the CSI socket's path on the host, as the kubelet reaches it (e.g. /var/lib/kubelet/plugins/cistern.csi.dev/csi.sock); default: the --endpoint path")
 }
@@ -124,6 +128,9 @@ func (o *Options) Validate() error {
 		if !filepath.IsAbs(o.RegistrationDir) {
 			errs = append(errs, fmt.Errorf("--plugin-registration-dir %q must be an absolute path", o.RegistrationDir))
 		}
+	}
+	if o.KeeperSocket != "" && (o.Mode == ModeController || !filepath.IsAbs(o.KeeperSocket)) {
+		errs = append(errs, fmt.Errorf("--keeper-socket %q: an absolute path, for the node plugin", o.KeeperSocket))
 	}
 	if o.RecordsNamespace != "" && !dnsLabel.MatchString(o.RecordsNamespace) {
 		errs = append(errs, fmt.Errorf("--records-namespace %q must be a DNS label", o.RecordsNamespace))

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/cistern-csi/cistern/pkg/cache/keeper"
 	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
@@ -32,6 +34,15 @@ func (d *Driver) Run(ctx context.Context) error {
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	if d.opts.KeeperSocket != "" {
+		// The cache daemon's FUSE connections, held while it restarts.
+		k, err := keeper.Listen(d.opts.KeeperSocket)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("keeper: %w", err)
+		}
+		defer k.Close()
 	}
 	srv := grpc.NewServer(grpc.UnaryInterceptor(logRPC))
 	csi.RegisterIdentityServer(srv, d)

@@ -24,6 +24,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/keeper"
 )
 
 // Daemon is cistern-cache: one FUSE mount per dataset, one cache for all.
@@ -42,6 +43,8 @@ type Daemon struct {
 	wg       sync.WaitGroup // mount-time warm-ups
 
 	metricsAddr atomic.Value // string: where metrics are served, once listening
+
+	keeper *keeper.Client // holds the FUSE connections across restarts, or nil
 
 	mu       sync.Mutex
 	datasets map[string]*mounted      // guarded by mu; by key
@@ -64,13 +67,6 @@ func New(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ctx, d.stop = context.WithCancel(context.Background())
-	sweepDeadMounts(filepath.Join(opts.StateDir, "datasets"), func(path string, err error) {
-		if err != nil {
-			d.log.Error(err, "A dead dataset mount of an earlier daemon could not be detached", "path", path)
-			return
-		}
-		d.log.Info("Detached a dead dataset mount of an earlier daemon", "path", path)
-	})
 	for _, t := range tiers {
 		if t.Name == "mem" {
 			if err := MountTmpfs(memDir, t.Quota); err != nil {
@@ -85,6 +81,19 @@ func New(opts Options) (*Daemon, error) {
 		d.unmountTmpfs()
 		return nil, err
 	}
+	if opts.Keeper != "" {
+		d.keeper = keeper.NewClient(opts.Keeper)
+		d.resumeAll()
+		d.wg.Add(1)
+		go d.watchKeeper()
+	}
+	sweepDeadMounts(filepath.Join(opts.StateDir, "datasets"), func(path string, err error) {
+		if err != nil {
+			d.log.Error(err, "A dead dataset mount of an earlier daemon could not be detached", "path", path)
+			return
+		}
+		d.log.Info("Detached a dead dataset mount of an earlier daemon", "path", path)
+	})
 	return d, nil
 }
 
@@ -116,6 +125,11 @@ func (d *Daemon) Close() error {
 	d.holders = map[string]string{}
 	d.mu.Unlock()
 	var errs []error
+	if d.keeper != nil {
+		errs = d.handOverAll(ms)
+		ms = nil
+		d.keeper.Close()
+	}
 	for _, m := range ms {
 		if m.timer != nil {
 			m.timer.Stop()

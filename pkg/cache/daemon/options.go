@@ -25,6 +25,10 @@ type Options struct {
 	// SourceTimeout bounds every request to an object store: a stalled
 	// store fails reads with EIO after it.
 	SourceTimeout time.Duration
+	// Keeper is the unix socket of the keeper that holds the FUSE
+	// connections across restarts of the daemon ("" = none: a restart
+	// breaks the mounts of running pods).
+	Keeper string
 }
 
 // AddFlags registers the options' flags.
@@ -36,6 +40,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.BlockSize, "block-size", 4<<20, "cache block size in bytes (a power of two)")
 	fs.Float64Var(&o.LowWater, "cache-low", 0.8, "when a tier is full, evict down to this fraction of its quota")
 	fs.Float64Var(&o.FreeRatio, "free-space-ratio", 0.1, "keep this fraction of each tier's file system free")
+	fs.StringVar(&o.Keeper, "keeper-socket", "", "unix socket of the keeper (the node plugin's --keeper-socket) that holds the datasets' FUSE connections while this daemon restarts, so pods see a pause instead of broken mounts; empty: none")
 	fs.DurationVar(&o.Grace, "grace", 5*time.Minute, "how long a dataset stays mounted after its last volume is released")
 	fs.IntVar(&o.MaxFetches, "max-fetches", 16, "concurrent reads from sources")
 	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3store.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")

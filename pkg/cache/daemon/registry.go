@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,13 +20,15 @@ import (
 // mounted is one dataset the daemon serves.
 type mounted struct {
 	// immutable after mountDataset
-	key string
-	req api.MountRequest // Secrets cleared
-	mnt string
-	fs  *fusefs.FS
-	ds  *cache.Dataset
-	log klog.Logger
+	key     string
+	req     api.MountRequest  // Secrets cleared
+	secrets map[string]string // for the keeper (memory only)
+	mnt     string
+	fs      *fusefs.FS
+	ds      *cache.Dataset
+	log     klog.Logger
 
+	handMu  sync.Mutex          // orders hand-overs to the keeper
 	holders map[string]bool     // guarded by Daemon.mu
 	timer   *time.Timer         // guarded by Daemon.mu; pending release, or nil
 	warm    *api.WarmupProgress // guarded by Daemon.mu; the mount-time warm-up
@@ -50,8 +53,10 @@ func (d *Daemon) Mount(ctx context.Context, req api.MountRequest) (api.MountResp
 			return api.MountResponse{}, &statusError{http.StatusConflict, fmt.Errorf("holder %q already holds another dataset", req.Holder)}
 		}
 		if m := d.datasets[key]; m != nil {
-			defer d.mu.Unlock()
-			return d.attachLocked(m, req.Holder), nil
+			resp := d.attachLocked(m, req.Holder)
+			d.mu.Unlock()
+			d.handOver(m, false)
+			return resp, nil
 		}
 		if busy := d.mounting[key]; busy != nil {
 			d.mu.Unlock()
@@ -79,8 +84,10 @@ func (d *Daemon) Mount(ctx context.Context, req api.MountRequest) (api.MountResp
 		if len(req.Warmup) > 0 {
 			d.startWarmupLocked(m)
 		}
-		defer d.mu.Unlock()
-		return d.attachLocked(m, req.Holder), nil
+		resp := d.attachLocked(m, req.Holder)
+		d.mu.Unlock()
+		d.handOver(m, true)
+		return resp, nil
 	}
 }
 
@@ -116,23 +123,17 @@ func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequ
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return nil, err
 	}
-	ds := d.cache.Dataset(key, src)
-	fsys, err := fusefs.Mount(mnt, ds, fusefs.Options{
-		Name:        key,
-		ReadOnly:    req.ReadOnly,
-		MetaCache:   req.MetaCache,
-		SmallFiles:  req.AccessPattern == api.PatternSmallFiles,
-		Passthrough: req.ReadOnly,
-		SpoolDir:    filepath.Join(d.opts.StateDir, "uploads"),
-		InodeTable:  filepath.Join(datasets, key, "inodes"),
-		Hidden:      []string{api.ReservedDir},
-		Logger:      log,
-	})
-	if err != nil {
+	m := &mounted{key: key, req: req, secrets: secrets, mnt: mnt, log: log, holders: map[string]bool{}}
+	m.ds = d.cache.Dataset(key, src)
+	mount := fusefs.Mount
+	if d.keeper != nil {
+		mount = fusefs.MountSession // a connection the keeper can hold
+	}
+	if m.fs, err = mount(mnt, m.ds, d.fsOptions(key, req, m)); err != nil {
 		return nil, fmt.Errorf("mount dataset %s: %w", req.Dataset, err)
 	}
 	log.Info("Dataset mounted", "source", req.Source, "readOnly", req.ReadOnly, "mountPath", mnt)
-	return &mounted{key: key, req: req, mnt: mnt, fs: fsys, ds: ds, log: log, holders: map[string]bool{}}, nil
+	return m, nil
 }
 
 // Release drops a holder; the dataset is unmounted a grace period after
@@ -147,10 +148,12 @@ func (d *Daemon) Release(holder string) {
 	delete(d.holders, holder)
 	m := d.datasets[key]
 	delete(m.holders, holder)
-	if len(m.holders) > 0 || m.timer != nil {
-		return
+	if len(m.holders) == 0 && m.timer == nil {
+		m.timer = time.AfterFunc(d.opts.Grace, func() { d.expire(m) })
 	}
-	m.timer = time.AfterFunc(d.opts.Grace, func() { d.expire(m) })
+	d.mu.Unlock()
+	d.handOver(m, false)
+	d.mu.Lock() // for the deferred unlock
 }
 
 func (d *Daemon) expire(m *mounted) {
@@ -164,6 +167,11 @@ func (d *Daemon) expire(m *mounted) {
 	d.mu.Unlock()
 	if cancel != nil {
 		cancel()
+	}
+	if d.keeper != nil {
+		if err := d.keeper.Drop(m.key); err != nil {
+			m.log.Error(err, "The keeper did not drop the dataset's connection; the mount ends when it is unmounted")
+		}
 	}
 	if err := m.fs.Unmount(); err != nil {
 		m.log.Error(err, "Unmounting a released dataset failed; detaching")

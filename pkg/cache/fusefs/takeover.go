@@ -100,3 +100,20 @@ func (f *FS) unmountSession() error {
 	}
 	return err
 }
+
+// Conn returns the connection of a session's mount (for a keeper), with
+// the session's own descriptor: the caller duplicates what it keeps.
+func (f *FS) Conn() (session.Conn, bool) {
+	if f.sess == nil {
+		return session.Conn{}, false
+	}
+	return f.sess.Conn(), true
+}
+
+// Drain stops a session's mount for a new server: what was read is
+// answered, nothing is unmounted, the connection lives on in the
+// descriptors others hold.
+func (f *FS) Drain() error {
+	f.sess.Drain()
+	return f.inodes.close()
+}

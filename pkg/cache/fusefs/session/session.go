@@ -61,17 +61,19 @@ type Session struct {
 	log   klog.Logger
 	Stats Stats
 
-	mu      sync.Mutex
-	counts  map[uint64]uint64 // lookup counts the file system holds, as forwarded
-	stale   map[uint64]uint64 // an earlier epoch's handle -> this session's reopened one
-	failed  map[uint64]bool   // earlier write handles refused (object stores)
-	stopped bool
-	fd      int    // the session's duplicate of the device, non-blocking
-	wake    [2]int // a pipe: Stop writes, the reader wakes
-	initMu  sync.Mutex
-	next    atomic.Uint64 // uniques of the session's own requests (odd)
-	done    chan error
-	bufs    sync.Pool
+	mu       sync.Mutex
+	counts   map[uint64]uint64 // lookup counts the file system holds, as forwarded
+	stale    map[uint64]uint64 // an earlier epoch's handle -> this session's reopened one
+	failed   map[uint64]bool   // earlier write handles refused (object stores)
+	stopped  bool
+	inflight sync.WaitGroup // requests being served
+	fd       int            // the session's duplicate of the device, non-blocking
+	wake     [2]int         // a pipe: Stop writes, the reader wakes
+	initMu   sync.Mutex
+	next     atomic.Uint64 // uniques of the session's own requests (odd)
+	done     chan error
+	drained  chan struct{} // closed when reading has stopped
+	bufs     sync.Pool
 }
 
 const fhShift = 48
@@ -110,7 +112,7 @@ func Start(conn Conn, fs fuse.RawFileSystem, mo *fuse.MountOptions, opts Options
 	s := &Session{
 		conn: conn, ps: fuse.NewProtocolServer(fs, mo), opts: opts, log: opts.Logger,
 		counts: map[uint64]uint64{}, stale: map[uint64]uint64{}, failed: map[uint64]bool{},
-		done: make(chan error, 1), fd: fd, wake: wake,
+		done: make(chan error, 1), drained: make(chan struct{}), fd: fd, wake: wake,
 	}
 	s.conn.Dev = dev
 	s.bufs.New = func() any { b := make([]byte, maxRequest); return &b }
@@ -143,8 +145,17 @@ func (s *Session) Conn() Conn {
 }
 
 // Wait returns when the connection ends (nil: unmounted) or the session
-// is stopped.
-func (s *Session) Wait() error { return <-s.done }
+// is stopped (also nil).
+func (s *Session) Wait() error {
+	err := <-s.done
+	s.done <- err // for another Wait
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	return err
+}
+
+var errStopped = errors.New("session stopped")
 
 // Stop stops serving without answering what is in flight, as a crash
 // would, and closes this session's descriptor; the connection lives on
@@ -156,6 +167,17 @@ func (s *Session) Stop() {
 	_, _ = unix.Write(s.wake[1], []byte{0})
 }
 
+// Drain stops reading, answers the requests already read, and returns:
+// the connection is left for a new server, nothing lost (an upgrade).
+func (s *Session) Drain() {
+	_, _ = unix.Write(s.wake[1], []byte{0})
+	<-s.drained
+	s.inflight.Wait()
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+}
+
 func (s *Session) isStopped() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -164,9 +186,19 @@ func (s *Session) isStopped() bool {
 
 func (s *Session) loop() {
 	err := s.read()
-	s.conn.Dev.Close()
-	unix.Close(s.wake[0])
-	unix.Close(s.wake[1])
+	close(s.drained)
+	closeDev := func() {
+		// Handlers write to the descriptor: it closes after them.
+		s.inflight.Wait()
+		s.conn.Dev.Close()
+		unix.Close(s.wake[0])
+		unix.Close(s.wake[1])
+	}
+	if s.isStopped() {
+		go closeDev() // a crash: nothing waits for what is in flight
+	} else {
+		closeDev()
+	}
 	s.done <- err
 }
 
@@ -179,12 +211,13 @@ func (s *Session) read() error {
 			return err
 		}
 		if fds[1].Revents != 0 || s.isStopped() {
-			return nil
+			return errStopped
 		}
 		bp := s.bufs.Get().(*[]byte)
 		n, err := unix.Read(s.fd, *bp)
 		switch err {
 		case nil:
+			s.inflight.Add(1)
 			go s.serve(bp, n)
 			continue
 		case unix.EAGAIN, unix.EINTR, unix.ENOENT: // none yet, a signal, an interrupted request
@@ -201,6 +234,7 @@ func (s *Session) read() error {
 
 // serve answers one request.
 func (s *Session) serve(bp *[]byte, n int) {
+	defer s.inflight.Done()
 	defer s.bufs.Put(bp)
 	req := (*bp)[:n]
 	h, ok := parseHeader(req)

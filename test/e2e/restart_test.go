@@ -1,0 +1,260 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cistern-csi/cistern/test/testutil"
+)
+
+// readLoad is readers of a published volume: half read whole files with a
+// new open each time, half hold one file open and read it in 1 MiB steps
+// round and round, and each reader lists the directory now and then. It
+// counts reads that worked, failed or returned wrong bytes, and the
+// longest time a reader waited for one read.
+type readLoad struct {
+	ok, failed, wrong atomic.Int64
+	mu                sync.Mutex
+	stall             time.Duration
+	firstErr          error
+	stop              chan struct{}
+	wg                sync.WaitGroup
+}
+
+func startReaders(dir string, files map[string][]byte, n int) *readLoad {
+	l := &readLoad{stop: make(chan struct{})}
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	for i := range n {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			name := names[i%len(names)]
+			want := files[name]
+			var held *os.File
+			defer func() {
+				if held != nil {
+					held.Close()
+				}
+			}()
+			buf := make([]byte, 1<<20)
+			off := int64(0)
+			for step := 0; ; step++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				start := time.Now()
+				var err error
+				good := true
+				switch {
+				case step%10 == 9:
+					_, err = os.ReadDir(dir)
+				case i%2 == 0:
+					var b []byte
+					b, err = os.ReadFile(filepath.Join(dir, name))
+					good = err != nil || bytes.Equal(b, want)
+				default:
+					if held == nil {
+						if held, err = os.Open(filepath.Join(dir, name)); err != nil {
+							held = nil
+							break
+						}
+					}
+					var k int
+					k, err = held.ReadAt(buf, off)
+					if err == io.EOF {
+						err = nil
+					}
+					good = err != nil || bytes.Equal(buf[:k], want[off:off+int64(k)])
+					off = (off + int64(k)) % int64(len(want))
+				}
+				l.note(time.Since(start), err, good)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *readLoad) note(took time.Duration, err error, good bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stall = max(l.stall, took)
+	switch {
+	case err != nil:
+		l.failed.Add(1)
+		if l.firstErr == nil {
+			l.firstErr = err
+		}
+	case !good:
+		l.wrong.Add(1)
+	default:
+		l.ok.Add(1)
+	}
+}
+
+func (l *readLoad) finish() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+// TestRestartsUnderLoad: 32 readers read a published read-only volume of a
+// file:// dataset while the cache daemon is killed (SIGKILL) and started
+// again, stopped (SIGTERM) and replaced, and while the node plugin, which
+// keeps the daemon's FUSE connections, is killed and restarted and then
+// the daemon killed again. Every read works, with the right bytes; the
+// table shows how long a reader waited at most.
+func TestRestartsUnderLoad(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.UnmountAllUnder(t, dir)
+	bin := filepath.Join(dir, "bin")
+	buildBinaries(t, bin)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	src := filepath.Join(dir, "datasets/research")
+	if err := os.MkdirAll(filepath.Join(src, "team-a"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	for i := range 8 {
+		name := fmt.Sprintf("shard-%d", i)
+		b := make([]byte, 4<<20)
+		_, _ = rand.NewChaCha8([32]byte{byte(i)}).Read(b)
+		if err := os.WriteFile(filepath.Join(src, "team-a", name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files[name] = b
+	}
+	cacheSock, csiSock, keeperSock := filepath.Join(dir, "cache.sock"), filepath.Join(dir, "csi.sock"), filepath.Join(dir, "keeper.sock")
+	logs := 0
+	startDaemon := func() *process {
+		logs++
+		p := start(t, filepath.Join(dir, fmt.Sprintf("cache-%d.log", logs)), filepath.Join(bin, "cistern-cache"),
+			"--socket", cacheSock, "--state-dir", filepath.Join(dir, "cache"), "--cache-tiers", "disk:"+filepath.Join(dir, "disk")+":1Gi",
+			"--grace", "0s", "--keeper-socket", keeperSock)
+		waitForSocket(t, cacheSock)
+		return p
+	}
+	startDriver := func() *process {
+		logs++
+		p := start(t, filepath.Join(dir, fmt.Sprintf("csi-%d.log", logs)), filepath.Join(bin, "cistern-csi"),
+			"--endpoint", "unix://"+csiSock, "--mode", "all", "--node-id", "node-1", "--state-dir", filepath.Join(dir, "state"),
+			"--cache-socket", cacheSock, "--keeper-socket", keeperSock)
+		waitForSocket(t, csiSock)
+		waitForSocket(t, keeperSock)
+		return p
+	}
+	stop := func(p *process, sig syscall.Signal, sock string) time.Duration {
+		t.Helper()
+		began := time.Now()
+		if err := p.cmd.Process.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not exit within 30 s of %s", filepath.Base(p.cmd.Path), sig)
+		}
+		_ = os.Remove(sock)
+		return time.Since(began)
+	}
+	drv := startDriver()
+	daemon := startDaemon()
+	conn, err := grpc.NewClient("unix://"+csiSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctrl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	capRO := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY}}
+	cv, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pv-ro", VolumeCapabilities: []*csi.VolumeCapability{capRO},
+		Parameters: map[string]string{"dataset": "research", "source": "file://" + src, "subPath": "${pvc.namespace}",
+			"csi.storage.k8s.io/pvc/namespace": "team-a", "csi.storage.k8s.io/pvc/name": "claim"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol := cv.Volume
+	staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "pod")
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: capRO, VolumeContext: vol.VolumeContext}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: capRO, VolumeContext: vol.VolumeContext, Readonly: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	type row struct {
+		name              string
+		ok, failed, wrong int64
+		stall, exit       time.Duration
+	}
+	var rows []row
+	scenario := func(name string, disrupt func() time.Duration) {
+		load := startReaders(target, files, 32)
+		time.Sleep(time.Second)
+		exit := disrupt()
+		time.Sleep(2 * time.Second)
+		load.finish()
+		rows = append(rows, row{name, load.ok.Load(), load.failed.Load(), load.wrong.Load(), load.stall, exit})
+		if load.failed.Load() > 0 || load.wrong.Load() > 0 {
+			t.Errorf("%s: %d reads failed (first: %v), %d returned wrong bytes", name, load.failed.Load(), load.firstErr, load.wrong.Load())
+		}
+	}
+	scenario("cache daemon SIGKILL, restarted", func() time.Duration {
+		took := stop(daemon, syscall.SIGKILL, cacheSock)
+		daemon = startDaemon()
+		return took
+	})
+	scenario("cache daemon SIGTERM, replaced", func() time.Duration {
+		took := stop(daemon, syscall.SIGTERM, cacheSock)
+		daemon = startDaemon()
+		return took
+	})
+	scenario("node plugin SIGKILL, restarted; then the daemon SIGKILL", func() time.Duration {
+		took := stop(drv, syscall.SIGKILL, csiSock)
+		drv = startDriver()
+		time.Sleep(3 * time.Second) // the daemon hands the new keeper its connections
+		stop(daemon, syscall.SIGKILL, cacheSock)
+		daemon = startDaemon()
+		return took
+	})
+
+	t.Logf("32 readers of a read-only file:// volume, 4 MiB files")
+	t.Logf("%-58s %8s %7s %6s %12s %10s", "scenario", "reads ok", "failed", "wrong", "longest read", "exit took")
+	for _, r := range rows {
+		t.Logf("%-58s %8d %7d %6d %12s %10s", r.name, r.ok, r.failed, r.wrong, r.stall.Round(time.Millisecond), r.exit.Round(time.Millisecond))
+	}
+
+	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.VolumeId, TargetPath: target}); err != nil {
+		t.Error(err)
+	}
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging}); err != nil {
+		t.Error(err)
+	}
+	// Released (no grace): the daemon unmounts the dataset and the keeper
+	// lets its connection go.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if b, _ := os.ReadFile("/proc/self/mountinfo"); !bytes.Contains(b, []byte(filepath.Join(dir, "cache"))) {
+			break
+		}
+	}
+}
