@@ -3,11 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -93,6 +96,34 @@ func startReaders(dir string, files map[string][]byte, n int) *readLoad {
 	return l
 }
 
+// startWriters adds n writers to l on a read-write volume at dir: each
+// writes a new 64 KiB file, reads it back and checks it, again and again.
+func (l *readLoad) startWriters(dir string, n int) {
+	for i := range n {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			want := make([]byte, 64<<10)
+			for step := 0; ; step++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				_, _ = rand.NewChaCha8([32]byte{byte(i), byte(step), byte(step >> 8)}).Read(want)
+				name := filepath.Join(dir, fmt.Sprintf("w-%d-%d", i, step))
+				start := time.Now()
+				err := os.WriteFile(name, want, 0o644)
+				var got []byte
+				if err == nil {
+					got, err = os.ReadFile(name)
+				}
+				l.note(time.Since(start), err, err != nil || bytes.Equal(got, want))
+			}
+		}()
+	}
+}
+
 func (l *readLoad) note(took time.Duration, err error, good bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -134,15 +165,10 @@ func TestRestartsUnderLoad(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(src, "team-a"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	files := map[string][]byte{}
-	for i := range 8 {
-		name := fmt.Sprintf("shard-%d", i)
-		b := make([]byte, 4<<20)
-		_, _ = rand.NewChaCha8([32]byte{byte(i)}).Read(b)
+	for name, b := range shards() {
 		if err := os.WriteFile(filepath.Join(src, "team-a", name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		files[name] = b
 	}
 	cacheSock, csiSock, keeperSock := filepath.Join(dir, "cache.sock"), filepath.Join(dir, "csi.sock"), filepath.Join(dir, "keeper.sock")
 	logs := 0
@@ -201,6 +227,22 @@ func TestRestartsUnderLoad(t *testing.T) {
 	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: capRO, VolumeContext: vol.VolumeContext, Readonly: true}); err != nil {
 		t.Fatal(err)
 	}
+	// A read-write POSIX dataset too: another dataset of the same tree.
+	capRW := &csi.VolumeCapability{AccessType: capRO.AccessType,
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER}}
+	rw, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pv-rw", VolumeCapabilities: []*csi.VolumeCapability{capRW},
+		Parameters: map[string]string{"dataset": "scratch", "source": "file://" + src, "access": "read-write", "subPath": "${pvc.namespace}",
+			"csi.storage.k8s.io/pvc/namespace": "team-a", "csi.storage.k8s.io/pvc/name": "scratch"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rwStaging, rwTarget := filepath.Join(dir, "staging-rw"), filepath.Join(dir, "pod-rw")
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: rw.Volume.VolumeId, StagingTargetPath: rwStaging, VolumeCapability: capRW, VolumeContext: rw.Volume.VolumeContext}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: rw.Volume.VolumeId, StagingTargetPath: rwStaging, TargetPath: rwTarget, VolumeCapability: capRW, VolumeContext: rw.Volume.VolumeContext}); err != nil {
+		t.Fatal(err)
+	}
 
 	type row struct {
 		name              string
@@ -209,14 +251,20 @@ func TestRestartsUnderLoad(t *testing.T) {
 	}
 	var rows []row
 	scenario := func(name string, disrupt func() time.Duration) {
-		load := startReaders(target, files, 32)
+		load := startLoad(t, target, rwTarget)
 		time.Sleep(time.Second)
 		exit := disrupt()
 		time.Sleep(2 * time.Second)
-		load.finish()
-		rows = append(rows, row{name, load.ok.Load(), load.failed.Load(), load.wrong.Load(), load.stall, exit})
-		if load.failed.Load() > 0 || load.wrong.Load() > 0 {
-			t.Errorf("%s: %d reads failed (first: %v), %d returned wrong bytes", name, load.failed.Load(), load.firstErr, load.wrong.Load())
+		got := load.finish(t)
+		for _, r := range []struct {
+			what string
+			c    loadCounts
+			exit time.Duration
+		}{{name, got.RO, exit}, {"  the same, read-write dataset: 8 readers, 4 writers", got.RW, 0}} {
+			rows = append(rows, row{r.what, r.c.OK, r.c.Failed, r.c.Wrong, time.Duration(r.c.StallMS) * time.Millisecond, r.exit})
+			if r.c.Failed > 0 || r.c.Wrong > 0 {
+				t.Errorf("%s%s: %d reads failed (first: %s), %d returned wrong bytes", name, r.what, r.c.Failed, r.c.First, r.c.Wrong)
+			}
 		}
 	}
 	scenario("cache daemon SIGKILL, restarted", func() time.Duration {
@@ -238,17 +286,19 @@ func TestRestartsUnderLoad(t *testing.T) {
 		return took
 	})
 
-	t.Logf("32 readers of a read-only file:// volume, 4 MiB files")
+	t.Logf("in another process, as a pod: 24 readers of a read-only file:// volume (4 MiB files); 8 readers and 4 writers (64 KiB files, read back) of a read-write one")
 	t.Logf("%-58s %8s %7s %6s %12s %10s", "scenario", "reads ok", "failed", "wrong", "longest read", "exit took")
 	for _, r := range rows {
 		t.Logf("%-58s %8d %7d %6d %12s %10s", r.name, r.ok, r.failed, r.wrong, r.stall.Round(time.Millisecond), r.exit.Round(time.Millisecond))
 	}
 
-	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.VolumeId, TargetPath: target}); err != nil {
-		t.Error(err)
-	}
-	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging}); err != nil {
-		t.Error(err)
+	for _, v := range []struct{ id, target, staging string }{{vol.VolumeId, target, staging}, {rw.Volume.VolumeId, rwTarget, rwStaging}} {
+		if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: v.target}); err != nil {
+			t.Error(err)
+		}
+		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging}); err != nil {
+			t.Error(err)
+		}
 	}
 	// Released (no grace): the daemon unmounts the dataset and the keeper
 	// lets its connection go.
@@ -257,4 +307,96 @@ func TestRestartsUnderLoad(t *testing.T) {
 			break
 		}
 	}
+}
+
+// shards are the dataset's files: 8 of 4 MiB, the same in every process.
+func shards() map[string][]byte {
+	files := map[string][]byte{}
+	for i := range 8 {
+		b := make([]byte, 4<<20)
+		_, _ = rand.NewChaCha8([32]byte{byte(i)}).Read(b)
+		files[fmt.Sprintf("shard-%d", i)] = b
+	}
+	return files
+}
+
+// loadCounts is what a load counted, as the load process prints it.
+type loadCounts struct {
+	OK, Failed, Wrong, StallMS int64
+	First                      string
+}
+
+// childLoad is the load running in another process: the test process
+// holds no file of the mounts, as a node's kubelet does not (a process
+// that forks with FUSE files open makes its child flush them on exec, and
+// the daemon it starts would wait for itself).
+type childLoad struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   bytes.Buffer
+}
+
+// startLoad starts this test binary as the load on the read-only volume
+// at ro and the read-write one at rw (TestLoadProcess).
+func startLoad(t *testing.T, ro, rw string) *childLoad {
+	t.Helper()
+	l := &childLoad{cmd: exec.Command(os.Args[0], "-test.run", "^TestLoadProcess$")}
+	l.cmd.Env = append(os.Environ(), "CISTERN_LOAD_RO="+ro, "CISTERN_LOAD_RW="+rw)
+	l.cmd.Stdout = &l.out
+	l.cmd.Stderr = os.Stderr
+	l.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var err error
+	if l.stdin, err = l.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.cmd.Process.Kill() })
+	return l
+}
+
+// finish stops the load and returns its counts.
+func (l *childLoad) finish(t *testing.T) (got struct{ RO, RW loadCounts }) {
+	t.Helper()
+	l.stdin.Close()
+	if err := l.cmd.Wait(); err != nil {
+		t.Fatalf("load process: %v\n%s", err, l.out.String())
+	}
+	for _, line := range strings.Split(l.out.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "LOAD "); ok {
+			if err := json.Unmarshal([]byte(rest), &got); err != nil {
+				t.Fatal(err)
+			}
+			return got
+		}
+	}
+	t.Fatalf("the load process printed no counts:\n%s", l.out.String())
+	return got
+}
+
+// TestLoadProcess is the load of TestRestartsUnderLoad when this binary
+// runs as its child (skipped otherwise): it reads and writes until its
+// standard input closes, then prints its counts.
+func TestLoadProcess(t *testing.T) {
+	ro, rw := os.Getenv("CISTERN_LOAD_RO"), os.Getenv("CISTERN_LOAD_RW")
+	if ro == "" {
+		t.Skip("the load of TestRestartsUnderLoad, run only as its child process")
+	}
+	files := shards()
+	a := startReaders(ro, files, 24)
+	b := startReaders(rw, files, 8)
+	b.startWriters(rw, 4)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	a.finish()
+	b.finish()
+	counts := func(l *readLoad) loadCounts {
+		c := loadCounts{OK: l.ok.Load(), Failed: l.failed.Load(), Wrong: l.wrong.Load(), StallMS: l.stall.Milliseconds()}
+		if l.firstErr != nil {
+			c.First = l.firstErr.Error()
+		}
+		return c
+	}
+	out, _ := json.Marshal(struct{ RO, RW loadCounts }{counts(a), counts(b)})
+	fmt.Printf("LOAD %s\n", out)
 }

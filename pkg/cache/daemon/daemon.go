@@ -126,8 +126,7 @@ func (d *Daemon) Close() error {
 	d.mu.Unlock()
 	var errs []error
 	if d.keeper != nil {
-		errs = d.handOverAll(ms)
-		ms = nil
+		ms, errs = d.handOverAll(ms)
 		d.keeper.Close()
 	}
 	for _, m := range ms {

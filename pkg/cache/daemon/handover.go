@@ -159,11 +159,19 @@ func (d *Daemon) watchKeeper() {
 	}
 }
 
-// handOverAll is Close with a keeper: each mount answers what it read and
-// is left to the keeper, mounted.
-func (d *Daemon) handOverAll(ms map[string]*mounted) []error {
-	var errs []error
-	for _, m := range ms {
+// handOverAll is Close with a keeper: each mount a volume holds answers
+// what it read and is left to the keeper, mounted; the others (released,
+// in their grace period) are returned to be unmounted as without a keeper.
+func (d *Daemon) handOverAll(ms map[string]*mounted) (unheld map[string]*mounted, errs []error) {
+	unheld = map[string]*mounted{}
+	for key, m := range ms {
+		if len(m.holders) == 0 {
+			if err := d.keeper.Drop(m.key); err != nil {
+				m.log.Error(err, "The keeper did not drop the dataset's connection")
+			}
+			unheld[key] = m
+			continue
+		}
 		if m.timer != nil {
 			m.timer.Stop()
 		}
@@ -173,5 +181,5 @@ func (d *Daemon) handOverAll(ms map[string]*mounted) []error {
 		}
 		m.log.Info("Dataset left to the keeper for the next daemon")
 	}
-	return errs
+	return unheld, errs
 }

@@ -1,0 +1,97 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/keeper"
+)
+
+// TestCloseWithAKeeper: a daemon that stops with a keeper leaves a dataset
+// a volume holds mounted for the next daemon, which takes it back (same
+// mount, holder and files) and unmounts it when released; a dataset no
+// volume holds any more is unmounted at once, as without a keeper (helm
+// uninstall leaves no mount behind).
+func TestCloseWithAKeeper(t *testing.T) {
+	cachetest.RequireFUSE(t)
+	state := t.TempDir()
+	k, err := keeper.Listen(filepath.Join(state, "keeper.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	opts := Options{Socket: filepath.Join(state, "cache.sock"), StateDir: state, Tiers: "disk:" + filepath.Join(state, "disk") + ":256Mi",
+		BlockSize: cachetest.Block, Grace: time.Hour, Keeper: filepath.Join(state, "keeper.sock")}
+	src := map[string]string{}
+	for _, name := range []string{"held", "released"} {
+		dir := filepath.Join(t.TempDir(), name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "f"), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		src[name] = dir
+	}
+	mounted := func() string { b, _ := os.ReadFile("/proc/mounts"); return string(b) }
+	t.Cleanup(func() {
+		for _, line := range strings.Split(mounted(), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], state) {
+				t.Errorf("mount left at %s", f[1])
+				_ = unix.Unmount(f[1], unix.MNT_DETACH)
+			}
+		}
+	})
+
+	d, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	paths := map[string]string{}
+	for name, dir := range src {
+		resp, err := d.Mount(ctx, api.MountRequest{Holder: "volume:" + name, Dataset: name, Source: "file://" + dir, ReadOnly: true, MetaCache: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths[name] = resp.MountPath
+	}
+	d.Release("volume:released")
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if k.Len() != 1 || !strings.Contains(mounted(), paths["held"]) || strings.Contains(mounted(), paths["released"]) {
+		t.Fatalf("after Close: the keeper holds %d connections; held mounted %t, released mounted %t; want 1, true, false",
+			k.Len(), strings.Contains(mounted(), paths["held"]), strings.Contains(mounted(), paths["released"]))
+	}
+
+	d2, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(paths["held"], "f")); err != nil || string(b) != "held" {
+		t.Errorf("the next daemon serves the kept mount: %q, %v", b, err)
+	}
+	d2.Release("volume:held") // the holder came back with the connection
+	d2.mu.Lock()
+	m := d2.datasets[filepath.Base(filepath.Dir(paths["held"]))]
+	d2.mu.Unlock()
+	if m == nil {
+		t.Fatal("the next daemon did not take the dataset back")
+	}
+	d2.expire(m)
+	if strings.Contains(mounted(), paths["held"]) || k.Len() != 0 {
+		t.Errorf("after the release: mounted %t, the keeper holds %d", strings.Contains(mounted(), paths["held"]), k.Len())
+	}
+	if err := d2.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
