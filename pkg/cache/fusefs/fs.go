@@ -85,6 +85,9 @@ type FS struct {
 	srv    *fuse.Server     // go-fuse's server, or
 	sess   *session.Session // the session of a connection that can be taken over
 	dir    string           // the mount point
+	// resumedBelow: inodes numbered below it may have been opened through
+	// an earlier server (0: a fresh mount).
+	resumedBelow uint64
 
 	// Reads counts READ requests that reached the daemon (a passthrough
 	// read never does).

@@ -195,3 +195,10 @@ func (t *inodes) close() error {
 	t.file = nil
 	return err
 }
+
+// allocated returns the first number not handed out yet.
+func (t *inodes) allocated() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.next
+}

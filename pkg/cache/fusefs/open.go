@@ -45,13 +45,22 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	// through its page cache: a complete file opens in passthrough only
 	// when no cached handle is open (the count lags behind close(2), so
 	// this errs on the safe side).
-	if o.Passthrough && cached == 0 {
+	if o.Passthrough && cached == 0 && n.fsys.passthroughAllowed(n.StableAttr().Ino) {
 		if f := n.fsys.eng.CompleteFile(n.rel(), a); f != nil {
+			flags := uint32(fuse.FOPEN_KEEP_CACHE) // go-fuse's server registers the backing file
+			if s := n.fsys.sess; s != nil {
+				// A session's reply carries a backing file registered here.
+				if err := s.PendBacking(n.StableAttr().Ino, f); err != nil {
+					f.Close()
+					return n.cachedOpen(a)
+				}
+				flags = fuse.FOPEN_PASSTHROUGH
+			}
 			n.fsys.Passthrough.Add(1)
 			n.mu.Lock()
 			n.passthroughOpens++
 			n.mu.Unlock()
-			return &passthroughHandle{f: f, n: n}, fuse.FOPEN_KEEP_CACHE, 0
+			return &passthroughHandle{f: f, n: n}, flags, 0
 		}
 		if pt > 0 {
 			// Complete a moment ago and now evicted: the open
@@ -60,6 +69,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, syscall.EAGAIN
 		}
 	}
+	return n.cachedOpen(a)
+}
+
+// cachedOpen opens a file of a read-only dataset through the page cache.
+func (n *node) cachedOpen(a source.Attr) (gofs.FileHandle, uint32, syscall.Errno) {
 	n.mu.Lock()
 	n.cachedOpens++
 	// Another version than the pages the kernel holds (a rewrite may keep
@@ -172,6 +186,9 @@ func (h *passthroughHandle) Read(_ context.Context, dest []byte, off int64) (fus
 }
 
 func (h *passthroughHandle) Release(context.Context) syscall.Errno {
+	if s := h.n.fsys.sess; s != nil {
+		s.ReleaseBacking(h.n.StableAttr().Ino)
+	}
 	h.f.Close()
 	h.n.mu.Lock()
 	h.n.passthroughOpens--

@@ -45,16 +45,33 @@ func Resume(dir string, eng Engine, opts Options, conn session.Conn) (*FS, error
 	if err != nil {
 		return nil, err
 	}
+	// The kernel may hold files of any inode numbered so far open, in a
+	// mode this server does not know (see passthroughAllowed).
+	f.resumedBelow = f.inodes.allocated()
 	if err := f.serve(conn, root, gopts); err != nil {
 		return nil, err
 	}
 	return f, nil
 }
 
+// passthroughAllowed reports whether a new open of node ino may use
+// passthrough. After a takeover, an inode the kernel knew may be open
+// through its page cache (then the kernel refuses a passthrough open) or
+// in passthrough with the earlier server's backing file (then it refuses
+// any other, and the session reuses that one): only those with a known
+// backing ID, and inodes numbered since, open in passthrough.
+func (f *FS) passthroughAllowed(ino uint64) bool {
+	return f.sess == nil || ino >= f.resumedBelow || f.sess.HasBacking(ino)
+}
+
 func (f *FS) serve(conn session.Conn, root *node, gopts *gofs.Options) error {
 	_, objects := f.w.(objectWriter)
+	backing := ""
+	if f.opts.InodeTable != "" {
+		backing = f.opts.InodeTable + ".backing" // beside the inode table
+	}
 	sess, err := session.Start(conn, gofs.NewNodeFS(root, gopts), &gopts.MountOptions,
-		session.Options{ReopenWrites: !objects, Logger: f.log})
+		session.Options{ReopenWrites: !objects, BackingLog: backing, Logger: f.log})
 	if err != nil {
 		f.inodes.close()
 		return err

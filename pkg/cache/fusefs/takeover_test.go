@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
 	"github.com/cistern-csi/cistern/pkg/cache/source"
@@ -158,7 +159,71 @@ func TestSessionServesLikeGoFuse(t *testing.T) {
 		"statfs":                TestStatfsIsTheSource,
 		"open while cached":     TestOpenWhileCachedHandleOpen,
 		"lookup refreshes attr": TestLookupRefreshesAttributes,
+		"passthrough":           TestPassthroughTakesEffect,
 	} {
 		t.Run(name, test)
+	}
+}
+
+// TestTakeOverPassthrough: a file open in passthrough when the server
+// stops keeps the earlier server's backing file in the kernel, which then
+// refuses any other for that inode: the new server answers a new open of
+// it with the same backing ID (logged beside the inode table), and the
+// old handle reads on. A file the kernel may hold open through its page
+// cache is opened cached.
+func TestTakeOverPassthrough(t *testing.T) {
+	cachetest.RequireFUSE(t)
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 3*cachetest.Block+5, 81)
+	other := cachetest.WriteRandom(t, filepath.Join(root, "g"), 2*cachetest.Block, 82)
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	opts := Options{Name: "ds", ReadOnly: true, MetaCache: time.Hour, Passthrough: true, InodeTable: filepath.Join(t.TempDir(), "inodes")}
+	mnt := t.TempDir()
+	first, err := MountSession(mnt, c.Dataset("ds", p), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := first
+	cachetest.UnmountAtCleanup(t, mnt, func() error { return current.Unmount() })
+	for name, b := range map[string][]byte{"f": want, "g": other} {
+		if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("cold read of %s: %v", name, err)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); first.CachedOpen.Load() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("cached handles still open")
+		}
+	}
+	held, err := os.Open(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if first.Passthrough.Load() == 0 {
+		t.Fatal("the complete file did not open in passthrough")
+	}
+	conn, err := first.Detach()
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Resume(mnt, c.Dataset("ds", p), opts, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current = second
+	for name, b := range map[string][]byte{"f": want, "g": other} {
+		if got, err := os.ReadFile(filepath.Join(mnt, name)); err != nil || !bytes.Equal(got, b) {
+			t.Errorf("a new open of %s after the takeover: %v (right bytes: %t)", name, err, bytes.Equal(got, b))
+		}
+	}
+	got := make([]byte, len(want))
+	if _, err := held.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("the passthrough handle of the first server: %v", err)
+	}
+	if second.Passthrough.Load() == 0 {
+		t.Error("the new open of f was not answered with passthrough (the earlier backing file)")
 	}
 }

@@ -41,7 +41,12 @@ type Options struct {
 	// for writing be reopened; false (an object store, whose upload died
 	// with that server) answers its writes EIO.
 	ReopenWrites bool
-	Logger       klog.Logger
+	// BackingLog is a file where the session logs the passthrough
+	// backing IDs in use, for a server that takes the connection over
+	// ("" = none: after a takeover, a file open in passthrough opens
+	// again only once those opens are closed).
+	BackingLog string
+	Logger     klog.Logger
 }
 
 // Stats count what a taken-over session had to do.
@@ -61,19 +66,21 @@ type Session struct {
 	log   klog.Logger
 	Stats Stats
 
-	mu       sync.Mutex
-	counts   map[uint64]uint64 // lookup counts the file system holds, as forwarded
-	stale    map[uint64]uint64 // an earlier epoch's handle -> this session's reopened one
-	failed   map[uint64]bool   // earlier write handles refused (object stores)
-	stopped  bool
-	inflight sync.WaitGroup // requests being served
-	fd       int            // the session's duplicate of the device, non-blocking
-	wake     [2]int         // a pipe: Stop writes, the reader wakes
-	initMu   sync.Mutex
-	next     atomic.Uint64 // uniques of the session's own requests (odd)
-	done     chan error
-	drained  chan struct{} // closed when reading has stopped
-	bufs     sync.Pool
+	mu         sync.Mutex
+	counts     map[uint64]uint64      // lookup counts the file system holds, as forwarded
+	stale      map[uint64]uint64      // an earlier epoch's handle -> this session's reopened one
+	failed     map[uint64]bool        // earlier write handles refused (object stores)
+	backing    map[uint64]*backingRef // backing IDs of passthrough opens, by node
+	backingLog *os.File               // guarded by mu; see logBacking
+	stopped    bool
+	inflight   sync.WaitGroup // requests being served
+	fd         int            // the session's duplicate of the device, non-blocking
+	wake       [2]int         // a pipe: Stop writes, the reader wakes
+	initMu     sync.Mutex
+	next       atomic.Uint64 // uniques of the session's own requests (odd)
+	done       chan error
+	drained    chan struct{} // closed when reading has stopped
+	bufs       sync.Pool
 }
 
 const fhShift = 48
@@ -111,10 +118,13 @@ func Start(conn Conn, fs fuse.RawFileSystem, mo *fuse.MountOptions, opts Options
 	}
 	s := &Session{
 		conn: conn, ps: fuse.NewProtocolServer(fs, mo), opts: opts, log: opts.Logger,
-		counts: map[uint64]uint64{}, stale: map[uint64]uint64{}, failed: map[uint64]bool{},
+		counts: map[uint64]uint64{}, stale: map[uint64]uint64{}, failed: map[uint64]bool{}, backing: map[uint64]*backingRef{},
 		done: make(chan error, 1), drained: make(chan struct{}), fd: fd, wake: wake,
 	}
 	s.conn.Dev = dev
+	if err := s.openBackingLog(opts.BackingLog, conn.Init != nil); err != nil {
+		s.log.Error(err, "Backing-file log unavailable")
+	}
 	s.bufs.New = func() any { b := make([]byte, maxRequest); return &b }
 	s.next.Store(1)
 	if conn.Init != nil {
@@ -122,6 +132,8 @@ func Start(conn Conn, fs fuse.RawFileSystem, mo *fuse.MountOptions, opts Options
 		out := make([]byte, 4096)
 		if _, st := s.ps.HandleRequest([][]byte{conn.Init}, [][]byte{out}); !st.Ok() {
 			dev.Close()
+			unix.Close(wake[0])
+			unix.Close(wake[1])
 			return nil, fmt.Errorf("replaying INIT: %v", st)
 		}
 	}
@@ -199,6 +211,12 @@ func (s *Session) loop() {
 	} else {
 		closeDev()
 	}
+	s.mu.Lock()
+	if s.backingLog != nil {
+		s.backingLog.Close()
+		s.backingLog = nil
+	}
+	s.mu.Unlock()
 	s.done <- err
 }
 
@@ -250,6 +268,9 @@ func (s *Session) serve(bp *[]byte, n int) {
 		s.Stats.Resent.Add(1)
 	}
 	reply := s.handle(h, req)
+	if h.opcode == opOpen && len(reply) >= outHeaderSize+16 && le.Uint32(reply[4:]) == 0 {
+		s.passthroughReply(h.nodeid, reply[outHeaderSize:])
+	}
 	if reply == nil || s.isStopped() {
 		return
 	}

@@ -139,6 +139,11 @@ func (s *Session) translateFH(h header, body []byte, fh uint64) (uint64, []byte)
 		return 0, errorReply(h.unique, -int32(syscall.EIO))
 	}
 	mine = le.Uint64(out)
+	if op == opOpen {
+		// The kernel's file keeps the mode it was opened in; the
+		// reopened handle's release drops what its open took.
+		s.passthroughReply(h.nodeid, out)
+	}
 	s.mu.Lock()
 	if prev, ok := s.stale[fh]; ok { // reopened meanwhile: keep one
 		s.mu.Unlock()
