@@ -18,9 +18,11 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/minio/minio-go/v7"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cistern-csi/cistern/test/s3server"
 	"github.com/cistern-csi/cistern/test/testutil"
 )
 
@@ -245,6 +247,27 @@ func TestRestartsUnderLoad(t *testing.T) {
 	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: rw.Volume.VolumeId, StagingTargetPath: rwStaging, TargetPath: rwTarget, VolumeCapability: capRW, VolumeContext: rw.Volume.VolumeContext}); err != nil {
 		t.Fatal(err)
 	}
+	// And a read-only S3 dataset with credentials (the kept request
+	// carries them to the next daemon).
+	srv, mc := s3server.StartBucketT(t, "data")
+	for name, b := range shards() {
+		if _, err := mc.PutObject(ctx, "data", "research/team-a/"+name, bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s3v, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pv-s3", VolumeCapabilities: []*csi.VolumeCapability{capRO}, Secrets: srv.Secrets(),
+		Parameters: map[string]string{"dataset": "research-s3", "source": "s3://data/research", "endpoint": srv.Endpoint, "addressing": "path",
+			"subPath": "${pvc.namespace}", "csi.storage.k8s.io/pvc/namespace": "team-a", "csi.storage.k8s.io/pvc/name": "claim"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3Staging, s3Target := filepath.Join(dir, "staging-s3"), filepath.Join(dir, "pod-s3")
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: s3v.Volume.VolumeId, StagingTargetPath: s3Staging, VolumeCapability: capRO, VolumeContext: s3v.Volume.VolumeContext, Secrets: srv.Secrets()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: s3v.Volume.VolumeId, StagingTargetPath: s3Staging, TargetPath: s3Target, VolumeCapability: capRO, VolumeContext: s3v.Volume.VolumeContext, Readonly: true}); err != nil {
+		t.Fatal(err)
+	}
 
 	type row struct {
 		name              string
@@ -253,7 +276,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	}
 	var rows []row
 	scenario := func(name string, disrupt func() time.Duration) {
-		load := startLoad(t, target, rwTarget)
+		load := startLoad(t, target, rwTarget, s3Target)
 		time.Sleep(time.Second)
 		exit := disrupt()
 		time.Sleep(2 * time.Second)
@@ -262,7 +285,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 			what string
 			c    loadCounts
 			exit time.Duration
-		}{{name, got.RO, exit}, {"  the same, read-write dataset: 8 readers, 4 writers", got.RW, 0}} {
+		}{{name, got.RO, exit}, {"  the same, read-write dataset: 8 readers, 4 writers", got.RW, 0}, {"  the same, S3 dataset: 8 readers", got.S3, 0}} {
 			rows = append(rows, row{r.what, r.c.OK, r.c.Failed, r.c.Wrong, time.Duration(r.c.StallMS) * time.Millisecond, r.exit})
 			if r.c.Failed > 0 || r.c.Wrong > 0 {
 				t.Errorf("%s%s: %d reads failed (first: %s), %d returned wrong bytes", name, r.what, r.c.Failed, r.c.First, r.c.Wrong)
@@ -288,13 +311,13 @@ func TestRestartsUnderLoad(t *testing.T) {
 		return took
 	})
 
-	t.Logf("in another process, as a pod: 24 readers of a read-only file:// volume (4 MiB files); 8 readers and 4 writers (64 KiB files, read back) of a read-write one")
+	t.Logf("in another process, as a pod: 24 readers of a read-only file:// volume (4 MiB files); 8 readers and 4 writers (64 KiB files, read back) of a read-write one; 8 readers of a read-only S3 volume with credentials")
 	t.Logf("%-58s %8s %7s %6s %12s %10s", "scenario", "reads ok", "failed", "wrong", "longest read", "exit took")
 	for _, r := range rows {
 		t.Logf("%-58s %8d %7d %6d %12s %10s", r.name, r.ok, r.failed, r.wrong, r.stall.Round(time.Millisecond), r.exit.Round(time.Millisecond))
 	}
 
-	for _, v := range []struct{ id, target, staging string }{{vol.VolumeId, target, staging}, {rw.Volume.VolumeId, rwTarget, rwStaging}} {
+	for _, v := range []struct{ id, target, staging string }{{vol.VolumeId, target, staging}, {rw.Volume.VolumeId, rwTarget, rwStaging}, {s3v.Volume.VolumeId, s3Target, s3Staging}} {
 		if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: v.target}); err != nil {
 			t.Error(err)
 		}
@@ -340,10 +363,10 @@ type childLoad struct {
 
 // startLoad starts this test binary as the load on the read-only volume
 // at ro and the read-write one at rw (TestLoadProcess).
-func startLoad(t *testing.T, ro, rw string) *childLoad {
+func startLoad(t *testing.T, ro, rw, s3 string) *childLoad {
 	t.Helper()
 	l := &childLoad{cmd: exec.Command(os.Args[0], "-test.run", "^TestLoadProcess$")}
-	l.cmd.Env = append(os.Environ(), "CISTERN_LOAD_RO="+ro, "CISTERN_LOAD_RW="+rw)
+	l.cmd.Env = append(os.Environ(), "CISTERN_LOAD_RO="+ro, "CISTERN_LOAD_RW="+rw, "CISTERN_LOAD_S3="+s3)
 	l.cmd.Stdout = &l.out
 	l.cmd.Stderr = os.Stderr
 	l.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -359,7 +382,7 @@ func startLoad(t *testing.T, ro, rw string) *childLoad {
 }
 
 // finish stops the load and returns its counts.
-func (l *childLoad) finish(t *testing.T) (got struct{ RO, RW loadCounts }) {
+func (l *childLoad) finish(t *testing.T) (got struct{ RO, RW, S3 loadCounts }) {
 	t.Helper()
 	l.stdin.Close()
 	if err := l.cmd.Wait(); err != nil {
@@ -389,9 +412,11 @@ func TestLoadProcess(t *testing.T) {
 	a := startReaders(ro, files, 24)
 	b := startReaders(rw, files, 8)
 	b.startWriters(rw, 4)
+	c := startReaders(os.Getenv("CISTERN_LOAD_S3"), files, 8)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	a.finish()
 	b.finish()
+	c.finish()
 	counts := func(l *readLoad) loadCounts {
 		c := loadCounts{OK: l.ok.Load(), Failed: l.failed.Load(), Wrong: l.wrong.Load(), StallMS: l.stall.Milliseconds()}
 		if l.firstErr != nil {
@@ -399,6 +424,6 @@ func TestLoadProcess(t *testing.T) {
 		}
 		return c
 	}
-	out, _ := json.Marshal(struct{ RO, RW loadCounts }{counts(a), counts(b)})
+	out, _ := json.Marshal(struct{ RO, RW, S3 loadCounts }{counts(a), counts(b), counts(c)})
 	fmt.Printf("LOAD %s\n", out)
 }

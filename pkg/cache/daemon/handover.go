@@ -87,14 +87,16 @@ func (d *Daemon) resumeAll() {
 // resume serves a kept connection again.
 func (d *Daemon) resume(e keeper.Entry) error {
 	req := e.Request
-	secrets := req.Secrets
-	req.Secrets = nil
 	if err := req.Validate(); err != nil {
 		return err
 	}
+	// The key hashes the credentials too: computed before they are
+	// set aside, as Mount does.
 	if got := req.Key(d.salt); got != e.Key {
 		return fmt.Errorf("the kept request makes key %s, not %s", got, e.Key)
 	}
+	secrets := req.Secrets
+	req.Secrets = nil
 	mnt := filepath.Join(d.opts.StateDir, "datasets", e.Key, "mnt")
 	if !slices.Contains(cisternMounts(), mnt) {
 		return fmt.Errorf("%s is not mounted", mnt)
