@@ -42,20 +42,32 @@ func main() {
 	only := flag.String("rows", "", "comma-separated rows to run (default: all)")
 	tier := flag.String("tier", "mem", "where the cache keeps the files: mem (tmpfs, huge=within_size) or disk")
 	source := flag.String("source", "posix", "where the dataset lives: posix (a local directory) or s3 (a local S3 server)")
+	server := flag.String("server", "go-fuse", "what serves the mounts: go-fuse (its own server) or session (the server a connection kept across daemon restarts gets, as with a keeper)")
 	flag.Parse()
 	if *source != "posix" && *source != "s3" {
 		fmt.Fprintf(os.Stderr, "cachebench: -source %q: want posix or s3\n", *source)
+		os.Exit(2)
+	}
+	if *server != "go-fuse" && *server != "session" {
+		fmt.Fprintf(os.Stderr, "cachebench: -server %q: want go-fuse or session\n", *server)
 		os.Exit(2)
 	}
 	if *tier != "mem" && *tier != "disk" {
 		fmt.Fprintf(os.Stderr, "cachebench: -tier %q: want mem or disk\n", *tier)
 		os.Exit(2)
 	}
+	mountFS = fusefs.Mount
+	if *server == "session" {
+		mountFS = fusefs.MountSession
+	}
 	if err := run(*size, *files, *rounds, *dir, *tier, *only, *source); err != nil {
 		fmt.Fprintf(os.Stderr, "cachebench: %v\n", err)
 		os.Exit(1)
 	}
 }
+
+// mountFS mounts a dataset: go-fuse's server or a session (-server).
+var mountFS = fusefs.Mount
 
 type env struct {
 	big   string   // path of the large file
@@ -139,7 +151,7 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, from string)
 			return "", err
 		}
 		o.Name, o.ReadOnly, o.MetaCache = "bench", true, time.Hour
-		m, err := fusefs.Mount(mnt, ds, o)
+		m, err := mountFS(mnt, ds, o)
 		if err != nil {
 			return "", err
 		}
