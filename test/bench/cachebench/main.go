@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -43,7 +44,19 @@ func main() {
 	tier := flag.String("tier", "mem", "where the cache keeps the files: mem (tmpfs, huge=within_size) or disk")
 	source := flag.String("source", "posix", "where the dataset lives: posix (a local directory) or s3 (a local S3 server)")
 	server := flag.String("server", "go-fuse", "what serves the mounts: go-fuse (its own server) or session (the server a connection kept across daemon restarts gets, as with a keeper)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (the FUSE servers run in this process)")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cachebench: -cpuprofile: %v\n", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *source != "posix" && *source != "s3" {
 		fmt.Fprintf(os.Stderr, "cachebench: -source %q: want posix or s3\n", *source)
 		os.Exit(2)

@@ -73,6 +73,7 @@ type Session struct {
 	backing    map[uint64]*backingRef // backing IDs of passthrough opens, by node
 	backingLog *os.File               // guarded by mu; see logBacking
 	stopped    bool
+	quit       atomic.Bool    // Stop or Drain: the reader stops reading
 	inflight   sync.WaitGroup // requests being served
 	fd         int            // the session's duplicate of the device, non-blocking
 	wake       [2]int         // a pipe: Stop writes, the reader wakes
@@ -176,12 +177,14 @@ func (s *Session) Stop() {
 	s.mu.Lock()
 	s.stopped = true
 	s.mu.Unlock()
+	s.quit.Store(true)
 	_, _ = unix.Write(s.wake[1], []byte{0})
 }
 
 // Drain stops reading, answers the requests already read, and returns:
 // the connection is left for a new server, nothing lost (an upgrade).
 func (s *Session) Drain() {
+	s.quit.Store(true)
 	_, _ = unix.Write(s.wake[1], []byte{0})
 	<-s.drained
 	s.inflight.Wait()
@@ -220,15 +223,12 @@ func (s *Session) loop() {
 	s.done <- err
 }
 
-// read reads requests until the connection ends (nil: unmounted) or Stop.
+// read reads requests until the connection ends (nil: unmounted) or Stop
+// or Drain. It waits in poll(2) only when no request is there.
 func (s *Session) read() error {
 	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.wake[0]), Events: unix.POLLIN}}
 	for {
-		fds[0].Revents, fds[1].Revents = 0, 0
-		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
-			return err
-		}
-		if fds[1].Revents != 0 || s.isStopped() {
+		if s.quit.Load() {
 			return errStopped
 		}
 		bp := s.bufs.Get().(*[]byte)
@@ -238,8 +238,15 @@ func (s *Session) read() error {
 			s.inflight.Add(1)
 			go s.serve(bp, n)
 			continue
-		case unix.EAGAIN, unix.EINTR, unix.ENOENT: // none yet, a signal, an interrupted request
+		case unix.EINTR, unix.ENOENT: // a signal, an interrupted request
 			s.bufs.Put(bp)
+			continue
+		case unix.EAGAIN: // none yet: wait for one, or for Stop
+			s.bufs.Put(bp)
+			fds[0].Revents, fds[1].Revents = 0, 0
+			if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+				return err
+			}
 			continue
 		case unix.ENODEV: // unmounted
 			s.bufs.Put(bp)
