@@ -3,6 +3,7 @@
 //	cistern demo      run the driver locally against a generated dataset
 //	cistern stats     what the node's cache daemon serves
 //	cistern warmup    prefetch paths of a mounted dataset, with progress
+//	cistern keeper    hold the cache daemon's FUSE connections across its restarts
 package main
 
 import (
@@ -24,6 +25,8 @@ commands:
           bytes, hits and misses, warm-ups
   warmup  --dataset NAME [PATH...]: prefetch paths of a mounted dataset
           into the node cache, with a progress bar
+  keeper  --socket PATH: hold the cache daemon's FUSE connections while it
+          (or the whole node pod) restarts; runs as its own DaemonSet
 `
 
 func main() {
@@ -49,10 +52,13 @@ func main() {
 			fmt.Fprintf(os.Stderr, "cistern demo: FAILED: %v\n", err)
 			os.Exit(1)
 		}
-	case "stats", "warmup":
+	case "stats", "warmup", "keeper":
 		run := runStats
-		if os.Args[1] == "warmup" {
+		switch os.Args[1] {
+		case "warmup":
 			run = runWarmup
+		case "keeper":
+			run = runKeeper
 		}
 		if err := run(ctx, os.Args[2:], os.Stdout); err != nil {
 			if err != flag.ErrHelp {

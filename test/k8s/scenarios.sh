@@ -150,6 +150,17 @@ restarts=$(k -n "$NS" get pod "$nodepod" -o jsonpath='{.status.containerStatuses
 [ "$out" = errors=0 ] && [ "${restarts:-0}" -ge 1 ] && ok "reads go on while cistern-cache restarts ($restarts restart)" ||
   bad "reads during a cache daemon restart" "reader saw [$out], cistern-cache restarts ${restarts:-?}"
 
+echo "== the node pod is deleted while pods read"
+pod team-a steady3 research 'n=0; e=0; while [ $n -lt 300 ]; do cat /data/prices.csv >/dev/null 2>&1 || e=$((e+1)); ls /data >/dev/null 2>&1 || e=$((e+1)); n=$((n+1)); sleep 0.1; done; echo errors=$e'
+running team-a steady3
+k -n "$NS" delete pod "$nodepod" --wait=true >/dev/null 2>&1
+k -n "$NS" rollout status daemonset/cistern-node --timeout=120s >/dev/null 2>&1
+out=$(done_pod team-a steady3)
+newpod=$(k -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
+[ "$out" = errors=0 ] && [ -n "$newpod" ] && [ "$newpod" != "$nodepod" ] && ok "reads go on while the node pod is replaced (the keeper held the connections)" ||
+  bad "reads during a node pod replacement" "reader saw [$out], node pod $nodepod -> ${newpod:-none}"
+nodepod=$newpod
+
 echo "== a class whose cache group the node does not serve"
 class pooled research read-only '${pvc.namespace}' "  cacheGroup: research-groups"
 claim team-a pooled pooled ReadOnlyMany
@@ -234,7 +245,7 @@ after=$(records_of "$inner_pv")
 
 echo "== claim deletion honours onDelete"
 dir=$(ls -d "$DATA"/features/team-a/features 2>/dev/null)
-k -n team-a delete pod writer reader2 nonroot steady steady2 --wait=true >/dev/null 2>&1
+k -n team-a delete pod writer reader2 nonroot steady steady2 steady3 --wait=true >/dev/null 2>&1
 k -n team-a delete pvc features --wait=true >/dev/null 2>&1
 for _ in $(seq 30); do [ -d "$DATA/features/team-a/features" ] || break; sleep 1; done
 if [ -n "$dir" ] && [ ! -d "$DATA/features/team-a/features" ] && [ -d "$DATA/research/team-a" ]; then
