@@ -73,6 +73,10 @@ type header struct {
 	opcode uint32
 	unique uint64
 	nodeid uint64
+	// fhStale: the request's file handle was an earlier server's
+	// (staleFH), reopened by this one.
+	fhStale bool
+	staleFH uint64
 }
 
 func parseHeader(b []byte) (header, bool) {

@@ -316,7 +316,10 @@ func (s *Session) handle(h header, req []byte) []byte {
 		}
 	}
 	if off := fhOffset(h.opcode, body); off >= 0 {
-		fh, reply := s.translateFH(h, body, le.Uint64(body[off:]))
+		kernelFH := le.Uint64(body[off:])
+		fh, reply := s.translateFH(h, body, kernelFH)
+		h.fhStale = kernelFH != 0 && kernelFH != pollHackID && uint16(kernelFH>>fhShift) != s.conn.Epoch
+		h.staleFH = kernelFH
 		if reply != nil {
 			return reply
 		}
@@ -338,13 +341,9 @@ func (s *Session) handle(h header, req []byte) []byte {
 		fh := le.Uint64(out[outHeaderSize+off:])
 		le.PutUint64(out[outHeaderSize+off:], uint64(s.conn.Epoch)<<fhShift|fh)
 	}
-	if h.opcode == opRelease || h.opcode == opReleasedir {
+	if (h.opcode == opRelease || h.opcode == opReleasedir) && h.fhStale {
 		s.mu.Lock()
-		for old, fh := range s.stale {
-			if fh == le.Uint64(body) {
-				delete(s.stale, old)
-			}
-		}
+		delete(s.stale, h.staleFH)
 		s.mu.Unlock()
 	}
 	return out
