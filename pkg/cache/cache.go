@@ -123,6 +123,7 @@ type Cache struct {
 	tiers []*tier
 	env   *itemEnv // what every item shares: fetcher, open files, counters
 	clean *cleaner
+	fill  filler // files read from a POSIX source in passthrough, to be cached
 
 	dirtyMu sync.Mutex
 	dirty   map[*Item]struct{} // guarded by dirtyMu (a leaf lock); items whose index is behind

@@ -39,6 +39,9 @@ type Engine interface {
 	// directory (a scan).
 	EvictFile(name string, a source.Attr) int
 	EvictTree(prefix string) int
+	// Fill caches name, opened with attributes a, in the background:
+	// the kernel read it from the source's own file.
+	Fill(name string, a source.Attr)
 }
 
 // Options configure how a dataset is served.
@@ -54,7 +57,9 @@ type Options struct {
 	// kernel stops sending them, keeping file data in its page cache.
 	SmallFiles bool
 	// Passthrough hands fully cached files of a read-only dataset to the
-	// kernel (FUSE passthrough): reads then never reach the daemon.
+	// kernel (FUSE passthrough): reads then never reach the daemon. A
+	// file of a POSIX source not cached yet is handed over as the
+	// source's own file, and cached in the background once closed.
 	Passthrough bool
 	// SpoolDir holds files being written to an object store until close
 	// uploads them (anonymous files: nothing is left after a crash).
@@ -93,6 +98,9 @@ type FS struct {
 	// read never does).
 	Reads       atomic.Int64
 	Passthrough atomic.Int64 // opens served with passthrough
+	// SourcePassthrough counts those of them read from the source's own
+	// file (a POSIX file not yet cached).
+	SourcePassthrough atomic.Int64
 	// CachedOpen counts open handles that read through the page cache
 	// (RELEASE arrives after close(2) returns: the count lags).
 	CachedOpen atomic.Int64

@@ -85,8 +85,10 @@ func TestFSReadOnlyIsAFileSystem(t *testing.T) {
 	}
 }
 
-// TestPassthroughTakesEffect: once a file is fully cached, opening it again
-// hands it to the kernel; reading it sends no READ to the daemon.
+// TestPassthroughTakesEffect: a file of a POSIX source not cached yet is
+// read by the kernel from the source's own file (passthrough), cached in
+// the background once closed, and its next open hands the cached copy to
+// the kernel; no READ reaches the daemon on either path.
 func TestPassthroughTakesEffect(t *testing.T) {
 	root := t.TempDir()
 	want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 3*cachetest.Block+5, 7)
@@ -97,20 +99,29 @@ func TestPassthroughTakesEffect(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("cold read: %v", err)
 	}
-	if fsys.Reads.Load() == 0 {
-		t.Fatal("the cold read did not reach the daemon")
+	if n := fsys.SourcePassthrough.Load(); n != 1 {
+		t.Fatalf("%d opens read the source's file in passthrough, want 1", n)
 	}
+	if n := fsys.Reads.Load(); n != 0 {
+		t.Fatalf("%d READ requests reached the daemon on the cold path, want 0", n)
+	}
+	// The file is cached after its release (RELEASE arrives after
+	// close(2) returned).
+	ds := c.Dataset("ds", p)
+	for deadline := time.Now().Add(5 * time.Second); ds.Stats().SourceBytes < int64(len(want)) || c.Filling() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("5s after close, %d of %d bytes were cached (%d files filling)", ds.Stats().SourceBytes, len(want), c.Filling())
+		}
+	}
+	cf := ds.CompleteFile("f", statAttr(t, p, "f"))
+	if cf == nil {
+		t.Fatal("the file is not complete in the cache after the fill")
+	}
+	cf.Close()
 	// Drop the kernel's page cache of the file so the next read must go
 	// somewhere: to the backing file (passthrough) or to the daemon.
 	cachetest.DropPageCache(t, filepath.Join(mnt, "f"))
-	// A complete file opens in passthrough once no cached handle is
-	// open; RELEASE of the last one arrives after close(2) returned.
-	for deadline := time.Now().Add(5 * time.Second); fsys.CachedOpen.Load() != 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d cached handles still open 5s after every file was closed", fsys.CachedOpen.Load())
-		}
-	}
-	before := fsys.Reads.Load()
+	before := fsys.Passthrough.Load()
 	f, err := os.Open(filepath.Join(mnt, "f"))
 	if err != nil {
 		t.Fatal(err)
@@ -120,13 +131,58 @@ func TestPassthroughTakesEffect(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("warm read: %v", err)
 	}
-	if fsys.Passthrough.Load() == 0 {
+	if fsys.Passthrough.Load() == before {
 		t.Fatal("the complete file was not opened with passthrough")
 	}
-	if d := fsys.Reads.Load() - before; d != 0 {
-		t.Fatalf("%d READ requests reached the daemon through a passthrough file, want 0", d)
+	if n := fsys.SourcePassthrough.Load(); n != 1 {
+		t.Fatalf("the warm open read the source's file, not the cache's (%d source opens)", n)
+	}
+	if n := fsys.Reads.Load(); n != 0 {
+		t.Fatalf("%d READ requests reached the daemon through a passthrough file, want 0", n)
+	}
+	if d := ds.Stats().SourceBytes; d != int64(len(want)) {
+		t.Fatalf("%d bytes read from the source, want %d (the fill only)", d, len(want))
 	}
 }
+
+// TestSourcePassthroughChecksTheVersion: a file replaced in the source
+// after the kernel looked it up is not handed to the kernel as the
+// source's file (the daemon, which checks versions, serves the open).
+func TestSourcePassthroughChecksTheVersion(t *testing.T) {
+	root := t.TempDir()
+	cachetest.WriteRandom(t, filepath.Join(root, "f"), cachetest.Block, 1)
+	p, _ := posix.New(root)
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	fsys, mnt := mountTest(t, p, c, Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	if _, err := os.Stat(filepath.Join(mnt, "f")); err != nil {
+		t.Fatal(err)
+	}
+	cachetest.WriteRandom(t, filepath.Join(root, "f.new"), cachetest.Block, 2)
+	if err := os.Rename(filepath.Join(root, "f.new"), filepath.Join(root, "f")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil {
+		t.Fatal(err)
+	}
+	if n := fsys.SourcePassthrough.Load(); n != 0 {
+		t.Fatalf("a replaced file was opened in passthrough as the source's file (%d opens)", n)
+	}
+}
+
+// statAttr is the source's attributes of name.
+func statAttr(t *testing.T, src source.Source, name string) source.Attr {
+	t.Helper()
+	a, err := src.Stat(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// objectLike hides a POSIX source's write methods: the mount treats it as
+// a source whose files the kernel cannot read itself (an object store).
+type objectLike struct{ source.Source }
 
 func TestFSReadWrite(t *testing.T) {
 	root := t.TempDir()
@@ -199,7 +255,8 @@ func TestOpenWhileCachedHandleOpen(t *testing.T) {
 	p, _ := posix.New(root)
 	c := newTestCache(t, t.TempDir(), 1<<30)
 	defer c.Close()
-	fsys, mnt := mountTest(t, p, c, Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	// Served by the daemon while cold: a source the kernel cannot read.
+	fsys, mnt := mountTest(t, objectLike{p}, c, Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
 	first, err := os.Open(filepath.Join(mnt, "f"))
 	if err != nil {
 		t.Fatal(err)

@@ -46,7 +46,15 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	// when no cached handle is open (the count lags behind close(2), so
 	// this errs on the safe side).
 	if o.Passthrough && cached == 0 && n.fsys.passthroughAllowed(n.StableAttr().Ino) {
-		if f := n.fsys.eng.CompleteFile(n.rel(), a); f != nil {
+		f := n.fsys.eng.CompleteFile(n.rel(), a)
+		fromSource := false
+		if f == nil {
+			// Not (all) cached: a file of a POSIX source is read by
+			// the kernel from the source itself, at the source's
+			// speed, and cached in the background once closed.
+			f, fromSource = n.sourceFile(ctx, a), true
+		}
+		if f != nil {
 			flags := uint32(fuse.FOPEN_KEEP_CACHE) // go-fuse's server registers the backing file
 			if s := n.fsys.sess; s != nil {
 				// A session's reply carries a backing file registered here.
@@ -60,7 +68,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			n.mu.Lock()
 			n.passthroughOpens++
 			n.mu.Unlock()
-			return &passthroughHandle{f: f, n: n}, flags, 0
+			h := &passthroughHandle{f: f, n: n}
+			if fromSource {
+				n.fsys.SourcePassthrough.Add(1)
+				h.fill = &a
+			}
+			return h, flags, 0
 		}
 		if pt > 0 {
 			// Complete a moment ago and now evicted: the open
@@ -161,10 +174,12 @@ func (h *handle) Release(context.Context) syscall.Errno {
 	return 0
 }
 
-// passthroughHandle is a fully cached file the kernel reads directly.
+// passthroughHandle is a file the kernel reads directly: a fully cached
+// one, or the source's own file.
 type passthroughHandle struct {
-	f *os.File
-	n *node
+	f    *os.File
+	n    *node
+	fill *source.Attr // a source file: the version to cache once released
 }
 
 var (
@@ -193,5 +208,30 @@ func (h *passthroughHandle) Release(context.Context) syscall.Errno {
 	h.n.mu.Lock()
 	h.n.passthroughOpens--
 	h.n.mu.Unlock()
+	if h.fill != nil {
+		h.n.fsys.eng.Fill(h.n.rel(), *h.fill)
+	}
 	return 0
+}
+
+// sourceFile opens the source's own file of n for the kernel to read in
+// passthrough, if the source is a POSIX tree and the file is still the
+// version a describes; else nil (the daemon serves the open).
+func (n *node) sourceFile(ctx context.Context, a source.Attr) *os.File {
+	w, ok := n.fsys.src.(source.Writable)
+	if !ok || a.Ino == 0 {
+		return nil
+	}
+	f, err := w.OpenFile(ctx, n.rel(), syscall.O_RDONLY)
+	if err != nil {
+		return nil
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil || st.Ino != a.Ino || st.Dev != a.Dev || st.Size != a.Size {
+		// Replaced or changed since a was read: the daemon's path
+		// checks versions, the kernel's would not.
+		f.Close()
+		return nil
+	}
+	return f
 }

@@ -207,6 +207,9 @@ func run(sizeSpec string, nFiles, rounds int, work, tierName, only, from string)
 			cold = [2]float64{v, f}
 		}
 	}
+	for c.Filling() > 0 { // files read from a POSIX source are cached after close
+		time.Sleep(10 * time.Millisecond)
+	}
 	st := c.Stats()
 	fmt.Printf("cachebench: warmed in %s (source bytes %d MiB, cache %d MiB)\n\n", time.Since(start).Round(time.Millisecond), st.SourceBytes>>20, (st.TierBytes["mem"]+st.TierBytes["disk"])>>20)
 

@@ -95,6 +95,7 @@ func DropPageCache(t testing.TB, p string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	_ = f.Sync() // dirty pages are not dropped
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
