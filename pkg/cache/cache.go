@@ -55,8 +55,11 @@ type Options struct {
 	// FreeSpaceRatio: eviction also keeps this fraction of each tier's
 	// file system free (0.1).
 	FreeSpaceRatio float64
-	// MaxFetches bounds concurrent source reads (16).
-	MaxFetches int
+	// MaxFetches bounds concurrent source reads (64), and MaxFetchBytes
+	// the bytes they read at once (16 blocks): many small files, or a
+	// few large blocks, in flight.
+	MaxFetches    int
+	MaxFetchBytes int64
 	// ReadAhead is how many blocks a sequential reader prefetches (4).
 	ReadAhead int
 	// MaxOpenFiles bounds the cache files held open at once (the least
@@ -94,7 +97,10 @@ func (o *Options) setDefaults() error {
 		o.FreeSpaceRatio = 0.1
 	}
 	if o.MaxFetches == 0 {
-		o.MaxFetches = 16
+		o.MaxFetches = 64
+	}
+	if o.MaxFetchBytes == 0 {
+		o.MaxFetchBytes = 16 * o.BlockSize
 	}
 	if o.ReadAhead == 0 {
 		o.ReadAhead = 4
@@ -152,7 +158,7 @@ func New(opts Options) (*Cache, error) {
 		blockSize: opts.BlockSize,
 		lowWater:  opts.LowWater,
 		readAhead: opts.ReadAhead,
-		fetch:     newFetcher(opts.MaxFetches),
+		fetch:     newFetcher(opts.MaxFetches, opts.MaxFetchBytes),
 		files:     newOpenFiles(opts.MaxOpenFiles),
 		kick:      c.clean.kick,
 		markDirty: c.markDirty,

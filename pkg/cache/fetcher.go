@@ -6,18 +6,30 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
 
-// fetcher owns the engine's reads from sources: the fetch slots (one
-// semaphore bounds every source read), the read-ahead slots (a quarter of
-// them, so readers' own blocks never queue behind speculation), the
-// latency of fetches, and the goroutines that run them, which close stops
-// and waits for. It knows nothing of items: callers hand it work.
+// fetcher owns the engine's reads from sources: the fetch slots, the
+// read-ahead slots, the latency of fetches, and the goroutines that run
+// them, which close stops and waits for. It knows nothing of items:
+// callers hand it work.
+//
+// Fetches are bounded twice, each bound first come, first served: by count
+// (slots: small whole-file fetches are latency bound, so many may be in
+// flight) and by bytes in flight (large blocks are bandwidth bound, and
+// their buffers are memory). Read-ahead takes at most half of each, so a
+// reader's own block never queues behind speculation alone.
 type fetcher struct {
-	sem     chan struct{} // fetch slots
-	raSem   chan struct{} // read-ahead slots
-	latency histogram
+	slots   *semaphore.Weighted // fetches in flight
+	bytes   *semaphore.Weighted // bytes in flight
+	raSlots *semaphore.Weighted // read-ahead: fetches
+	raBytes *semaphore.Weighted // read-ahead: bytes
+	// maxBytes caps one fetch's weight (a block larger than the budget
+	// still runs, alone).
+	maxBytes int64
+	latency  histogram
 
 	ctx     context.Context // cancelled by close; every fetch runs under it
 	stop    context.CancelFunc
@@ -25,13 +37,16 @@ type fetcher struct {
 	running atomic.Int64   // goroutines started by spawn and not done (tests settle on 0)
 }
 
-func newFetcher(maxFetches int) *fetcher {
+func newFetcher(maxFetches int, maxBytes int64) *fetcher {
 	ctx, stop := context.WithCancel(context.Background())
 	return &fetcher{
-		sem:   make(chan struct{}, maxFetches),
-		raSem: make(chan struct{}, max(1, maxFetches/4)),
-		ctx:   ctx,
-		stop:  stop,
+		slots:    semaphore.NewWeighted(int64(maxFetches)),
+		bytes:    semaphore.NewWeighted(maxBytes),
+		raSlots:  semaphore.NewWeighted(int64(max(1, maxFetches/2))),
+		raBytes:  semaphore.NewWeighted(max(1, maxBytes/2)),
+		maxBytes: maxBytes,
+		ctx:      ctx,
+		stop:     stop,
 	}
 }
 
@@ -56,27 +71,44 @@ func (f *fetcher) spawn(fn func(ctx context.Context)) {
 	}()
 }
 
-// readAhead runs fn in a goroutine once it holds a read-ahead slot. The
-// slot is taken before fn's fetch exists: a reader who needs the block
-// meanwhile fetches it at once, it never waits for speculation to get a
-// slot.
-func (f *fetcher) readAhead(fn func(ctx context.Context)) {
+// readAhead runs fn, which fetches size bytes, in a goroutine once it
+// holds read-ahead room. The room is taken before fn's fetch exists: a
+// reader who needs the block meanwhile fetches it at once, it never waits
+// for speculation to get room.
+func (f *fetcher) readAhead(size int64, fn func(ctx context.Context)) {
+	w := min(f.weight(size), max(1, f.maxBytes/2))
 	f.spawn(func(ctx context.Context) {
-		if err := acquire(ctx, f.raSem); err != nil {
+		// fn runs even when the fetcher closed first (under the
+		// cancelled ctx), so its caller's bookkeeping is undone.
+		if err := f.raSlots.Acquire(ctx, 1); err != nil {
+			fn(ctx)
 			return
 		}
-		defer func() { <-f.raSem }()
+		defer f.raSlots.Release(1)
+		if err := f.raBytes.Acquire(ctx, w); err != nil {
+			fn(ctx)
+			return
+		}
+		defer f.raBytes.Release(w)
 		fn(ctx)
 	})
 }
 
-// read reads buf at off of name from src under a fetch slot, conditional
-// on fingerprint where the source can make it so.
+// weight is what a fetch of size bytes counts against the byte budget.
+func (f *fetcher) weight(size int64) int64 { return min(max(size, 1), f.maxBytes) }
+
+// read reads buf at off of name from src under a fetch slot and room for
+// buf, conditional on fingerprint where the source can make it so.
 func (f *fetcher) read(src source.Source, name, fingerprint string, buf []byte, off int64, progress func(int)) (int, error) {
-	if err := acquire(f.ctx, f.sem); err != nil {
+	w := f.weight(int64(len(buf)))
+	if err := f.bytes.Acquire(f.ctx, w); err != nil {
 		return 0, err
 	}
-	defer func() { <-f.sem }()
+	defer f.bytes.Release(w)
+	if err := f.slots.Acquire(f.ctx, 1); err != nil {
+		return 0, err
+	}
+	defer f.slots.Release(1)
 	start := time.Now()
 	defer func() { f.latency.observe(time.Since(start)) }()
 	if vs, ok := src.(source.Versioned); ok {

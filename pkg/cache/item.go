@@ -67,6 +67,7 @@ type Item struct {
 	sums         []uint32             // guarded by mu; CRC-32C of each present block
 	verified     []bool               // guarded by mu; checked against sums since this process started
 	inflight     map[int64]*fetchCall // guarded by mu
+	raQueued     map[int64]bool       // guarded by mu; read-ahead waiting for room, not yet in inflight
 	lastEnd      int64                // guarded by mu; end of the last read, for read-ahead
 	raWindow     int                  // guarded by mu; blocks read ahead: 1, 2, 4... up to readAhead
 	unsaved      int                  // guarded by mu; blocks stored since the index was written
@@ -196,6 +197,9 @@ func (it *Item) addBytesLocked(n int64) {
 // block and starts read-ahead when reads are sequential.
 func (it *Item) readAt(ctx context.Context, ref fileRef, p []byte, off, end int64) (int, error) {
 	bs := it.env.blockSize
+	// Read-ahead starts before this read waits for its own block: the
+	// next blocks are fetched while this one arrives.
+	it.noteRead(ref, off, end)
 	n := 0
 	for pos := off; pos < end; {
 		b := pos / bs
@@ -208,7 +212,6 @@ func (it *Item) readAt(ctx context.Context, ref fileRef, p []byte, off, end int6
 		}
 		pos += want
 	}
-	it.noteRead(ref, off, end)
 	return n, nil
 }
 
@@ -426,8 +429,15 @@ const saveEvery = 64
 func (it *Item) noteRead(ref fileRef, off, end int64) {
 	bs := it.env.blockSize
 	it.mu.Lock()
-	seq := off == it.lastEnd
-	it.lastEnd = end
+	// Sequential within a block's slack: the kernel's read-ahead sends
+	// several READs at once, and they arrive in any order.
+	seq := it.lastEnd > 0 && off >= it.lastEnd-bs && off <= it.lastEnd+bs
+	if seq {
+		it.lastEnd = max(it.lastEnd, end)
+	} else {
+		it.lastEnd = end
+		seq = off == 0 && it.raWindow == 0 // the first read of a file
+	}
 	var todo []int64
 	if seq {
 		// The window grows each time the reader enters a new block, so
@@ -440,8 +450,12 @@ func (it *Item) noteRead(ref fileRef, off, end int64) {
 		// or not: the reader, not the fetches, moves it forward.
 		first := (end + bs - 1) / bs
 		for b := first; b < int64(len(it.present)) && b < first+int64(it.raWindow); b++ {
-			if !it.present[b] && it.inflight[b] == nil {
+			if !it.present[b] && it.inflight[b] == nil && !it.raQueued[b] {
 				todo = append(todo, b)
+				if it.raQueued == nil {
+					it.raQueued = map[int64]bool{}
+				}
+				it.raQueued[b] = true
 			}
 		}
 	} else {
@@ -449,6 +463,13 @@ func (it *Item) noteRead(ref fileRef, off, end int64) {
 	}
 	it.mu.Unlock()
 	for _, b := range todo {
-		it.env.fetch.readAhead(func(ctx context.Context) { _, _ = it.fetch(ctx, ref, b) })
+		it.env.fetch.readAhead(it.blockLen(b), func(ctx context.Context) {
+			it.mu.Lock()
+			delete(it.raQueued, b)
+			it.mu.Unlock()
+			if ctx.Err() == nil {
+				_, _ = it.fetch(ctx, ref, b)
+			}
+		})
 	}
 }

@@ -128,38 +128,133 @@ func (s *blockingSource) ReadAt(ctx context.Context, name string, p []byte, off 
 	return s.Source.ReadAt(ctx, name, p, off)
 }
 
-// TestReadAheadTakesAQuarterOfTheSlots: however many sequential readers
-// ask for read-ahead, speculative fetches hold at most MaxFetches/4 slots,
-// so a reader's own block always finds one.
-func TestReadAheadTakesAQuarterOfTheSlots(t *testing.T) {
-	root := t.TempDir()
-	for i := range 8 {
-		cachetest.WriteRandom(t, filepath.Join(root, fmt.Sprintf("f%d", i)), 8*cachetest.Block, uint64(i))
+// TestReadAheadTakesHalfTheRoom: however many sequential readers ask for
+// read-ahead, speculative fetches hold at most half of the fetch slots and
+// half of the bytes in flight, so a reader's own block always finds room.
+func TestReadAheadTakesHalfTheRoom(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		slots      int
+		bytes      int64
+		wantAtMost int32
+	}{
+		{"slots", 8, 0, 4},                    // 16 blocks' bytes: the slots bind
+		{"bytes", 64, 4 * cachetest.Block, 2}, // 4 blocks' bytes: the bytes bind
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			for i := range 8 {
+				cachetest.WriteRandom(t, filepath.Join(root, fmt.Sprintf("f%d", i)), 8*cachetest.Block, uint64(i))
+			}
+			p, _ := posix.New(root)
+			src := &blockingSource{Source: p, release: make(chan struct{})}
+			c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: cachetest.Block,
+				MaxFetches: tc.slots, MaxFetchBytes: tc.bytes, ReadAhead: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			defer close(src.release)
+			ctx := context.Background()
+			// Each reader's first block is served at once; its
+			// read-ahead then asks for the next blocks, which the
+			// source holds.
+			for i := range 8 {
+				name := fmt.Sprintf("f%d", i)
+				a, err := p.Stat(ctx, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				buf := make([]byte, 4096)
+				if _, err := c.Dataset("ds", src).ReadAt(ctx, name, a, buf, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(200 * time.Millisecond) // read-ahead goroutines take their room
+			if got := src.peak.Load(); got == 0 || got > tc.wantAtMost {
+				t.Errorf("%d speculative fetches in flight at once, want 1 to %d", got, tc.wantAtMost)
+			}
+		})
 	}
+}
+
+// TestReadAheadSurvivesReorderedReads: the kernel's read-ahead sends
+// several READs of a sequential reader at once and they arrive in any
+// order; the read-ahead window still grows to its full size (it once
+// restarted at every READ that did not begin exactly where the last ended,
+// and a single reader of a cold object got a third of the link).
+func TestReadAheadSurvivesReorderedReads(t *testing.T) {
+	root := t.TempDir()
+	const bs = cachetest.Block
+	cachetest.WriteRandom(t, filepath.Join(root, "f"), 16*bs, 3)
 	p, _ := posix.New(root)
-	src := &blockingSource{Source: p, release: make(chan struct{})}
-	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: cachetest.Block, MaxFetches: 8, ReadAhead: 4})
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: bs, ReadAhead: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	ctx := context.Background()
-	// Each reader's first block is served at once; its read-ahead then
-	// asks for the next block, which the source holds.
-	for i := range 8 {
-		name := fmt.Sprintf("f%d", i)
+	a, err := p.Stat(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := c.Dataset("ds", p)
+	buf := make([]byte, bs/4)
+	for b := int64(0); b < 4; b++ {
+		for _, q := range []int64{0, 2, 1, 3} { // quarters, two of them swapped
+			if _, err := ds.ReadAt(ctx, "f", a, buf, b*bs+q*bs/4); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for last := int64(-1); c.Stats().SourceBytes != last; time.Sleep(200 * time.Millisecond) {
+		last = c.Stats().SourceBytes
+	}
+	// Blocks 0-3 read, and a window of 4 ahead of the reader: 8 blocks.
+	if got := c.Stats().SourceBytes / bs; got < 8 {
+		t.Errorf("%d blocks fetched after reading 4 in reordered pieces, want 8 (the read-ahead window shrank)", got)
+	}
+}
+
+// TestReadAheadIsQueuedOnce: a block waiting for read-ahead room is asked
+// for once, however many READs of the reader arrive meanwhile (each READ
+// once queued another read-ahead of it, and the copies held the room the
+// next blocks needed: one reader of a cold object got a fifth of the link).
+func TestReadAheadIsQueuedOnce(t *testing.T) {
+	root := t.TempDir()
+	const bs = cachetest.Block
+	cachetest.WriteRandom(t, filepath.Join(root, "f"), 16*bs, 5)
+	cachetest.WriteRandom(t, filepath.Join(root, "g"), 16*bs, 6)
+	p, _ := posix.New(root)
+	src := &blockingSource{Source: p, release: make(chan struct{})}
+	// One read-ahead slot.
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}}, BlockSize: bs, MaxFetches: 2, ReadAhead: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	defer close(src.release)
+	ctx := context.Background()
+	ds := c.Dataset("ds", src)
+	buf := make([]byte, bs/64)
+	read := func(name string, n int) {
 		a, err := p.Stat(ctx, name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		buf := make([]byte, 4096)
-		if _, err := c.Dataset("ds", src).ReadAt(ctx, name, a, buf, 0); err != nil {
-			t.Fatal(err)
+		for i := range n { // READs within block 0
+			if _, err := ds.ReadAt(ctx, name, a, buf, int64(i*len(buf))); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	time.Sleep(200 * time.Millisecond) // read-ahead goroutines take their slots
-	if got := src.peak.Load(); got == 0 || got > 2 {
-		t.Errorf("%d speculative fetches in flight at once with MaxFetches=8, want 1 or 2", got)
+	// g's read-ahead of block 1 holds the only slot (the source holds it).
+	read("g", 1)
+	time.Sleep(100 * time.Millisecond)
+	before := c.env.fetch.running.Load()
+	read("f", 64)
+	time.Sleep(100 * time.Millisecond)
+	if n := c.env.fetch.running.Load() - before; n != 1 {
+		t.Fatalf("%d read-ahead goroutines for block 1 of f after 64 READs of its block 0, want 1", n)
 	}
-	close(src.release)
 }

@@ -149,8 +149,13 @@ func newFS(dir string, eng Engine, opts Options) (*FS, *node, *gofs.Options, err
 		DirectMountFlags: syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOATIME,
 		MaxReadAhead:     1 << 20,
 		MaxWrite:         1 << 20,
-		DisableXAttrs:    true,
-		Debug:            opts.Debug,
+		// The kernel sends read-ahead READs in the background, at most
+		// this many at once per mount (go-fuse's default is 12): a
+		// hundred readers of cold files waiting on the source each
+		// need one in flight, or they queue in the kernel.
+		MaxBackground: 128,
+		DisableXAttrs: true,
+		Debug:         opts.Debug,
 		// File handles (name_to_handle_at) stay valid for as long as the
 		// inode table: a LOOKUP of "." finds the node (LookupNode).
 		ExtraCapabilities: fuse.CAP_EXPORT_SUPPORT,

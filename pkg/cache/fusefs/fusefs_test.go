@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/fstest"
@@ -452,5 +454,72 @@ func TestStatfsIsTheSource(t *testing.T) {
 	}
 	if used := got.Blocks - got.Bfree; want.Blocks-want.Bfree > 0 && used == 0 {
 		t.Error("the mount reports nothing used")
+	}
+}
+
+// gatedSource holds every ReadAt until want of them wait at once (or 5s
+// pass), and records the most that waited at once.
+type gatedSource struct {
+	source.Source
+	want    int32
+	waiting atomic.Int32
+	peak    atomic.Int32
+	open    chan struct{}
+	once    sync.Once
+}
+
+func (g *gatedSource) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	n := g.waiting.Add(1)
+	for old := g.peak.Load(); n > old && !g.peak.CompareAndSwap(old, n); old = g.peak.Load() {
+	}
+	if n >= g.want {
+		g.once.Do(func() { close(g.open) })
+	}
+	select {
+	case <-g.open:
+	case <-time.After(5 * time.Second):
+	}
+	g.waiting.Add(-1)
+	return g.Source.ReadAt(ctx, name, p, off)
+}
+
+// TestManyColdReadersReachTheDaemon: 32 readers of 32 cold files served
+// by the daemon all have their READ at the daemon at once. The kernel
+// sends read-ahead READs in the background, and caps them per mount at the
+// max_background the daemon negotiated (go-fuse's default, 12, made a
+// hundred readers waiting on a remote store queue in the kernel).
+func TestManyColdReadersReachTheDaemon(t *testing.T) {
+	const readers = 32
+	root := t.TempDir()
+	for i := range readers {
+		cachetest.WriteRandom(t, filepath.Join(root, fmt.Sprintf("f%d", i)), 64<<10, uint64(i))
+	}
+	p, _ := posix.New(root)
+	src := &gatedSource{Source: objectLike{p}, want: readers, open: make(chan struct{})}
+	// Room for every reader's fetch in the engine: what is measured is
+	// what the kernel lets through.
+	c, err := cache.New(cache.Options{Tiers: []cache.TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}},
+		BlockSize: cachetest.Block, MaxFetchBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, mnt := mountTest(t, src, c, Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for i := range readers {
+		wg.Go(func() {
+			if _, err := os.ReadFile(filepath.Join(mnt, fmt.Sprintf("f%d", i))); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := src.peak.Load(); got < readers {
+		t.Fatalf("at most %d of %d readers' source reads were in flight at once", got, readers)
 	}
 }
