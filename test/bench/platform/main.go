@@ -49,6 +49,7 @@ type config struct {
 	work, out      string
 	binDir         string
 	keep           bool
+	keeper         bool // the cache daemon hands its FUSE connections to a keeper, as the chart runs it
 }
 
 func main() {
@@ -62,6 +63,7 @@ func main() {
 	flag.StringVar(&c.out, "out", "", "where the report and plots go (default docs, or _output/bench-smoke with --smoke)")
 	flag.StringVar(&c.work, "work-dir", "", "work directory (default: a new one under /var/tmp)")
 	flag.StringVar(&c.binDir, "bin-dir", "bin", "where cistern-csi and cistern-cache are (make build)")
+	flag.BoolVar(&c.keeper, "keeper", true, "run cistern-cache with a keeper (cistern keeper), as the chart does: mounts are served by FUSE sessions a restart can take over")
 	flag.BoolVar(&c.keep, "keep", false, "keep the work directory (data, caches and the daemons' logs) at the end")
 	flag.Parse()
 	c.smallSize, c.largeFiles = 64<<10, 4
@@ -167,7 +169,7 @@ func runBench(c config) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (FUSE mounts): sudo make bench")
 	}
-	for _, b := range []string{"cistern-csi", "cistern-cache"} {
+	for _, b := range []string{"cistern-csi", "cistern-cache", "cistern"} {
 		if _, err := os.Stat(filepath.Join(c.binDir, b)); err != nil {
 			return fmt.Errorf("%s: %w (run make build, or set --bin-dir)", b, err)
 		}
@@ -221,7 +223,7 @@ func runBench(c config) (err error) {
 		return err
 	}
 	systems := []*system{{name: "direct", acc: s3Access{mc: mc, bucket: st.bucket, prefix: st.prefix}}}
-	b.cistern, err = startCistern(ctx, filepath.Join(b.work, "cistern"), c.binDir, &b.procs, st, 2*total+1<<30)
+	b.cistern, err = startCistern(ctx, filepath.Join(b.work, "cistern"), c.binDir, c.keeper, &b.procs, st, 2*total+1<<30)
 	if err != nil {
 		return fmt.Errorf("cistern: %w", err)
 	}
@@ -320,6 +322,10 @@ func runBench(c config) (err error) {
 		return err
 	}
 	say("report: %s (took %s)", filepath.Join(c.out, "benchmarks.md"), time.Since(started).Round(time.Second))
+	fmt.Println("cold-path goals:")
+	for _, g := range rep.goals() {
+		fmt.Println(g)
+	}
 	for _, r := range results {
 		if r.err != "" {
 			return fmt.Errorf("%s with %d readers (%s) failed: %s", r.label(), r.readers, r.kind, r.err)

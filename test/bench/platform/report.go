@@ -100,7 +100,11 @@ func (r *report) write() error {
 	w("- A sweep step runs N concurrent readers (pods) with the same reader program (plain `open`/`read`/`pread`/`close`, or GETs for `direct`): small files, each reader reads %d files chosen by a seeded shuffle (a read = one whole file); large files, each reader reads %d MiB of one file sequentially in 1 MiB reads (a read = 1 MiB). Steps: %v readers.", c.perReaderFiles, c.perReaderBytes>>20, c.levels)
 	w("- Systems, interleaved step by step:")
 	w("  - `direct`: every reader GETs from the store itself (the traditional distributed store, no node cache);")
-	w("  - `cistern-cold`: through a Cistern volume (cistern-cache and cistern-csi as processes, staged and published through the CSI socket, disk cache tier) after emptying the node cache and remounting; `cistern-warm`: the same step again;")
+	keeper := "with a keeper (`cistern keeper`, the chart's default: mounts served by FUSE sessions a restart can take over)"
+	if !c.keeper {
+		keeper = "without a keeper (`--keeper=false`: mounts served by go-fuse's own server)"
+	}
+	w("  - `cistern-cold`: through a Cistern volume (cistern-cache and cistern-csi as processes, %s, staged and published through the CSI socket, disk cache tier) after emptying the node cache and remounting; `cistern-warm`: the same step again;", keeper)
 	w("  - `rclone-cold`/`-warm`: `rclone mount --vfs-cache-mode full`, restarted with an empty cache directory for cold;")
 	w("  - `s3fs-cold`/`-warm`: s3fs-fuse with `use_cache`, restarted with an empty cache for cold;")
 	w("  - `native`: the same bytes from local disk with the page cache warm (the limit).")
@@ -215,6 +219,14 @@ func (r *report) write() error {
 		if e != "" {
 			w("  - read error: %s", e)
 		}
+	}
+	w("")
+	w("### Cold-path goals")
+	w("")
+	w("One line per goal, as `make bench` prints them at the end (a goal this benchmark does not measure yet fails).")
+	w("")
+	for _, g := range r.goals() {
+		w("- %s", g)
 	}
 	w("")
 	w("### Where Cistern loses")

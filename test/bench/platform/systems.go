@@ -152,17 +152,28 @@ func (c *cisternStack) secrets() map[string]string {
 
 // startCistern starts both processes and provisions a read-only volume of
 // the whole dataset.
-func startCistern(ctx context.Context, work, binDir string, p *procs, st store, cacheSize int64) (*cisternStack, error) {
+func startCistern(ctx context.Context, work, binDir string, keeper bool, p *procs, st store, cacheSize int64) (*cisternStack, error) {
 	c := &cisternStack{work: work, procs: p, st: st}
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return nil, err
 	}
 	cacheSock, csiSock := filepath.Join(work, "cache.sock"), filepath.Join(work, "csi.sock")
-	var err error
-	c.cacheP, err = p.start(filepath.Join(work, "cistern-cache.log"), filepath.Join(binDir, "cistern-cache"), os.Environ(),
-		"--socket="+cacheSock, "--state-dir="+filepath.Join(work, "cache-state"),
+	args := []string{"--socket=" + cacheSock, "--state-dir=" + filepath.Join(work, "cache-state"),
 		fmt.Sprintf("--cache-tiers=disk:%s:%d", filepath.Join(work, "cache-state", "cache"), cacheSize),
-		"--grace=0s", "--v=1")
+		"--grace=0s", "--v=1"}
+	if keeper {
+		keeperSock := filepath.Join(work, "keeper.sock")
+		if _, err := p.start(filepath.Join(work, "cistern-keeper.log"), filepath.Join(binDir, "cistern"), os.Environ(),
+			"keeper", "--socket="+keeperSock); err != nil {
+			return nil, err
+		}
+		if err := waitFor(15*time.Second, "keeper socket", func() bool { _, err := os.Stat(keeperSock); return err == nil }); err != nil {
+			return nil, err
+		}
+		args = append(args, "--keeper-socket="+keeperSock)
+	}
+	var err error
+	c.cacheP, err = p.start(filepath.Join(work, "cistern-cache.log"), filepath.Join(binDir, "cistern-cache"), os.Environ(), args...)
 	if err != nil {
 		return nil, err
 	}

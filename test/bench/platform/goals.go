@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// goal is one of the cold-path goals (issue 13) this benchmark can judge:
+// the figure measured in this run, the goal, and whether it is met.
+type goal struct {
+	figure, value, want string
+	pass                bool
+}
+
+func (g goal) String() string {
+	verdict := "fail"
+	if g.pass {
+		verdict = "pass"
+	}
+	return fmt.Sprintf("%s: %s (goal %s) %s", g.figure, g.value, g.want, verdict)
+}
+
+// goals judges this run against the cold-path goals. A goal this run
+// cannot measure is listed as not measured, and fails.
+func (r *report) goals() []goal {
+	top := r.top()
+	var out []goal
+	for _, kind := range []string{"small", "large"} {
+		g := goal{figure: fmt.Sprintf("%s files, %d readers, cold: average latency against direct", kind, top), want: "<= -40%", value: "n/a"}
+		d, ok1 := r.find(kind, top, "direct")
+		x, ok2 := r.find(kind, top, "cistern-cold")
+		if ok1 && ok2 && d.avg > 0 {
+			change := float64(x.avg)/float64(d.avg) - 1
+			g.value, g.pass = pct(change), change <= -0.40
+		}
+		out = append(out, g)
+	}
+	// No worse than rclone or s3fs, cold, in average or p99, in any step.
+	var worse []string
+	steps := 0
+	for _, kind := range []string{"small", "large"} {
+		for _, n := range r.c.levels {
+			x, ok := r.find(kind, n, "cistern-cold")
+			if !ok {
+				continue
+			}
+			steps++
+			for _, peer := range []string{"rclone-cold", "s3fs-cold"} {
+				p, ok := r.find(kind, n, peer)
+				if !ok || p.err != "" {
+					continue
+				}
+				if x.avg > p.avg {
+					worse = append(worse, fmt.Sprintf("%s %d avg vs %s", kind, n, strings.TrimSuffix(peer, "-cold")))
+				}
+				if x.p99 > p.p99 {
+					worse = append(worse, fmt.Sprintf("%s %d p99 vs %s", kind, n, strings.TrimSuffix(peer, "-cold")))
+				}
+			}
+		}
+	}
+	v := fmt.Sprintf("worse in %d comparisons of %d steps", len(worse), steps)
+	if len(worse) > 0 {
+		v += " (" + strings.Join(worse, "; ") + ")"
+	}
+	out = append(out, goal{figure: "cold, every step: Cistern's average and p99 against rclone and s3fs", value: v, want: "never worse", pass: steps > 0 && len(worse) == 0})
+	// One reader of a cold large file against the store model's bandwidth.
+	g := goal{figure: "1 reader of a cold large file: throughput over the store model's bandwidth", want: ">= 0.90", value: "n/a"}
+	if x, ok := r.find("large", 1, "cistern-cold"); ok && r.c.bandwidth > 0 {
+		ratio := x.mibps() / (float64(r.c.bandwidth) / 8 / (1 << 20))
+		g.value, g.pass = fmt.Sprintf("%.2f (%.1f MiB/s)", ratio, x.mibps()), ratio >= 0.90
+	}
+	out = append(out, g)
+	// Warm small files on the default mount.
+	g = goal{figure: "warm small16 on the default mount, ratio to native", want: ">= 0.85", value: "n/a"}
+	var nat, cst float64
+	for _, x := range r.rates {
+		switch x.system {
+		case "native":
+			nat = x.small16
+		case "cistern":
+			cst = x.small16
+		}
+	}
+	if nat > 0 {
+		g.value, g.pass = fmt.Sprintf("%.2f", cst/nat), cst/nat >= 0.85
+	}
+	out = append(out, g)
+	for _, f := range [][2]string{
+		{"find and stat of 100,000 files, cold and warm, against the best of rclone and s3fs", ">= 2x"},
+		{"CPU seconds per GiB served, cold and warm", "Cistern lowest"},
+	} {
+		out = append(out, goal{figure: f[0], value: "not measured by this benchmark yet", want: f[1]})
+	}
+	return out
+}
