@@ -81,7 +81,13 @@ type Session struct {
 	next       atomic.Uint64 // uniques of the session's own requests (odd)
 	done       chan error
 	drained    chan struct{} // closed when reading has stopped
-	bufs       sync.Pool
+
+	rmu       sync.Mutex    // guards the readers' state below
+	reading   int           // readers reading or waiting for a request
+	endErr    error         // why reading ended (nil: it goes on)
+	ended     chan struct{} // closed once endErr is set and no reader reads
+	endClosed bool
+	bufs      sync.Pool
 }
 
 const fhShift = 48
@@ -120,7 +126,7 @@ func Start(conn Conn, fs fuse.RawFileSystem, mo *fuse.MountOptions, opts Options
 	s := &Session{
 		conn: conn, ps: fuse.NewProtocolServer(fs, mo), opts: opts, log: opts.Logger,
 		counts: map[uint64]uint64{}, stale: map[uint64]uint64{}, failed: map[uint64]bool{}, backing: map[uint64]*backingRef{},
-		done: make(chan error, 1), drained: make(chan struct{}), fd: fd, wake: wake,
+		done: make(chan error, 1), drained: make(chan struct{}), ended: make(chan struct{}), fd: fd, wake: wake,
 	}
 	s.conn.Dev = dev
 	if err := s.openBackingLog(opts.BackingLog, conn.Init != nil); err != nil {
@@ -162,7 +168,7 @@ func (s *Session) Conn() Conn {
 func (s *Session) Wait() error {
 	err := <-s.done
 	s.done <- err // for another Wait
-	if errors.Is(err, errStopped) {
+	if errors.Is(err, errStopped) || errors.Is(err, errUnmounted) {
 		return nil
 	}
 	return err
@@ -179,6 +185,9 @@ func (s *Session) Stop() {
 	s.mu.Unlock()
 	s.quit.Store(true)
 	_, _ = unix.Write(s.wake[1], []byte{0})
+	s.rmu.Lock()
+	s.endReadingLocked(nil) // no reader may be reading
+	s.rmu.Unlock()
 }
 
 // Drain stops reading, answers the requests already read, and returns:
@@ -186,6 +195,9 @@ func (s *Session) Stop() {
 func (s *Session) Drain() {
 	s.quit.Store(true)
 	_, _ = unix.Write(s.wake[1], []byte{0})
+	s.rmu.Lock()
+	s.endReadingLocked(nil) // no reader may be reading
+	s.rmu.Unlock()
 	<-s.drained
 	s.inflight.Wait()
 	s.mu.Lock()
@@ -199,8 +211,17 @@ func (s *Session) isStopped() bool {
 	return s.stopped
 }
 
+// maxIdle is how many readers may wait for requests at once; the others
+// serve one and exit.
+const maxIdle = 2
+
+// loop runs the readers until reading ends, then closes the session. A
+// reader serves the request it read itself (no hand-off to another
+// thread, which costs a wake-up per request), after starting another
+// reader if none is left waiting, as go-fuse's server does.
 func (s *Session) loop() {
-	err := s.read()
+	go s.reader()
+	<-s.ended
 	close(s.drained)
 	closeDev := func() {
 		// Handlers write to the descriptor: it closes after them.
@@ -220,24 +241,71 @@ func (s *Session) loop() {
 		s.backingLog = nil
 	}
 	s.mu.Unlock()
-	s.done <- err
+	s.done <- s.endErr
 }
 
-// read reads requests until the connection ends (nil: unmounted) or Stop
-// or Drain. It waits in poll(2) only when no request is there.
-func (s *Session) read() error {
+// reader reads and serves requests until reading ends or enough other
+// readers wait.
+func (s *Session) reader() {
+	for {
+		s.rmu.Lock()
+		if s.endErr != nil || s.quit.Load() || s.reading >= maxIdle {
+			s.endReadingLocked(nil)
+			s.rmu.Unlock()
+			return
+		}
+		s.reading++
+		s.rmu.Unlock()
+		bp, n, err := s.read()
+		s.rmu.Lock()
+		s.reading--
+		if err != nil {
+			s.endReadingLocked(err)
+			s.rmu.Unlock()
+			return
+		}
+		if s.reading == 0 {
+			go s.reader()
+		}
+		// Counted before reading can be seen ended (see Drain).
+		s.inflight.Add(1)
+		s.rmu.Unlock()
+		s.serve(bp, n)
+	}
+}
+
+// endReadingLocked records why reading ended (err, or Stop and Drain) and
+// closes ended once no reader reads. s.rmu is held.
+func (s *Session) endReadingLocked(err error) {
+	if err != nil && s.endErr == nil {
+		s.endErr = err
+	}
+	if s.quit.Load() && s.endErr == nil {
+		s.endErr = errStopped
+	}
+	if s.endErr != nil && s.reading == 0 && !s.endClosed {
+		s.endClosed = true
+		close(s.ended)
+	}
+}
+
+// errUnmounted ends reading when the connection is gone (Wait returns nil).
+var errUnmounted = errors.New("unmounted")
+
+// read reads one request, waiting in poll(2) only when none is there. It
+// returns errStopped after Stop or Drain, errUnmounted when the
+// connection ends.
+func (s *Session) read() (*[]byte, int, error) {
 	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.wake[0]), Events: unix.POLLIN}}
 	for {
 		if s.quit.Load() {
-			return errStopped
+			return nil, 0, errStopped
 		}
 		bp := s.bufs.Get().(*[]byte)
 		n, err := unix.Read(s.fd, *bp)
 		switch err {
 		case nil:
-			s.inflight.Add(1)
-			go s.serve(bp, n)
-			continue
+			return bp, n, nil
 		case unix.EINTR, unix.ENOENT: // a signal, an interrupted request
 			s.bufs.Put(bp)
 			continue
@@ -245,15 +313,15 @@ func (s *Session) read() error {
 			s.bufs.Put(bp)
 			fds[0].Revents, fds[1].Revents = 0, 0
 			if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
-				return err
+				return nil, 0, err
 			}
 			continue
 		case unix.ENODEV: // unmounted
 			s.bufs.Put(bp)
-			return nil
+			return nil, 0, errUnmounted
 		}
 		s.bufs.Put(bp)
-		return err
+		return nil, 0, err
 	}
 }
 
