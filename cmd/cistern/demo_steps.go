@@ -197,7 +197,14 @@ func (d *demo) cachePasses(ctx context.Context) ([]check, error) {
 			return nil, err
 		}
 		el := time.Since(start)
+		// Files read from the source's own file (passthrough) are
+		// cached after close: wait for that, so the pass's source
+		// bytes count it.
 		after, err := d.cache.Stats(ctx)
+		for deadline := time.Now().Add(30 * time.Second); err == nil && after.Cache.Filling > 0 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+			after, err = d.cache.Stats(ctx)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -20,6 +20,9 @@ type Stats struct {
 	TierServed map[string]int64
 	// SourceLatency is a histogram of source block fetches.
 	SourceLatency Histogram
+	// Filling is how many files read from a POSIX source in passthrough
+	// wait to be cached, or are being cached (see Dataset.Fill).
+	Filling int
 }
 
 // DatasetStats are one dataset's share of the cache.
@@ -82,6 +85,7 @@ func (c *Cache) Stats() Stats {
 		Hits: t.hits.Load(), Misses: t.misses.Load(), ReadThrough: t.readThrough.Load(),
 		Corrupt: t.corrupt.Load(), SourceBytes: t.sourceBytes.Load(), Evictions: t.evictions.Load(),
 		TierBytes: map[string]int64{}, TierServed: map[string]int64{}, SourceLatency: c.env.fetch.latency.snapshot(),
+		Filling: c.Filling(),
 	}
 	for _, t := range c.tiers {
 		s.TierBytes[t.Name] = t.used.Load()

@@ -213,6 +213,9 @@ type CacheStats struct {
 	TierServed map[string]int64
 	// SourceLatency is a histogram of source block fetches.
 	SourceLatency Histogram
+	// Filling counts files read from a POSIX source in passthrough that
+	// wait to be cached, or are being cached.
+	Filling int
 }
 
 // Histogram is a snapshot: Counts[i] observations fell in (Bounds[i-1],
