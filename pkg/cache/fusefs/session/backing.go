@@ -97,11 +97,43 @@ func (s *Session) logBacking(nodeid uint64, id int32) {
 	if s.backingLog == nil {
 		return
 	}
-	if _, err := fmt.Fprintf(s.backingLog, "%d\t%d\n", nodeid, id); err != nil {
+	_, err := fmt.Fprintf(s.backingLog, "%d\t%d\n", nodeid, id)
+	if s.backingLines++; err == nil && s.backingLines > 2*len(s.backing)+1024 {
+		// Every open and release adds a line: rewrite the log with
+		// the IDs in use, so it stays as small as they are.
+		err = s.compactBackingLog()
+	}
+	if err != nil {
 		s.log.Error(err, "Backing-file log write failed: after a restart, a file open in passthrough may not open again until it is closed")
 		s.backingLog.Close()
 		s.backingLog = nil
 	}
+}
+
+// compactBackingLog replaces the log with one line per backing ID in use
+// (a new file renamed over the old: a crash leaves one or the other).
+// Called with s.mu held.
+func (s *Session) compactBackingLog() error {
+	path := s.backingLog.Name()
+	var b strings.Builder
+	for n, ref := range s.backing {
+		fmt.Fprintf(&b, "%d\t%d\n", n, ref.id)
+	}
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	s.backingLog.Close()
+	s.backingLog = f
+	s.backingLines = len(s.backing)
+	return nil
 }
 
 // openBackingLog loads the backing IDs an earlier server left (when the

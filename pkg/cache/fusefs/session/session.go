@@ -66,21 +66,22 @@ type Session struct {
 	log   klog.Logger
 	Stats Stats
 
-	mu         sync.Mutex
-	counts     map[uint64]uint64      // lookup counts the file system holds, as forwarded
-	stale      map[uint64]uint64      // an earlier epoch's handle -> this session's reopened one
-	failed     map[uint64]bool        // earlier write handles refused (object stores)
-	backing    map[uint64]*backingRef // backing IDs of passthrough opens, by node
-	backingLog *os.File               // guarded by mu; see logBacking
-	stopped    bool
-	quit       atomic.Bool    // Stop or Drain: the reader stops reading
-	inflight   sync.WaitGroup // requests being served
-	fd         int            // the session's duplicate of the device, non-blocking
-	wake       [2]int         // a pipe: Stop writes, the reader wakes
-	initMu     sync.Mutex
-	next       atomic.Uint64 // uniques of the session's own requests (odd)
-	done       chan error
-	drained    chan struct{} // closed when reading has stopped
+	mu           sync.Mutex
+	counts       map[uint64]uint64      // lookup counts the file system holds, as forwarded
+	stale        map[uint64]uint64      // an earlier epoch's handle -> this session's reopened one
+	failed       map[uint64]bool        // earlier write handles refused (object stores)
+	backing      map[uint64]*backingRef // backing IDs of passthrough opens, by node
+	backingLog   *os.File               // guarded by mu; see logBacking
+	backingLines int                    // guarded by mu; lines in backingLog
+	stopped      bool
+	quit         atomic.Bool    // Stop or Drain: the reader stops reading
+	inflight     sync.WaitGroup // requests being served
+	fd           int            // the session's duplicate of the device, non-blocking
+	wake         [2]int         // a pipe: Stop writes, the reader wakes
+	initMu       sync.Mutex
+	next         atomic.Uint64 // uniques of the session's own requests (odd)
+	done         chan error
+	drained      chan struct{} // closed when reading has stopped
 
 	rmu       sync.Mutex    // guards the readers' state below
 	reading   int           // readers reading or waiting for a request
