@@ -284,9 +284,9 @@ func (r *report) write() error {
 // the generator so the report says it every time it lists a loss.
 const lossCauses = `What we think causes these. With many cold readers of large files the link
 to the store is the bottleneck (all systems together cannot beat its
-bandwidth), and the systems share it differently. Cistern runs up to
---max-fetches (16) block fetches of 4 MiB at once and every reader waits
-for its own block: readers progress at about the same pace, so the average
+bandwidth), and the systems share it differently. Cistern reads up to 16
+blocks of 4 MiB from the store at once, first come first served, and every
+reader waits for its own block: readers progress at about the same pace, so the average
 read waits long but the last reader finishes early (at 50 and 100 readers
 Cistern has the shortest completion time and the highest aggregate
 throughput of the cold systems, and fetches each byte once). s3fs downloads
