@@ -55,7 +55,7 @@ func TestShortSequentialReadStaysShort(t *testing.T) {
 		name string
 		wrap func(source.Source) source.Source
 	}{
-		{"read-ahead", func(s source.Source) source.Source { return opaque{s} }},
+		{"read-ahead", func(s source.Source) source.Source { return cachetest.Opaque{Source: s} }},
 		{"fill", func(s source.Source) source.Source { return s }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,10 +98,6 @@ func TestShortSequentialReadStaysShort(t *testing.T) {
 		})
 	}
 }
-
-// opaque hides a POSIX source's write methods: a source whose files the
-// kernel cannot read itself (as an object store's), served by the daemon.
-type opaque struct{ source.Source }
 
 // blockingSource holds every read past the first block until release is
 // closed, and counts the held reads.

@@ -182,10 +182,6 @@ func statAttr(t *testing.T, src source.Source, name string) source.Attr {
 	return a
 }
 
-// objectLike hides a POSIX source's write methods: the mount treats it as
-// a source whose files the kernel cannot read itself (an object store).
-type objectLike struct{ source.Source }
-
 func TestFSReadWrite(t *testing.T) {
 	root := t.TempDir()
 	p, _ := posix.New(root)
@@ -258,7 +254,7 @@ func TestOpenWhileCachedHandleOpen(t *testing.T) {
 	c := newTestCache(t, t.TempDir(), 1<<30)
 	defer c.Close()
 	// Served by the daemon while cold: a source the kernel cannot read.
-	fsys, mnt := mountTest(t, objectLike{p}, c, Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
+	fsys, mnt := mountTest(t, cachetest.Opaque{Source: p}, c, Options{ReadOnly: true, MetaCache: time.Hour, Passthrough: true})
 	first, err := os.Open(filepath.Join(mnt, "f"))
 	if err != nil {
 		t.Fatal(err)
@@ -495,7 +491,7 @@ func TestManyColdReadersReachTheDaemon(t *testing.T) {
 		cachetest.WriteRandom(t, filepath.Join(root, fmt.Sprintf("f%d", i)), 64<<10, uint64(i))
 	}
 	p, _ := posix.New(root)
-	src := &gatedSource{Source: objectLike{p}, want: readers, open: make(chan struct{})}
+	src := &gatedSource{Source: cachetest.Opaque{Source: p}, want: readers, open: make(chan struct{})}
 	// Room for every reader's fetch in the engine: what is measured is
 	// what the kernel lets through.
 	c, err := cache.New(cache.Options{Tiers: []cache.TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: 1 << 30}},

@@ -184,6 +184,11 @@ func (s *Session) Stop() {
 	s.mu.Lock()
 	s.stopped = true
 	s.mu.Unlock()
+	s.stopReading()
+}
+
+// stopReading makes every reader stop reading (Stop, Drain).
+func (s *Session) stopReading() {
 	s.quit.Store(true)
 	_, _ = unix.Write(s.wake[1], []byte{0})
 	s.rmu.Lock()
@@ -194,11 +199,7 @@ func (s *Session) Stop() {
 // Drain stops reading, answers the requests already read, and returns:
 // the connection is left for a new server, nothing lost (an upgrade).
 func (s *Session) Drain() {
-	s.quit.Store(true)
-	_, _ = unix.Write(s.wake[1], []byte{0})
-	s.rmu.Lock()
-	s.endReadingLocked(nil) // no reader may be reading
-	s.rmu.Unlock()
+	s.stopReading()
 	<-s.drained
 	s.inflight.Wait()
 	s.mu.Lock()

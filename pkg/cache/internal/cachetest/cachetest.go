@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
 	"github.com/cistern-csi/cistern/test/s3server"
 )
 
@@ -217,3 +218,8 @@ func OwnerOf(t testing.TB, p string) (uid, gid uint32, mode uint32) {
 	}
 	return st.Uid, st.Gid, st.Mode & 0o7777
 }
+
+// Opaque hides a source's write methods: wrapped around a POSIX source, it
+// is a source whose files the kernel cannot read itself (as an object
+// store's), so the daemon serves every read of it.
+type Opaque struct{ source.Source }
