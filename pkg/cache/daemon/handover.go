@@ -43,6 +43,12 @@ func (d *Daemon) handOver(m *mounted, withDev bool) {
 	}
 	m.handMu.Lock() // in order: the holders sent last are the latest
 	defer m.handMu.Unlock()
+	if m.dropped {
+		// Released and unmounted while this hand-over waited (a
+		// keeper restart noticed at that moment): putting it back
+		// would leave the keeper a dead connection.
+		return
+	}
 	conn, ok := m.fs.Conn()
 	if !ok {
 		return
@@ -62,6 +68,20 @@ func (d *Daemon) handOver(m *mounted, withDev bool) {
 	}
 	if err := d.keeper.Put(e); err != nil {
 		m.log.Error(err, "Handing the dataset's connection to the keeper failed: a restart of this daemon will break its mounts")
+	}
+}
+
+// dropFromKeeper takes m's connection from the keeper for good: m is
+// being unmounted.
+func (d *Daemon) dropFromKeeper(m *mounted) {
+	if d.keeper == nil {
+		return
+	}
+	m.handMu.Lock()
+	defer m.handMu.Unlock()
+	m.dropped = true
+	if err := d.keeper.Drop(m.key); err != nil {
+		m.log.Error(err, "The keeper did not drop the dataset's connection; the mount ends when it is unmounted")
 	}
 }
 
@@ -168,9 +188,7 @@ func (d *Daemon) handOverAll(ms map[string]*mounted) (unheld map[string]*mounted
 	unheld = map[string]*mounted{}
 	for key, m := range ms {
 		if len(m.holders) == 0 {
-			if err := d.keeper.Drop(m.key); err != nil {
-				m.log.Error(err, "The keeper did not drop the dataset's connection")
-			}
+			d.dropFromKeeper(m)
 			unheld[key] = m
 			continue
 		}

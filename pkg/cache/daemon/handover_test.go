@@ -95,3 +95,46 @@ func TestCloseWithAKeeper(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHandOverAfterReleaseKeepsNothing: a hand-over that runs after its
+// dataset was released and dropped from the keeper (the daemon noticed a
+// keeper restart at that moment) puts nothing back: the keeper once kept a
+// dead connection of an unmounted dataset (TestCloseWithAKeeper failed now
+// and then when the daemon's first keeper check met its release).
+func TestHandOverAfterReleaseKeepsNothing(t *testing.T) {
+	cachetest.RequireFUSE(t)
+	state := t.TempDir()
+	k, err := keeper.Listen(filepath.Join(state, "keeper.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	dir := t.TempDir()
+	d, err := New(Options{Socket: filepath.Join(state, "cache.sock"), StateDir: state, Tiers: "disk:" + filepath.Join(state, "disk") + ":256Mi",
+		BlockSize: cachetest.Block, Grace: time.Hour, Keeper: filepath.Join(state, "keeper.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	resp, err := d.Mount(context.Background(), api.MountRequest{Holder: "volume:v", Dataset: "ds", Source: "file://" + dir, ReadOnly: true, MetaCache: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	m := d.datasets[filepath.Base(filepath.Dir(resp.MountPath))]
+	d.mu.Unlock()
+	if m == nil || k.Len() != 1 {
+		t.Fatalf("mounted: %v, keeper holds %d, want the dataset and 1", m != nil, k.Len())
+	}
+	d.Release("volume:v")
+	// expire drops the dataset from the keeper, then unmounts it; the
+	// keeper check's hand-over, which read the dataset's connection
+	// before the drop, puts it after.
+	d.dropFromKeeper(m)
+	d.handOver(m, true)
+	n := k.Len()
+	d.expire(m)
+	if n != 0 {
+		t.Fatalf("the keeper holds %d connections of a dataset being unmounted", n)
+	}
+}

@@ -29,6 +29,7 @@ type mounted struct {
 	log     klog.Logger
 
 	handMu  sync.Mutex          // orders hand-overs to the keeper
+	dropped bool                // guarded by handMu; dropped from the keeper: never handed over again
 	holders map[string]bool     // guarded by Daemon.mu
 	timer   *time.Timer         // guarded by Daemon.mu; pending release, or nil
 	warm    *api.WarmupProgress // guarded by Daemon.mu; the mount-time warm-up
@@ -168,11 +169,7 @@ func (d *Daemon) expire(m *mounted) {
 	if cancel != nil {
 		cancel()
 	}
-	if d.keeper != nil {
-		if err := d.keeper.Drop(m.key); err != nil {
-			m.log.Error(err, "The keeper did not drop the dataset's connection; the mount ends when it is unmounted")
-		}
-	}
+	d.dropFromKeeper(m)
 	if err := m.fs.Unmount(); err != nil {
 		m.log.Error(err, "Unmounting a released dataset failed; detaching")
 		_ = unix.Unmount(m.mnt, unix.MNT_DETACH)
