@@ -105,7 +105,7 @@ func (d *Daemon) attachLocked(m *mounted, holder string) api.MountResponse {
 
 func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequest, secrets map[string]string) (*mounted, error) {
 	log := d.log.WithValues("dataset", req.Dataset, "key", key)
-	src, err := d.openSource(ctx, req, secrets, log)
+	src, err := d.openSource(ctx, req, secrets, true, log)
 	if err != nil {
 		return nil, err
 	}

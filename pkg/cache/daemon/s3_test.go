@@ -3,6 +3,8 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/keeper"
 	"golang.org/x/sys/unix"
 )
 
@@ -130,5 +133,67 @@ func TestDaemonS3Ownership(t *testing.T) {
 	bad := api.MountRequest{Holder: "volume:x", Dataset: "d", Source: "file://" + t.TempDir(), ReadOnly: true, UID: 5}
 	if _, err := cl.Mount(ctx, bad); !api.IsBadRequest(err) {
 		t.Errorf("uid on a file:// source: %v, want a bad request", err)
+	}
+}
+
+// TestResumeWhileTheStoreIsDown: a daemon that starts while the S3 store
+// is unreachable still takes back the dataset the keeper kept: its pods'
+// reads fail with EIO while the store is down, and work again when it is
+// back. (The daemon once probed the store before taking a dataset back,
+// and dropped it when the probe failed: every pod of the dataset then saw
+// ENOTCONN until it left the node.)
+func TestResumeWhileTheStoreIsDown(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	state := t.TempDir()
+	k, err := keeper.Listen(filepath.Join(state, "keeper.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	opts := Options{Socket: filepath.Join(state, "cache.sock"), StateDir: state, Tiers: "disk:" + filepath.Join(state, "disk") + ":256Mi",
+		BlockSize: cachetest.Block, Grace: time.Hour, Keeper: filepath.Join(state, "keeper.sock"), SourceTimeout: 2 * time.Second}
+	d, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := d.Mount(context.Background(), api.MountRequest{Holder: "volume:a", Dataset: "objects", Source: e.Loc.String(), ReadOnly: true,
+		MetaCache: time.Hour, Secrets: e.Srv.Secrets()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "day-01/sym-1.csv" // not read before the restart
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		d2.Release("volume:a")
+		d2.mu.Lock()
+		ms := maps.Clone(d2.datasets)
+		d2.mu.Unlock()
+		for _, m := range ms {
+			d2.expire(m)
+		}
+		if err := d2.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	if n := len(d2.Stats().Datasets); n != 1 || k.Len() != 1 {
+		t.Fatalf("the next daemon took back %d datasets and the keeper holds %d; want 1 and 1", n, k.Len())
+	}
+	if _, err := os.ReadFile(filepath.Join(resp.MountPath, name)); !errors.Is(err, unix.EIO) {
+		t.Errorf("read while the store is down: %v, want EIO", err)
+	}
+	if err := e.Srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(resp.MountPath, name)); err != nil || !bytes.Equal(got, e.Files[name]) {
+		t.Errorf("read once the store is back: %d bytes, %v", len(got), err)
 	}
 }

@@ -20,8 +20,9 @@ import (
 
 // openSource returns the source of a validated request: the POSIX tree,
 // or an S3 client with the request's credentials (which live only in this
-// client).
-func (d *Daemon) openSource(ctx context.Context, req api.MountRequest, secrets map[string]string, log klog.Logger) (source.Source, error) {
+// client). With probe, an S3 store is asked once whether the dataset's
+// prefix can be listed.
+func (d *Daemon) openSource(ctx context.Context, req api.MountRequest, secrets map[string]string, probe bool, log klog.Logger) (source.Source, error) {
 	src, err := api.ParseSource(req.Source)
 	if err != nil {
 		return nil, &statusError{http.StatusBadRequest, err}
@@ -42,15 +43,17 @@ func (d *Daemon) openSource(ctx context.Context, req api.MountRequest, secrets m
 	}
 	// Fail the mount, not the pod's first read, when the store is
 	// unreachable or refuses the credentials.
-	if _, err := c.DirExists(ctx, ""); err != nil {
-		status := http.StatusBadGateway
-		switch source.Errno(err) {
-		case unix.EACCES:
-			status = http.StatusForbidden
-		case unix.ENOENT:
-			status = http.StatusNotFound
+	if probe {
+		if _, err := c.DirExists(ctx, ""); err != nil {
+			status := http.StatusBadGateway
+			switch source.Errno(err) {
+			case unix.EACCES:
+				status = http.StatusForbidden
+			case unix.ENOENT:
+				status = http.StatusNotFound
+			}
+			return nil, &statusError{status, fmt.Errorf("dataset %s: %w", req.Dataset, err)}
 		}
-		return nil, &statusError{status, fmt.Errorf("dataset %s: %w", req.Dataset, err)}
 	}
 	o := s3source.Options{MetaCache: req.MetaCache, UID: req.UID, GID: req.GID, FileMode: fs.FileMode(req.FileMode), DirMode: fs.FileMode(req.DirMode)}
 	if req.MountGroup != "" {
