@@ -87,7 +87,13 @@ func New(opts Options) (*Daemon, error) {
 		d.wg.Add(1)
 		go d.watchKeeper()
 	}
-	sweepDeadMounts(filepath.Join(opts.StateDir, "datasets"), func(path string, err error) {
+	served := map[string]bool{}
+	d.mu.Lock()
+	for _, m := range d.datasets {
+		served[m.mnt] = true
+	}
+	d.mu.Unlock()
+	sweepDeadMounts(filepath.Join(opts.StateDir, "datasets"), served, func(path string, err error) {
 		if err != nil {
 			d.log.Error(err, "A dead dataset mount of an earlier daemon could not be detached", "path", path)
 			return

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
@@ -95,13 +96,19 @@ func (d *Daemon) resumeAll() {
 		d.log.Info("No FUSE connections to take back from the keeper", "reason", err)
 		return
 	}
+	// All at once: pods of every dataset wait until theirs is served,
+	// and one slow dataset must not hold back the others.
+	var wg sync.WaitGroup
 	for _, e := range entries {
-		if err := d.resume(e); err != nil {
-			d.log.Error(err, "A dataset's connection could not be taken back; its mounts end", "key", e.Key)
-			_ = d.keeper.Drop(e.Key)
-		}
-		e.Dev.Close() // the session serves a duplicate
+		wg.Go(func() {
+			defer e.Dev.Close() // the session serves a duplicate
+			if err := d.resume(e); err != nil {
+				d.log.Error(err, "A dataset's connection could not be taken back; its mounts end", "key", e.Key)
+				_ = d.keeper.Drop(e.Key)
+			}
+		})
 	}
+	wg.Wait()
 }
 
 // resume serves a kept connection again.
@@ -124,7 +131,10 @@ func (d *Daemon) resume(e keeper.Entry) error {
 	log := d.log.WithValues("dataset", req.Dataset, "key", e.Key)
 	ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
 	defer cancel()
-	src, err := d.openSource(ctx, req, secrets, log)
+	// No probe of the store: it answered when the dataset was mounted,
+	// and pods wait for this (a store that is down now fails their
+	// reads, as it would had the daemon not restarted).
+	src, err := d.openSource(ctx, req, secrets, false, log)
 	if err != nil {
 		return err
 	}

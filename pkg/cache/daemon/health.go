@@ -76,11 +76,13 @@ func (d *Daemon) serveHealth(w http.ResponseWriter, r *http.Request) {
 // whose unmount failed while the kernel still held binds of its mounts,
 // leaves them behind, and nothing else would ever remove them (a new
 // daemon only replaces the mounts of datasets it mounts again). Live
-// mounts are left alone. It returns the paths it detached.
-func sweepDeadMounts(datasets string, log func(path string, err error)) []string {
+// mounts are left alone, and those in served are not even asked (a statfs
+// of a mount this daemon just took back waits behind every request the
+// kernel resent to it). It returns the paths it detached.
+func sweepDeadMounts(datasets string, served map[string]bool, log func(path string, err error)) []string {
 	var swept []string
 	for _, mnt := range cisternMounts() {
-		if !strings.HasPrefix(mnt, datasets+"/") {
+		if !strings.HasPrefix(mnt, datasets+"/") || served[mnt] {
 			continue
 		}
 		var st unix.Statfs_t

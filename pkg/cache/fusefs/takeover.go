@@ -31,6 +31,12 @@ func MountSession(dir string, eng Engine, opts Options) (*FS, error) {
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
 		return nil, err
 	}
+	// Once per connection: the kernel remembers the ENOSYS for as long as
+	// the connection lives, so a server that resumes it does not ask
+	// again (behind a backlog of resent requests, asking took 0.2-0.4 s).
+	if err := session.PollHack(f.dir); err != nil {
+		f.log.Error(err, "FUSE poll hack failed: a process of the daemon that opens a file of this mount may hang")
+	}
 	return f, nil
 }
 
@@ -77,9 +83,6 @@ func (f *FS) serve(conn session.Conn, root *node, gopts *gofs.Options) error {
 		return err
 	}
 	f.sess = sess
-	if err := session.PollHack(f.dir); err != nil {
-		f.log.Error(err, "FUSE poll hack failed: a process of the daemon that opens a file of this mount may hang")
-	}
 	return nil
 }
 
