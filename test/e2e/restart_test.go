@@ -35,6 +35,7 @@ type readLoad struct {
 	ok, failed, wrong atomic.Int64
 	mu                sync.Mutex
 	stall             time.Duration
+	slow              [][2]int64 // reads over slowRead: start and end, Unix ns
 	firstErr          error
 	stop              chan struct{}
 	wg                sync.WaitGroup
@@ -126,10 +127,18 @@ func (l *readLoad) startWriters(dir string, n int) {
 	}
 }
 
+// slowRead is how long a read takes before the load keeps its start and
+// end, so that the test can tell waits for the new daemon from waits on it.
+const slowRead = 50 * time.Millisecond
+
 func (l *readLoad) note(took time.Duration, err error, good bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.stall = max(l.stall, took)
+	if took > slowRead && len(l.slow) < 10000 {
+		end := time.Now()
+		l.slow = append(l.slow, [2]int64{end.Add(-took).UnixNano(), end.UnixNano()})
+	}
 	switch {
 	case err != nil:
 		l.failed.Add(1)
@@ -147,6 +156,13 @@ func (l *readLoad) finish() {
 	close(l.stop)
 	l.wg.Wait()
 }
+
+// The goals for a restart (printed, not asserted: a timed
+// assertion on a shared CI machine fails for reasons of its own).
+const (
+	restartStallGoal = 2 * time.Second // a read's wait once the new daemon runs
+	upgradePauseGoal = time.Second     // a read's wait through SIGTERM and replacement
+)
 
 // TestRestartsUnderLoad: a load in another process (as a pod) reads a
 // published read-only file:// volume (24 readers) and reads and writes a
@@ -176,21 +192,29 @@ func TestRestartsUnderLoad(t *testing.T) {
 	}
 	cacheSock, csiSock, keeperSock := filepath.Join(dir, "cache.sock"), filepath.Join(dir, "csi.sock"), filepath.Join(dir, "keeper.sock")
 	logs := 0
+	var daemonUp time.Time
 	startDaemon := func() *process {
 		logs++
 		p := start(t, filepath.Join(dir, fmt.Sprintf("cache-%d.log", logs)), filepath.Join(bin, "cistern-cache"),
 			"--socket", cacheSock, "--state-dir", filepath.Join(dir, "cache"), "--cache-tiers", "disk:"+filepath.Join(dir, "disk")+":1Gi",
 			"--grace", "0s", "--keeper-socket", keeperSock)
 		waitForSocket(t, cacheSock)
+		daemonUp = time.Now()
 		return p
 	}
+	keeperInDriver := true // until the last scenario: then a keeper of its own, as the chart runs it
 	startDriver := func() *process {
 		logs++
-		p := start(t, filepath.Join(dir, fmt.Sprintf("csi-%d.log", logs)), filepath.Join(bin, "cistern-csi"),
-			"--endpoint", "unix://"+csiSock, "--mode", "all", "--node-id", "node-1", "--state-dir", filepath.Join(dir, "state"),
-			"--cache-socket", cacheSock, "--keeper-socket", keeperSock)
+		args := []string{"--endpoint", "unix://" + csiSock, "--mode", "all", "--node-id", "node-1", "--state-dir", filepath.Join(dir, "state"),
+			"--cache-socket", cacheSock}
+		if keeperInDriver {
+			args = append(args, "--keeper-socket", keeperSock)
+		}
+		p := start(t, filepath.Join(dir, fmt.Sprintf("csi-%d.log", logs)), filepath.Join(bin, "cistern-csi"), args...)
 		waitForSocket(t, csiSock)
-		waitForSocket(t, keeperSock)
+		if keeperInDriver {
+			waitForSocket(t, keeperSock)
+		}
 		return p
 	}
 	stop := func(p *process, sig syscall.Signal, sock string) time.Duration {
@@ -270,15 +294,22 @@ func TestRestartsUnderLoad(t *testing.T) {
 	}
 
 	type row struct {
-		name              string
-		ok, failed, wrong int64
-		stall, exit       time.Duration
+		name                             string
+		ok, failed, wrong                int64
+		stall, across, after, down, exit time.Duration
+		goal                             string
 	}
 	var rows []row
-	scenario := func(name string, disrupt func() time.Duration) {
+	var baseline [3]time.Duration // the longest read of each dataset with nothing restarted
+	// Each scenario disrupts the load once. down is how long no daemon
+	// served (from the signal until the new daemon's socket answered);
+	// across, the longest read under way in that time; after, the longest
+	// a read waited once the new daemon was up.
+	scenario := func(name string, pauseGoal time.Duration, disrupt func() (signalled time.Time, exit time.Duration)) {
 		load := startLoad(t, target, rwTarget, s3Target)
 		time.Sleep(time.Second)
-		exit := disrupt()
+		signalled, exit := disrupt()
+		up := daemonUp
 		time.Sleep(2 * time.Second)
 		got := load.finish(t)
 		for _, r := range []struct {
@@ -286,35 +317,93 @@ func TestRestartsUnderLoad(t *testing.T) {
 			c    loadCounts
 			exit time.Duration
 		}{{name, got.RO, exit}, {"  the same, read-write dataset: 8 readers, 4 writers", got.RW, 0}, {"  the same, S3 dataset: 8 readers", got.S3, 0}} {
-			rows = append(rows, row{r.what, r.c.OK, r.c.Failed, r.c.Wrong, time.Duration(r.c.StallMS) * time.Millisecond, r.exit})
+			i := len(rows) % 3
+			x := row{name: r.what, ok: r.c.OK, failed: r.c.Failed, wrong: r.c.Wrong, stall: time.Duration(r.c.StallMS) * time.Millisecond, exit: r.exit}
+			if !signalled.IsZero() {
+				x.across, x.after, x.down = r.c.longestAcross(signalled, up), r.c.stallAfter(up), up.Sub(signalled)
+				met := x.after <= restartStallGoal
+				x.goal = fmt.Sprintf("after <= %s: ", restartStallGoal)
+				if pauseGoal > 0 {
+					// What the upgrade added to the wait of a read
+					// under way: reads under this load wait up to
+					// the baseline's longest anyway.
+					added := max(0, x.across-baseline[i])
+					x.goal, met = fmt.Sprintf("added %s < %s: ", added.Round(time.Millisecond), pauseGoal), added < pauseGoal
+				}
+				x.goal += map[bool]string{true: "pass", false: "fail"}[met]
+			}
+			if signalled.IsZero() {
+				baseline[i] = x.stall
+			}
+			rows = append(rows, x)
 			if r.c.Failed > 0 || r.c.Wrong > 0 {
 				t.Errorf("%s%s: %d reads failed (first: %s), %d returned wrong bytes", name, r.what, r.c.Failed, r.c.First, r.c.Wrong)
 			}
 		}
 	}
-	scenario("cache daemon SIGKILL, restarted", func() time.Duration {
+	// The same load with nothing restarted (after a first pass that
+	// fills the cache): how long a read takes on this machine anyway.
+	warm := startLoad(t, target, rwTarget, s3Target)
+	time.Sleep(2 * time.Second)
+	warm.finish(t)
+	scenario("nothing restarted (the baseline)", 0, func() (time.Time, time.Duration) { return time.Time{}, 0 })
+	scenario("cache daemon SIGKILL, restarted", 0, func() (time.Time, time.Duration) {
+		now := time.Now()
 		took := stop(daemon, syscall.SIGKILL, cacheSock)
 		daemon = startDaemon()
-		return took
+		return now, took
 	})
-	scenario("cache daemon SIGTERM, replaced", func() time.Duration {
+	scenario("cache daemon SIGTERM, replaced", upgradePauseGoal, func() (time.Time, time.Duration) {
+		now := time.Now()
 		took := stop(daemon, syscall.SIGTERM, cacheSock)
 		daemon = startDaemon()
-		return took
+		return now, took
 	})
-	scenario("node plugin SIGKILL, restarted; then the daemon SIGKILL", func() time.Duration {
+	scenario("node plugin SIGKILL, restarted; then the daemon SIGKILL", 0, func() (time.Time, time.Duration) {
 		took := stop(drv, syscall.SIGKILL, csiSock)
 		drv = startDriver()
 		time.Sleep(3 * time.Second) // the daemon hands the new keeper its connections
+		now := time.Now()
 		stop(daemon, syscall.SIGKILL, cacheSock)
 		daemon = startDaemon()
-		return took
+		return now, took
+	})
+	// The keeper moves to a process of its own (the chart's
+	// keeper.separate): the daemon hands it every connection.
+	stop(drv, syscall.SIGKILL, csiSock)
+	start(t, filepath.Join(dir, "keeper.log"), filepath.Join(bin, "cistern"), "keeper", "--socket", keeperSock)
+	waitForSocket(t, keeperSock)
+	keeperInDriver = false
+	drv = startDriver()
+	time.Sleep(3 * time.Second)
+	scenario("keeper of its own; node plugin and daemon SIGKILL at once", 0, func() (time.Time, time.Duration) {
+		now := time.Now()
+		for _, p := range []*process{drv, daemon} {
+			if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+		<-drv.done
+		<-daemon.done
+		took := time.Since(now)
+		_ = os.Remove(csiSock)
+		_ = os.Remove(cacheSock)
+		drv = startDriver()
+		daemon = startDaemon()
+		return now, took
 	})
 
 	t.Logf("in another process, as a pod: 24 readers of a read-only file:// volume (4 MiB files); 8 readers and 4 writers (64 KiB files, read back) of a read-write one; 8 readers of a read-only S3 volume with credentials")
-	t.Logf("%-58s %8s %7s %6s %12s %10s", "scenario", "reads ok", "failed", "wrong", "longest read", "exit took")
+	t.Logf("longest: of the scenario; no daemon: from the signal until the new daemon answered; across: the longest read under way then; after up: the longest wait counted from when it answered; added: across less the baseline's longest")
+	t.Logf("%-56s %8s %6s %5s %8s %9s %8s %8s %9s  %s", "scenario", "reads ok", "failed", "wrong", "longest", "no daemon", "across", "after up", "exit took", "goal")
+	ms := func(d time.Duration) string {
+		if d == 0 {
+			return ""
+		}
+		return d.Round(time.Millisecond).String()
+	}
 	for _, r := range rows {
-		t.Logf("%-58s %8d %7d %6d %12s %10s", r.name, r.ok, r.failed, r.wrong, r.stall.Round(time.Millisecond), r.exit.Round(time.Millisecond))
+		t.Logf("%-56s %8d %6d %5d %8s %9s %8s %8s %9s  %s", r.name, r.ok, r.failed, r.wrong, ms(r.stall), ms(r.down), ms(r.across), ms(r.after), ms(r.exit), r.goal)
 	}
 
 	for _, v := range []struct{ id, target, staging string }{{vol.VolumeId, target, staging}, {rw.Volume.VolumeId, rwTarget, rwStaging}, {s3v.Volume.VolumeId, s3Target, s3Staging}} {
@@ -349,6 +438,40 @@ func shards() map[string][]byte {
 type loadCounts struct {
 	OK, Failed, Wrong, StallMS int64
 	First                      string
+	Slow                       [][2]int64
+}
+
+// stallAfter is the longest any read of c waited after t: a read that
+// began before t counts from t.
+func (c loadCounts) stallAfter(t time.Time) time.Duration {
+	var longest time.Duration
+	for _, r := range c.Slow {
+		start, end := time.Unix(0, r[0]), time.Unix(0, r[1])
+		if end.After(t) {
+			longest = max(longest, end.Sub(later(start, t)))
+		}
+	}
+	return longest
+}
+
+// longestAcross is the longest read of c that was under way at some time
+// between from and to.
+func (c loadCounts) longestAcross(from, to time.Time) time.Duration {
+	var longest time.Duration
+	for _, r := range c.Slow {
+		start, end := time.Unix(0, r[0]), time.Unix(0, r[1])
+		if start.Before(to) && end.After(from) {
+			longest = max(longest, end.Sub(start))
+		}
+	}
+	return longest
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // childLoad is the load running in another process: the test process
@@ -418,7 +541,7 @@ func TestLoadProcess(t *testing.T) {
 	b.finish()
 	c.finish()
 	counts := func(l *readLoad) loadCounts {
-		c := loadCounts{OK: l.ok.Load(), Failed: l.failed.Load(), Wrong: l.wrong.Load(), StallMS: l.stall.Milliseconds()}
+		c := loadCounts{OK: l.ok.Load(), Failed: l.failed.Load(), Wrong: l.wrong.Load(), StallMS: l.stall.Milliseconds(), Slow: l.slow}
 		if l.firstErr != nil {
 			c.First = l.firstErr.Error()
 		}

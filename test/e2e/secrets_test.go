@@ -26,7 +26,7 @@ import (
 // buildBinaries builds cistern-csi and cistern-cache into dir.
 func buildBinaries(t *testing.T, dir string) {
 	t.Helper()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/cistern-csi", "../../cmd/cistern-cache")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/cistern-csi", "../../cmd/cistern-cache", "../../cmd/cistern")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
