@@ -78,6 +78,7 @@ func (s *Source) takeHead(name, fingerprint string, p []byte, off int64) (int, b
 type dirListing struct {
 	at      time.Time
 	entries map[string]source.Attr // may be the first lookupListing entries only
+	list    []source.Entry         // the whole directory in order; nil if entries is a part
 }
 
 // headBufs are the lookups' buffers, reused.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -121,7 +122,7 @@ func (s *Source) listInBackground(dir string) {
 		defer cancel()
 		objs, err := s.c.ListUpTo(ctx, dir, lookupListing)
 		if err == nil {
-			s.keep(dir, objs)
+			s.keep(dir, objs, len(objs) > 0 && len(objs) < lookupListing)
 		}
 		s.mu.Lock()
 		delete(s.listing, dir)
@@ -129,8 +130,9 @@ func (s *Source) listInBackground(dir string) {
 	}()
 }
 
-// keep stores a listing of dir and returns its entries.
-func (s *Source) keep(dir string, objs []s3store.Object) []source.Entry {
+// keep stores a listing of dir, the whole directory's if complete, and
+// returns its entries.
+func (s *Source) keep(dir string, objs []s3store.Object, complete bool) []source.Entry {
 	out := make([]source.Entry, 0, len(objs))
 	ents := make(map[string]source.Attr, len(objs))
 	for _, o := range objs {
@@ -146,7 +148,11 @@ func (s *Source) keep(dir string, objs []s3store.Object) []source.Entry {
 		if len(s.dirs) > 65536 {
 			clear(s.dirs)
 		}
-		s.dirs[dir] = &dirListing{at: time.Now(), entries: ents}
+		l := &dirListing{at: time.Now(), entries: ents}
+		if complete {
+			l.list = out
+		}
+		s.dirs[dir] = l
 		s.mu.Unlock()
 	}
 	return out
@@ -236,10 +242,15 @@ func (s *Source) lookup(ctx context.Context, name string) (s3store.Object, error
 	return o, err
 }
 
-// List implements source.Source.
+// List implements source.Source: a fresh complete listing answers (a
+// walk of the tree lists each directory again at every pass), else the
+// store.
 func (s *Source) List(ctx context.Context, dir string) ([]source.Entry, error) {
 	if err := source.CheckName(dir); err != nil {
 		return nil, err
+	}
+	if l := s.cached(dir); l != nil && l.list != nil {
+		return slices.Clone(l.list), nil
 	}
 	objs, err := s.c.List(ctx, dir)
 	if err != nil {
@@ -253,7 +264,7 @@ func (s *Source) List(ctx context.Context, dir string) ([]source.Entry, error) {
 			return nil, &fs.PathError{Op: "readdir", Path: dir, Err: syscall.ENOENT}
 		}
 	}
-	return s.keep(dir, objs), nil
+	return s.keep(dir, objs, true), nil
 }
 
 // ReadAt implements source.Source (an unconditional read).

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -120,5 +122,58 @@ func TestS3LookupsBounded(t *testing.T) {
 	}
 	if peak == 0 || peak > headSlots {
 		t.Errorf("%d lookups held a first-bytes buffer at once, want 1..%d", peak, headSlots)
+	}
+}
+
+// TestS3ListingAnswersListsForItsPeriod: a directory listed again within
+// the metacache period costs no request (a walk of the tree lists every
+// directory at each pass: with a request each, a warm `find` ran at the
+// store's pace); a change made through the source is seen at once; a
+// partial listing (a lookup's) or a period of 0 never answers.
+func TestS3ListingAnswersListsForItsPeriod(t *testing.T) {
+	e := cachetest.NewS3Env(t)
+	cfg := s3store.Config{Timeout: 2 * time.Second, MaxRetries: 1}
+	src := New(e.Client(t, cfg), Options{MetaCache: time.Hour})
+	ctx := context.Background()
+	first, err := src.List(ctx, "day-00")
+	if err != nil || len(first) == 0 {
+		t.Fatalf("List = %d entries, %v", len(first), err)
+	}
+	e.Srv.Freeze()
+	again, err := src.List(ctx, "day-00")
+	e.Srv.Thaw()
+	if err != nil || !slices.Equal(again, first) {
+		t.Fatalf("List again within the period = %d entries, %v; want the %d of the first", len(again), err, len(first))
+	}
+
+	// A change through the source drops the listing.
+	f, err := os.CreateTemp(t.TempDir(), "up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Upload(ctx, "day-00/added.csv", f, 0); err != nil {
+		t.Fatal(err)
+	}
+	after, err := src.List(ctx, "day-00")
+	if err != nil || len(after) != len(first)+1 {
+		t.Errorf("List after an upload = %d entries, %v; want %d", len(after), err, len(first)+1)
+	}
+	if err := src.RemoveFile(ctx, "day-00/added.csv"); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := src.List(ctx, "day-00"); err != nil || !slices.Equal(after, first) {
+		t.Errorf("List after a removal = %d entries, %v; want the %d of the first", len(after), err, len(first))
+	}
+
+	// A period of 0: every List asks the store.
+	zero := New(e.Client(t, cfg), Options{})
+	if _, err := zero.List(ctx, "day-00"); err != nil {
+		t.Fatal(err)
+	}
+	e.Srv.Freeze()
+	_, err = zero.List(ctx, "day-00")
+	e.Srv.Thaw()
+	if err == nil {
+		t.Error("List with metacache 0 answered while the store was frozen: it was served from memory")
 	}
 }
