@@ -46,6 +46,9 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 		if d.ReadOnly {
 			mode = "ro"
 		}
+		if d.AccessPattern == api.PatternSmallFiles {
+			mode += ",small-files"
+		}
 		var cached int64
 		for _, b := range d.Stats.TierBytes {
 			cached += b

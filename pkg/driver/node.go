@@ -302,16 +302,13 @@ func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, rea
 	}
 	req := api.MountRequest{
 		Holder: holder, Dataset: p.Dataset, Source: p.Source.String(), ReadOnly: readOnly,
-		MetaCache: mc, Warmup: p.Warmup, Secrets: secrets,
+		MetaCache: mc, Warmup: p.Warmup, Secrets: secrets, AccessPattern: p.AccessPattern,
 	}
 	if p.Source.IsS3() {
 		// An object store has no owners: the parameters and the
 		// volume's fsGroup say them, and the mount shows them.
 		req.UID, req.GID, req.FileMode, req.DirMode = p.Owner.UID, p.Owner.GID, p.Owner.FileMode, p.Owner.DirMode
 		req.MountGroup = group
-	}
-	if p.SmallFiles {
-		req.AccessPattern = "small-files"
 	}
 	resp, err := d.cache.Mount(ctx, req)
 	switch {

@@ -104,9 +104,10 @@ type Params struct {
 	Shared     bool
 	CacheGroup string
 	OnDelete   OnDelete
-	// SmallFiles is accessPattern=small-files: many small immutable files,
-	// served without per-open round trips.
-	SmallFiles bool
+	// AccessPattern is accessPattern: "" (the cache daemon chooses from a
+	// sample of a read-only dataset), "default" or "small-files" (many
+	// small immutable files, served without per-open round trips).
+	AccessPattern string
 	// MetaCache is how long listings and attributes are trusted.
 	MetaCache time.Duration
 	// Owner owns an S3 dataset's files.
@@ -198,12 +199,13 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	}
 
 	switch v := m[ParamPattern]; v {
-	case "", "default":
-	case "small-files":
+	case "", api.PatternDefault:
+		p.AccessPattern = v
+	case api.PatternSmallFiles:
 		if !p.ReadOnly() {
 			return nil, fmt.Errorf("parameter %s=small-files needs access=read-only: it serves files as immutable", ParamPattern)
 		}
-		p.SmallFiles = true
+		p.AccessPattern = v
 	default:
 		return nil, fmt.Errorf("parameter %s %q must be default or small-files", ParamPattern, v)
 	}
@@ -293,8 +295,8 @@ func (p *Params) Context() map[string]string {
 			}
 		}
 	}
-	if p.SmallFiles {
-		m[ParamPattern] = "small-files"
+	if p.AccessPattern != "" {
+		m[ParamPattern] = p.AccessPattern
 	}
 	m[ParamMetaCache] = p.MetaCache.String()
 	if len(p.Warmup) > 0 {

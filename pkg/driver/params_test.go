@@ -39,7 +39,7 @@ func TestParseParams(t *testing.T) {
 
 		{name: "unknown key", in: base("acess", "read-write"), wantErr: `unknown parameter "acess"`},
 		{name: "not built yet", in: base("blockSize", "4Mi"), wantErr: `parameter "blockSize" is not supported yet`},
-		{name: "small files", in: base("accessPattern", "small-files"), want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, SmallFiles: true, MetaCache: time.Hour}},
+		{name: "small files", in: base("accessPattern", "small-files"), want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, AccessPattern: "small-files", MetaCache: time.Hour}},
 		{name: "small files read-write", in: base("accessPattern", "small-files", "access", "read-write"), wantErr: "needs access=read-only"},
 		{name: "metacache and warmup", in: base("metacache", "0", "warmup", "/, train/shard-0/ ,val"), want: Params{Dataset: "imagenet", Source: api.Source{Scheme: "file", Path: "/datasets/imagenet"}, Access: ReadOnly, SubPath: DefaultSubPath, OnDelete: Retain, Warmup: []string{"", "train/shard-0", "val"}}},
 		{name: "bad metacache", in: base("metacache", "forever"), wantErr: "metacache \"forever\" must be a duration"},

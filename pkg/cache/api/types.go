@@ -178,14 +178,17 @@ type StatsResponse struct {
 
 // DatasetInfo describes a mounted dataset.
 type DatasetInfo struct {
-	Key       string       `json:"key"`
-	Dataset   string       `json:"dataset"`
-	Source    string       `json:"source"`
-	ReadOnly  bool         `json:"readOnly"`
-	MountPath string       `json:"mountPath"`
-	Holders   int          `json:"holders"`
-	Reads     int64        `json:"fuseReads"`
-	Stats     DatasetStats `json:"stats"`
+	Key      string `json:"key"`
+	Dataset  string `json:"dataset"`
+	Source   string `json:"source"`
+	ReadOnly bool   `json:"readOnly"`
+	// AccessPattern is what the mount serves: the request's, or the one
+	// chosen from a sample of the dataset (see the README).
+	AccessPattern string       `json:"accessPattern,omitempty"`
+	MountPath     string       `json:"mountPath"`
+	Holders       int          `json:"holders"`
+	Reads         int64        `json:"fuseReads"`
+	Stats         DatasetStats `json:"stats"`
 	// Warmup is the progress of the warm-up started at mount, if any.
 	Warmup *WarmupProgress `json:"warmup,omitempty"`
 }

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -27,7 +28,7 @@ func (d *Daemon) fsOptions(key string, req api.MountRequest, m *mounted) fusefs.
 		Name:        key,
 		ReadOnly:    req.ReadOnly,
 		MetaCache:   req.MetaCache,
-		SmallFiles:  req.AccessPattern == api.PatternSmallFiles,
+		SmallFiles:  m.pattern == api.PatternSmallFiles,
 		Passthrough: req.ReadOnly,
 		SpoolDir:    filepath.Join(d.opts.StateDir, "uploads"),
 		InodeTable:  filepath.Join(datasets, key, "inodes"),
@@ -63,7 +64,7 @@ func (d *Daemon) handOver(m *mounted, withDev bool) {
 	slices.Sort(holders)
 	req := m.req
 	req.Secrets = m.secrets
-	e := keeper.Entry{Key: m.key, Request: req, Holders: holders, Init: conn.Init, Epoch: conn.Epoch}
+	e := keeper.Entry{Key: m.key, Request: req, Pattern: m.pattern, Holders: holders, Init: conn.Init, Epoch: conn.Epoch}
 	if withDev {
 		e.Dev = conn.Dev
 	}
@@ -138,7 +139,9 @@ func (d *Daemon) resume(e keeper.Entry) error {
 	if err != nil {
 		return err
 	}
-	m := &mounted{key: e.Key, req: req, secrets: secrets, mnt: mnt, log: log, holders: map[string]bool{}}
+	// The pattern the connection was served with (the kernel remembers
+	// no-open mode); an entry of an older daemon has the request's only.
+	m := &mounted{key: e.Key, req: req, secrets: secrets, mnt: mnt, log: log, holders: map[string]bool{}, pattern: cmp.Or(e.Pattern, req.AccessPattern)}
 	m.ds = d.cache.Dataset(e.Key, src)
 	started := time.Now()
 	m.fs, err = fusefs.Resume(mnt, m.ds, d.fsOptions(e.Key, req, m), session.Conn{Dev: e.Dev, Init: e.Init, Epoch: e.Epoch})

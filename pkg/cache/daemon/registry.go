@@ -15,6 +15,7 @@ import (
 	"github.com/cistern-csi/cistern/pkg/cache"
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/fusefs"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
 
 // mounted is one dataset the daemon serves.
@@ -27,6 +28,7 @@ type mounted struct {
 	fs      *fusefs.FS
 	ds      *cache.Dataset
 	log     klog.Logger
+	pattern string // the access pattern served (see pattern.go)
 
 	handMu  sync.Mutex          // orders hand-overs to the keeper
 	dropped bool                // guarded by handMu; dropped from the keeper: never handed over again
@@ -125,6 +127,8 @@ func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequ
 		return nil, err
 	}
 	m := &mounted{key: key, req: req, secrets: secrets, mnt: mnt, log: log, holders: map[string]bool{}}
+	_, posix := src.(source.Writable)
+	m.pattern = d.pattern(ctx, req, src, posix, m)
 	m.ds = d.cache.Dataset(key, src)
 	mount := fusefs.Mount
 	if d.keeper != nil {
@@ -133,7 +137,7 @@ func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequ
 	if m.fs, err = mount(mnt, m.ds, d.fsOptions(key, req, m)); err != nil {
 		return nil, fmt.Errorf("mount dataset %s: %w", req.Dataset, err)
 	}
-	log.Info("Dataset mounted", "source", req.Source, "readOnly", req.ReadOnly, "mountPath", mnt)
+	log.Info("Dataset mounted", "source", req.Source, "readOnly", req.ReadOnly, "accessPattern", m.pattern, "mountPath", mnt)
 	return m, nil
 }
 

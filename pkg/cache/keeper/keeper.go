@@ -26,6 +26,7 @@ import (
 type Entry struct {
 	Key     string           `json:"key"`
 	Request api.MountRequest `json:"request"` // with its secrets
+	Pattern string           `json:"pattern"` // the access pattern the daemon serves (chosen when the request has none)
 	Holders []string         `json:"holders"` // the volumes that hold the dataset
 	Init    []byte           `json:"init"`    // the kernel's INIT request
 	Epoch   uint16           `json:"epoch"`
