@@ -42,6 +42,7 @@ type config struct {
 	largeSize      int64
 	perReaderFiles int
 	perReaderBytes int64
+	metaFiles      int // files of the metadata tree (find and stat)
 	levels         []int
 	volumes        int // memory: published volumes / rclone processes
 	publishes      int
@@ -55,7 +56,7 @@ type config struct {
 func main() {
 	var c config
 	var levels string
-	flag.BoolVar(&c.full, "full", false, "the large run: 20,000 x 64 KiB and 4 x 1 GiB, 200 files or 128 MiB per reader")
+	flag.BoolVar(&c.full, "full", false, "the large run: 20,000 x 64 KiB and 4 x 1 GiB, 200 files or 128 MiB per reader, 100,000 files to find and stat")
 	flag.BoolVar(&c.smoke, "smoke", false, "tiny sizes, every system (CI: the harness cannot rot); writes under _output")
 	flag.DurationVar(&c.latency, "latency", 10*time.Millisecond, "latency the store model adds in each direction")
 	flag.Int64Var(&c.bandwidth, "bandwidth", 1_000_000_000, "the store model's bandwidth per direction, bits/s (0: unlimited)")
@@ -69,7 +70,7 @@ func main() {
 	c.smallSize, c.largeFiles = 64<<10, 4
 	switch {
 	case c.smoke:
-		c.smallFiles, c.largeSize, c.perReaderFiles, c.perReaderBytes = 40, 8<<20, 5, 2<<20
+		c.smallFiles, c.largeSize, c.perReaderFiles, c.perReaderBytes, c.metaFiles = 40, 8<<20, 5, 2<<20, 200
 		c.volumes, c.publishes, c.rounds = 4, 10, 1
 		if !isFlagSet("readers") {
 			levels = "1,4"
@@ -78,10 +79,10 @@ func main() {
 			c.out = "_output/bench-smoke"
 		}
 	case c.full:
-		c.smallFiles, c.largeSize, c.perReaderFiles, c.perReaderBytes = 20_000, 1<<30, 200, 128<<20
+		c.smallFiles, c.largeSize, c.perReaderFiles, c.perReaderBytes, c.metaFiles = 20_000, 1<<30, 200, 128<<20, 100_000
 		c.volumes, c.publishes, c.rounds = 100, 100, 2
 	default:
-		c.smallFiles, c.largeSize, c.perReaderFiles, c.perReaderBytes = 1_000, 128<<20, 50, 16<<20
+		c.smallFiles, c.largeSize, c.perReaderFiles, c.perReaderBytes, c.metaFiles = 1_000, 128<<20, 50, 16<<20, 10_000
 		c.volumes, c.publishes, c.rounds = 100, 100, 2
 	}
 	if c.out == "" {
@@ -202,6 +203,9 @@ func runBench(c config) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := generateMeta(native, c.metaFiles); err != nil {
+		return err
+	}
 	total := int64(len(ds.small))*ds.smallSize + int64(len(ds.large))*ds.largeSize
 	say("dataset: %d x %d KiB and %d x %d MiB (%d MiB) in %s", len(ds.small), ds.smallSize>>10, len(ds.large), ds.largeSize>>20, total>>20, native)
 	if b.srv, err = s3server.Start(filepath.Join(b.work, "s3")); err != nil {
@@ -227,7 +231,7 @@ func runBench(c config) (err error) {
 	if err != nil {
 		return fmt.Errorf("cistern: %w", err)
 	}
-	systems = append(systems, &system{name: "cistern", acc: fileAccess{b.cistern.target}, cold: b.cistern.cold})
+	systems = append(systems, &system{name: "cistern", acc: fileAccess{b.cistern.target}, cold: b.cistern.cold, pid: b.cistern.pid})
 	passwd := filepath.Join(b.work, "s3fs.passwd")
 	if err := os.WriteFile(passwd, []byte(st.ak+":"+st.sk+"\n"), 0o600); err != nil {
 		return err
@@ -246,7 +250,7 @@ func runBench(c config) (err error) {
 			if err := m.up(); err != nil {
 				sys.skip = err.Error()
 			} else {
-				sys.acc, sys.cold = fileAccess{dir}, m.cold
+				sys.acc, sys.cold, sys.pid = fileAccess{dir}, m.cold, m.pid
 			}
 		}
 		if sys.skip != "" {
@@ -282,8 +286,14 @@ func runBench(c config) (err error) {
 						warmNative(native, p) // the limit: page cache warm
 					}
 					before := b.px.BytesDown.Load()
+					cpu := sys.cpu()
 					r := run(sys.acc, p)
 					r.system, r.phase, r.storeBytes = sys.name, phase, b.px.BytesDown.Load()-before
+					if after := sys.cpu(); cpu >= 0 && after >= 0 {
+						r.cpu = after - cpu
+					} else {
+						r.cpu = -1
+					}
 					results = append(results, r)
 					status := ""
 					if r.err != "" {
@@ -311,13 +321,19 @@ func runBench(c config) (err error) {
 		say("warm rates %-8s seq %8.0f MiB/s  rand4k %9.0f IOPS  small16 %8.0f files/s %s", r.system, r.seq, r.rand4k, r.small16, r.err)
 	}
 
+	// Metadata: find and stat of the meta tree.
+	meta, err := measureMeta(ctx, systems, c.metaFiles)
+	if err != nil {
+		return err
+	}
+
 	// Control plane and memory.
 	cp, err := controlPlane(ctx, b, ds, st)
 	if err != nil {
 		return err
 	}
 
-	rep := report{c: c, ds: ds, results: results, rates: rs, cp: cp, systems: systems, took: time.Since(started)}
+	rep := report{c: c, ds: ds, results: results, rates: rs, meta: meta, cp: cp, systems: systems, took: time.Since(started)}
 	if err := rep.write(); err != nil {
 		return err
 	}

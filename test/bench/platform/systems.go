@@ -27,6 +27,9 @@ type system struct {
 	cold func(ctx context.Context) error
 	// skip says why the system cannot run here ("" = it runs).
 	skip string
+	// pid is the process serving the system's mount now (nil: none, the
+	// readers do all the work).
+	pid func() int
 }
 
 // procs tracks every process the bench starts, to stop them by PID.
@@ -139,6 +142,22 @@ type cisternStack struct {
 	vol     *csi.Volume
 	staging string
 	target  string
+}
+
+// pid is cistern-cache's (the process that serves the mounts).
+func (c *cisternStack) pid() int {
+	if c.cacheP == nil || c.cacheP.Process == nil {
+		return 0
+	}
+	return c.cacheP.Process.Pid
+}
+
+// cpu is the CPU time of the system's serving process (-1: none).
+func (s *system) cpu() float64 {
+	if s.pid == nil {
+		return -1
+	}
+	return cpuSeconds(s.pid())
 }
 
 var roCap = &csi.VolumeCapability{
@@ -328,6 +347,14 @@ func newS3fs(p *procs, st store, dir, cacheDir, log, passwd string) *fuseMount {
 }
 
 // up starts the mount and waits for it.
+// pid is the mount's process now (0 when it is down).
+func (m *fuseMount) pid() int {
+	if m.cmd == nil || m.cmd.Process == nil {
+		return 0
+	}
+	return m.cmd.Process.Pid
+}
+
 func (m *fuseMount) up() error {
 	for _, d := range []string{m.dir, m.cache} {
 		if err := os.MkdirAll(d, 0o755); err != nil {

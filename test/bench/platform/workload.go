@@ -82,6 +82,7 @@ type result struct {
 	bytes         int64 // read by the readers
 	storeBytes    int64 // sent by the store (through the proxy)
 	unique        int64
+	cpu           float64 // CPU seconds of the system's serving process (-1: none, or not measured)
 	err           string
 }
 
