@@ -60,7 +60,7 @@ type Options struct {
 	// few large blocks, in flight.
 	MaxFetches    int
 	MaxFetchBytes int64
-	// ReadAhead is how many blocks a sequential reader prefetches (4).
+	// ReadAhead is how many blocks a sequential reader prefetches (8).
 	ReadAhead int
 	// MaxOpenFiles bounds the cache files held open at once (the least
 	// recently used is closed and reopened on demand): a dataset of a
@@ -103,7 +103,7 @@ func (o *Options) setDefaults() error {
 		o.MaxFetchBytes = 16 * o.BlockSize
 	}
 	if o.ReadAhead == 0 {
-		o.ReadAhead = 4
+		o.ReadAhead = 8
 	}
 	if o.MaxOpenFiles <= 0 {
 		o.MaxOpenFiles = 4096
