@@ -50,12 +50,16 @@ type config struct {
 	work, out      string
 	binDir         string
 	keep           bool
-	keeper         bool // the cache daemon hands its FUSE connections to a keeper, as the chart runs it
+	keeper         bool            // the cache daemon hands its FUSE connections to a keeper, as the chart runs it
+	only           map[string]bool // --systems: the systems to run (nil: all)
 }
+
+// wants reports whether the system name runs (--systems).
+func (c config) wants(name string) bool { return c.only == nil || c.only[name] }
 
 func main() {
 	var c config
-	var levels string
+	var levels, only string
 	flag.BoolVar(&c.full, "full", false, "the large run: 20,000 x 64 KiB and 4 x 1 GiB, 200 files or 128 MiB per reader, 100,000 files to find and stat")
 	flag.BoolVar(&c.smoke, "smoke", false, "tiny sizes, every system (CI: the harness cannot rot); writes under _output")
 	flag.DurationVar(&c.latency, "latency", 10*time.Millisecond, "latency the store model adds in each direction")
@@ -66,7 +70,20 @@ func main() {
 	flag.StringVar(&c.binDir, "bin-dir", "bin", "where cistern-csi and cistern-cache are (make build)")
 	flag.BoolVar(&c.keeper, "keeper", true, "run cistern-cache with a keeper (cistern keeper), as the chart does: mounts are served by FUSE sessions a restart can take over")
 	flag.BoolVar(&c.keep, "keep", false, "keep the work directory (data, caches and the daemons' logs) at the end")
+	flag.StringVar(&only, "systems", "", "run only these systems, comma-separated (direct, cistern, rclone, s3fs, native; default all): a partial report, for working on one system")
 	flag.Parse()
+	if only != "" {
+		c.only = map[string]bool{}
+		for _, n := range strings.Split(only, ",") {
+			switch n = strings.TrimSpace(n); n {
+			case "direct", "cistern", "rclone", "s3fs", "native":
+				c.only[n] = true
+			default:
+				fmt.Fprintf(os.Stderr, "platform: --systems: unknown system %q (known: direct, cistern, rclone, s3fs, native)\n", n)
+				os.Exit(2)
+			}
+		}
+	}
 	c.smallSize, c.largeFiles = 64<<10, 4
 	switch {
 	case c.smoke:
@@ -226,17 +243,26 @@ func runBench(c config) (err error) {
 	if err != nil {
 		return err
 	}
-	systems := []*system{{name: "direct", acc: s3Access{mc: mc, bucket: st.bucket, prefix: st.prefix}}}
+	var systems []*system
+	if c.wants("direct") {
+		systems = append(systems, &system{name: "direct", acc: s3Access{mc: mc, bucket: st.bucket, prefix: st.prefix}})
+	}
+	// Cistern always starts: the control-plane and memory figures are its.
 	b.cistern, err = startCistern(ctx, filepath.Join(b.work, "cistern"), c.binDir, c.keeper, &b.procs, st, 2*total+1<<30)
 	if err != nil {
 		return fmt.Errorf("cistern: %w", err)
 	}
-	systems = append(systems, &system{name: "cistern", acc: fileAccess{b.cistern.target}, cold: b.cistern.cold, pid: b.cistern.pid})
+	if c.wants("cistern") {
+		systems = append(systems, &system{name: "cistern", acc: fileAccess{b.cistern.target}, cold: b.cistern.cold, pid: b.cistern.pid})
+	}
 	passwd := filepath.Join(b.work, "s3fs.passwd")
 	if err := os.WriteFile(passwd, []byte(st.ak+":"+st.sk+"\n"), 0o600); err != nil {
 		return err
 	}
 	for _, peer := range []string{"rclone", "s3fs"} {
+		if !c.wants(peer) {
+			continue
+		}
 		sys := &system{name: peer, skip: available(peer)}
 		if sys.skip == "" {
 			dir, cache, log := filepath.Join(b.work, peer, "mnt"), filepath.Join(b.work, peer, "cache"), filepath.Join(b.work, peer+".log")
@@ -258,7 +284,9 @@ func runBench(c config) (err error) {
 		}
 		systems = append(systems, sys)
 	}
-	systems = append(systems, &system{name: "native", acc: fileAccess{native}})
+	if c.wants("native") {
+		systems = append(systems, &system{name: "native", acc: fileAccess{native}})
+	}
 
 	// The concurrency sweep, interleaved system by system.
 	var results []result
@@ -306,6 +334,12 @@ func runBench(c config) (err error) {
 		}
 	}
 
+	// One reader of a whole large file, cold.
+	seq, err := measureColdSeq(ctx, systems, ds, b.px)
+	if err != nil {
+		return err
+	}
+
 	// Warm single-node rates against native.
 	var rs []rates
 	for _, sys := range systems {
@@ -333,7 +367,7 @@ func runBench(c config) (err error) {
 		return err
 	}
 
-	rep := report{c: c, ds: ds, results: results, rates: rs, meta: meta, cp: cp, systems: systems, took: time.Since(started)}
+	rep := report{c: c, ds: ds, results: results, seq: seq, rates: rs, meta: meta, cp: cp, systems: systems, took: time.Since(started)}
 	if err := rep.write(); err != nil {
 		return err
 	}
