@@ -106,6 +106,11 @@ func (r *report) metaGoal() goal {
 			if m.phase != phase || m.err != "" {
 				continue
 			}
+			if m.afterPartial {
+				// Its warm walk was partly cold: not a warm rate.
+				parts = append(parts, fmt.Sprintf("%s %s not measured (its cold walk was stopped)", m.system, phase))
+				continue
+			}
 			switch {
 			case m.system == "cistern":
 				mine = m.rate()

@@ -31,6 +31,7 @@ type metaResult struct {
 	files         int
 	elapsed       time.Duration
 	partial       bool // stopped at metaBudget: files is what it walked
+	afterPartial  bool // warm after a cold walk that was stopped: part of it was cold
 	err           string
 }
 
@@ -123,6 +124,9 @@ func measureMeta(ctx context.Context, systems []*system, want int) ([]metaResult
 				}
 			}
 			r := metaResult{system: sys.name, phase: phase}
+			if phase == "warm" && len(out) > 0 && out[len(out)-1].partial {
+				r.afterPartial = true
+			}
 			start := time.Now()
 			var err error
 			switch acc := sys.acc.(type) {

@@ -159,7 +159,7 @@ func (r *report) write() error {
 	w("")
 	w("### Warm rates, ratio to `native`")
 	w("")
-	w("One node, caches warm: `seq` one reader of a whole large file, `rand4k` random 4 KiB reads of it, `small16` 16 readers over every small file (best of %d).", c.rounds)
+	w("One node, caches warm: `seq` one reader of a whole large file, `rand4k` random 4 KiB reads of it, `small16` 16 readers over every small file, passes for at least a second (best of %d).", c.rounds)
 	w("")
 	w("| system | seq | rand4k | small16 |")
 	w("|---|---|---|---|")
@@ -197,6 +197,9 @@ func (r *report) write() error {
 		took := m.elapsed.Round(time.Millisecond).String()
 		if m.partial {
 			took += " (stopped: the walk's budget)"
+		}
+		if m.afterPartial {
+			took += " (the cold walk was stopped: this one was partly cold)"
 		}
 		w("| %s | %.0f | %d | %s | %s |", m.label(), m.rate(), m.files, took, m.err)
 	}
@@ -334,16 +337,21 @@ const lossCauses = `What we think causes these. With many cold readers of large 
 to the store is the bottleneck (all systems together cannot beat its
 bandwidth), and the systems share it differently. Cistern reads up to 16
 blocks of 4 MiB from the store at once, first come first served, and every
-reader waits for its own block: readers progress at about the same pace, so the average
-read waits long but the last reader finishes early (at 50 and 100 readers
-Cistern has the shortest completion time and the highest aggregate
-throughput of the cold systems, and fetches each byte once). s3fs downloads
-a whole file with parallel ranged GETs when it is opened, and rclone
-streams each open file in order: the first readers of a file are served at
-once and later ones wait, which gives a lower average, a longer run, and
-(rclone) more store traffic. A better average for Cistern needs fetches
-ordered by the reader waiting longest (deadline order rather than first
-come), which it does not have yet. With one reader the differences are
+reader waits for its own block: readers progress at about the same pace, so
+the longest waits are short and the last reader finishes early (at 50 and
+100 readers Cistern has the shortest completion time, the lowest p99 and
+the highest aggregate throughput of the cold systems, and fetches each
+byte once), while the average read waits long. rclone and s3fs keep a
+reader waiting in open() while they fetch (counted in its first read) and
+serve its reads from what they fetched: their average depends on the order
+they happen to serve files in, and their p99 is long. Average and p99
+trade against each other here: a simulation of the 100-reader step
+(hack/schedsim.py: 32 ranges of 16 MiB, a shared 111 MiB/s link, 20 ms to
+the first byte) puts every block scheduler on one frontier, from first
+come first served (average 280 ms, p99 0.8 s) to oldest reader first (180
+ms, 4.0 s), with oldest first promoting requests that waited 2 s at about
+195-200 ms and 2.5 s. Cistern keeps the short tail: a synchronous training
+step waits for its slowest reader. With one reader the differences are
 within this machine's noise: two cores run the S3 server, the store model,
 the FUSE daemon and the readers.`
 
