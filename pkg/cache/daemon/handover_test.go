@@ -15,6 +15,22 @@ import (
 	"github.com/cistern-csi/cistern/pkg/cache/keeper"
 )
 
+// withKeeper starts a keeper in a new state directory (closed when the
+// test ends) and returns it with the options of a daemon that hands its
+// connections to it.
+func withKeeper(t *testing.T) (*keeper.Keeper, Options) {
+	t.Helper()
+	cachetest.RequireFUSE(t)
+	state := t.TempDir()
+	k, err := keeper.Listen(filepath.Join(state, "keeper.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	return k, Options{Socket: filepath.Join(state, "cache.sock"), StateDir: state, Tiers: "disk:" + filepath.Join(state, "disk") + ":256Mi",
+		BlockSize: cachetest.Block, Grace: time.Hour, Keeper: filepath.Join(state, "keeper.sock")}
+}
+
 // TestCloseWithAKeeper: a daemon that stops with a keeper leaves a dataset
 // a volume holds mounted for the next daemon, which takes it back (same
 // mount, holder and files) and unmounts it when released; a dataset no
@@ -22,14 +38,7 @@ import (
 // uninstall leaves no mount behind).
 func TestCloseWithAKeeper(t *testing.T) {
 	cachetest.RequireFUSE(t)
-	state := t.TempDir()
-	k, err := keeper.Listen(filepath.Join(state, "keeper.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Close()
-	opts := Options{Socket: filepath.Join(state, "cache.sock"), StateDir: state, Tiers: "disk:" + filepath.Join(state, "disk") + ":256Mi",
-		BlockSize: cachetest.Block, Grace: time.Hour, Keeper: filepath.Join(state, "keeper.sock")}
+	k, opts := withKeeper(t)
 	src := map[string]string{}
 	for _, name := range []string{"held", "released"} {
 		dir := filepath.Join(t.TempDir(), name)
@@ -44,7 +53,7 @@ func TestCloseWithAKeeper(t *testing.T) {
 	mounted := func() string { b, _ := os.ReadFile("/proc/mounts"); return string(b) }
 	t.Cleanup(func() {
 		for _, line := range strings.Split(mounted(), "\n") {
-			if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], state) {
+			if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], opts.StateDir) {
 				t.Errorf("mount left at %s", f[1])
 				_ = unix.Unmount(f[1], unix.MNT_DETACH)
 			}
@@ -103,15 +112,9 @@ func TestCloseWithAKeeper(t *testing.T) {
 // and then when the daemon's first keeper check met its release).
 func TestHandOverAfterReleaseKeepsNothing(t *testing.T) {
 	cachetest.RequireFUSE(t)
-	state := t.TempDir()
-	k, err := keeper.Listen(filepath.Join(state, "keeper.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Close()
+	k, opts := withKeeper(t)
 	dir := t.TempDir()
-	d, err := New(Options{Socket: filepath.Join(state, "cache.sock"), StateDir: state, Tiers: "disk:" + filepath.Join(state, "disk") + ":256Mi",
-		BlockSize: cachetest.Block, Grace: time.Hour, Keeper: filepath.Join(state, "keeper.sock")})
+	d, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

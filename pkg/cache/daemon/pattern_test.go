@@ -10,7 +10,6 @@ import (
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
-	"github.com/cistern-csi/cistern/pkg/cache/keeper"
 	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
 )
 
@@ -96,14 +95,7 @@ func TestSampleStopsAtItsLimit(t *testing.T) {
 // connection's life). A read-write dataset is never sampled.
 func TestAutomaticPatternServesAndSurvivesRestart(t *testing.T) {
 	cachetest.RequireFUSE(t)
-	state := t.TempDir()
-	k, err := keeper.Listen(filepath.Join(state, "keeper.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Close()
-	opts := Options{Socket: filepath.Join(state, "cache.sock"), StateDir: state, Tiers: "disk:" + filepath.Join(state, "disk") + ":256Mi",
-		BlockSize: cachetest.Block, Grace: time.Hour, Keeper: filepath.Join(state, "keeper.sock")}
+	_, opts := withKeeper(t)
 	src := t.TempDir()
 	smallTree(t, src, 200, 0)
 	d, err := New(opts)

@@ -13,7 +13,6 @@ import (
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
-	"github.com/cistern-csi/cistern/pkg/cache/keeper"
 	"golang.org/x/sys/unix"
 )
 
@@ -144,14 +143,8 @@ func TestDaemonS3Ownership(t *testing.T) {
 // ENOTCONN until it left the node.)
 func TestResumeWhileTheStoreIsDown(t *testing.T) {
 	e := cachetest.NewS3Env(t)
-	state := t.TempDir()
-	k, err := keeper.Listen(filepath.Join(state, "keeper.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Close()
-	opts := Options{Socket: filepath.Join(state, "cache.sock"), StateDir: state, Tiers: "disk:" + filepath.Join(state, "disk") + ":256Mi",
-		BlockSize: cachetest.Block, Grace: time.Hour, Keeper: filepath.Join(state, "keeper.sock"), SourceTimeout: 2 * time.Second}
+	k, opts := withKeeper(t)
+	opts.SourceTimeout = 2 * time.Second
 	d, err := New(opts)
 	if err != nil {
 		t.Fatal(err)

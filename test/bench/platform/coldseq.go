@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -22,14 +21,10 @@ func measureColdSeq(ctx context.Context, systems []*system, ds dataset, px *prox
 		if sys.skip != "" || sys.name == "native" {
 			continue
 		}
-		phase := ""
-		if sys.cold != nil {
-			phase = "cold"
-			if err := dropCaches(); err != nil {
+		phase := sys.phases()[0]
+		if phase == "cold" {
+			if err := sys.makeCold(ctx); err != nil {
 				return nil, err
-			}
-			if err := sys.cold(ctx); err != nil {
-				return nil, fmt.Errorf("%s: empty the cache: %w", sys.name, err)
 			}
 		}
 		before := px.BytesDown.Load()

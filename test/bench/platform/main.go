@@ -297,17 +297,10 @@ func runBench(c config) (err error) {
 				if sys.skip != "" {
 					continue
 				}
-				phases := []string{""}
-				if sys.cold != nil {
-					phases = []string{"cold", "warm"}
-				}
-				for _, phase := range phases {
+				for _, phase := range sys.phases() {
 					if phase == "cold" {
-						if err := dropCaches(); err != nil {
+						if err := sys.makeCold(ctx); err != nil {
 							return err
-						}
-						if err := sys.cold(ctx); err != nil {
-							return fmt.Errorf("%s: empty the cache: %w", sys.name, err)
 						}
 					}
 					if sys.name == "native" {

@@ -110,17 +110,10 @@ func measureMeta(ctx context.Context, systems []*system, want int) ([]metaResult
 		if sys.skip != "" {
 			continue
 		}
-		phases := []string{""}
-		if sys.cold != nil {
-			phases = []string{"cold", "warm"}
-		}
-		for _, phase := range phases {
+		for _, phase := range sys.phases() {
 			if phase == "cold" {
-				if err := dropCaches(); err != nil {
+				if err := sys.makeCold(ctx); err != nil {
 					return nil, err
-				}
-				if err := sys.cold(ctx); err != nil {
-					return nil, fmt.Errorf("%s: empty the cache: %w", sys.name, err)
 				}
 			}
 			r := metaResult{system: sys.name, phase: phase}

@@ -32,6 +32,26 @@ type system struct {
 	pid func() int
 }
 
+// phases are the runs of a step: cold then warm for a system with a
+// cache, one run for the others.
+func (s *system) phases() []string {
+	if s.cold != nil {
+		return []string{"cold", "warm"}
+	}
+	return []string{""}
+}
+
+// makeCold drops the kernel's caches and empties the system's own.
+func (s *system) makeCold(ctx context.Context) error {
+	if err := dropCaches(); err != nil {
+		return err
+	}
+	if err := s.cold(ctx); err != nil {
+		return fmt.Errorf("%s: empty the cache: %w", s.name, err)
+	}
+	return nil
+}
+
 // procs tracks every process the bench starts, to stop them by PID.
 type procs struct {
 	list []*exec.Cmd
