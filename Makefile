@@ -7,7 +7,7 @@ OUT       := $(CURDIR)/_output
 FUZZTIME  ?= 20000x
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e /test/sanity -e /test/posix)
 
-.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify manifests images k8s-e2e bench-cache bench-cache-smoke bench bench-smoke clean
+.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify manifests images k8s-e2e bench-cache bench-cache-smoke bench bench-smoke bench-scale bench-scale-smoke clean
 
 all: build
 
@@ -36,7 +36,7 @@ demo-check: build
 	@! grep cistern /proc/mounts
 
 ## test: everything CI runs (needs root for real mounts).
-test: deps verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smoke
+test: deps verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smoke bench-scale-smoke
 
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
@@ -81,6 +81,21 @@ bench-cache-smoke:
 	@mkdir -p $(OUT)
 	@$(GO) run ./test/bench/cachebench -size 64Mi -files 100 -rounds 1 > $(OUT)/bench-smoke.log 2>&1 || { cat $(OUT)/bench-smoke.log; exit 1; }
 	@echo "bench-cache smoke: ok ($$(grep -c '>=' $(OUT)/bench-smoke.log) rows)"
+
+## bench-scale: what the cache daemon costs as cached files grow (memory per
+## cached file, create/rename/unlink, warm reads and find of a read-write
+## dataset against native) at 1,000 and 100,000 files (SCALE_FLAGS=--full:
+## also 1,000,000); about 2 minutes.
+SCALE_FLAGS ?=
+bench-scale: build
+	$(GO) run ./test/bench/scale --bin-dir $(BIN) $(SCALE_FLAGS)
+
+## bench-scale-smoke: the same at 1,000 files (in make test: the harness
+## cannot rot; goals are printed, not asserted).
+bench-scale-smoke: build
+	@mkdir -p $(OUT)
+	@$(GO) run ./test/bench/scale --bin-dir $(BIN) --smoke > $(OUT)/bench-scale-smoke.log 2>&1 || { cat $(OUT)/bench-scale-smoke.log; exit 1; }
+	@echo "bench-scale smoke: ok ($$(grep -c ' (goal ' $(OUT)/bench-scale-smoke.log) goals printed)"
 
 ## bench: the research-platform benchmark (a remote-store model in front of a
 ## local S3 server; direct, Cistern, rclone, s3fs and native side by side);

@@ -1,0 +1,337 @@
+// Command scale measures what one node's cache daemon costs as the number of
+// cached files grows (make bench-scale): resident memory per cached file,
+// the cost of create, rename and unlink above the source's own, warm reads
+// of small files and find-and-stat of the tree against native, on a
+// read-write file:// dataset served by the real cistern-cache binary.
+//
+// It prints one table row per size and then the goals, one per line as
+// `<figure>: <value> (goal <goal>) pass|fail`. Goals it does not measure
+// yet are printed as such, and fail.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/test/bench/readers"
+)
+
+type config struct {
+	sizes  []int
+	binDir string
+	work   string
+	keep   bool
+	ops    int // creates, renames and unlinks per size
+}
+
+// row is one size's figures.
+type row struct {
+	files                      int
+	rssEmpty, rssCached        int64   // bytes
+	coldRate, warmRate, native float64 // files/s
+	walk, walkNative           time.Duration
+	create, rename, unlink     time.Duration // per op, through the mount
+	nCreate, nRename, nUnlink  time.Duration // per op, natively
+}
+
+func (r row) perFile() float64 {
+	return float64(r.rssCached-r.rssEmpty) / float64(r.files)
+}
+
+func main() {
+	var c config
+	var sizes string
+	smoke := flag.Bool("smoke", false, "1,000 files only (make test)")
+	full := flag.Bool("full", false, "also 1,000,000 files")
+	flag.StringVar(&sizes, "files", "", "comma-separated numbers of files (default 1000,100000)")
+	flag.StringVar(&c.binDir, "bin-dir", "bin", "where cistern-cache is (make build)")
+	flag.StringVar(&c.work, "work-dir", "", "work directory (default: a new one under /var/tmp)")
+	flag.BoolVar(&c.keep, "keep", false, "keep the work directory")
+	flag.Parse()
+	switch {
+	case sizes != "":
+	case *smoke:
+		sizes = "1000"
+	case *full:
+		sizes = "1000,100000,1000000"
+	default:
+		sizes = "1000,100000"
+	}
+	for _, s := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 100 {
+			fmt.Fprintf(os.Stderr, "scale: --files %q: want numbers of at least 100\n", sizes)
+			os.Exit(2)
+		}
+		c.sizes = append(c.sizes, n)
+	}
+	c.ops = 200
+	if err := run(c); err != nil {
+		fmt.Fprintf(os.Stderr, "scale: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func say(format string, args ...any) {
+	fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func run(c config) error {
+	if c.work == "" {
+		var err error
+		if c.work, err = os.MkdirTemp("/var/tmp", "cistern-scale-"); err != nil {
+			return err
+		}
+	}
+	if !c.keep {
+		defer os.RemoveAll(c.work)
+	}
+	var rows []row
+	for _, n := range c.sizes {
+		r, err := measure(c, n)
+		if err != nil {
+			return fmt.Errorf("%d files: %w", n, err)
+		}
+		rows = append(rows, r)
+	}
+	report(rows)
+	return nil
+}
+
+// measure runs one size against a fresh daemon and dataset.
+func measure(c config, n int) (r row, err error) {
+	r.files = n
+	dir := filepath.Join(c.work, strconv.Itoa(n))
+	src := filepath.Join(dir, "src")
+	say("%d files: writing the source tree", n)
+	names, err := makeTree(src, n)
+	if err != nil {
+		return r, err
+	}
+	d, err := startDaemon(c.binDir, dir)
+	if err != nil {
+		return r, err
+	}
+	defer d.stop()
+	ctx := context.Background()
+	resp, err := d.client.Mount(ctx, api.MountRequest{Holder: "bench", Dataset: "scale", Source: "file://" + src, MetaCache: time.Second})
+	if err != nil {
+		return r, fmt.Errorf("mount: %w", err)
+	}
+	mnt := resp.MountPath
+	if r.rssEmpty, err = rss(d.cmd.Process.Pid); err != nil {
+		return r, err
+	}
+	// Cold: the first read of every file, through the daemon.
+	dropCaches()
+	if r.coldRate, err = readAll(mnt, names); err != nil {
+		return r, err
+	}
+	time.Sleep(time.Second) // index writes, the cleaner
+	if r.rssCached, err = rss(d.cmd.Process.Pid); err != nil {
+		return r, err
+	}
+	if r.warmRate, err = readAll(mnt, names); err != nil {
+		return r, err
+	}
+	if _, err = readAll(src, names); err != nil { // the page cache, as the mount had it
+		return r, err
+	}
+	if r.native, err = readAll(src, names); err != nil {
+		return r, err
+	}
+	say("%d files: memory %d -> %d MiB (%.0f B per file); read cold %.0f, warm %.0f, native %.0f files/s",
+		n, r.rssEmpty>>20, r.rssCached>>20, r.perFile(), r.coldRate, r.warmRate, r.native)
+	// find and stat, warm: a walk to warm it, then the measured one.
+	for _, p := range []struct {
+		root string
+		out  *time.Duration
+	}{{mnt, &r.walk}, {src, &r.walkNative}} {
+		if _, err := walk(p.root); err != nil {
+			return r, err
+		}
+		if *p.out, err = walk(p.root); err != nil {
+			return r, err
+		}
+	}
+	say("%d files: find and stat warm %s, native %s", n, r.walk.Round(time.Millisecond), r.walkNative.Round(time.Millisecond))
+	// Create, rename, unlink, through the mount and natively.
+	if r.create, r.rename, r.unlink, err = ops(filepath.Join(mnt, "ops"), c.ops); err != nil {
+		return r, err
+	}
+	if r.nCreate, r.nRename, r.nUnlink, err = ops(filepath.Join(dir, "native-ops"), c.ops); err != nil {
+		return r, err
+	}
+	say("%d files: create %s, rename %s, unlink %s per op (native %s, %s, %s)", n,
+		r.create, r.rename, r.unlink, r.nCreate, r.nRename, r.nUnlink)
+	if err := d.client.Release(ctx, "bench"); err != nil {
+		return r, fmt.Errorf("release: %w", err)
+	}
+	return r, nil
+}
+
+// makeTree writes n files of 4 KiB, 1,000 per directory, and returns
+// their names.
+func makeTree(root string, n int) ([]string, error) {
+	buf := make([]byte, 4096)
+	names := make([]string, 0, n)
+	for i := range n {
+		name := fmt.Sprintf("d%04d/f%07d", i/1000, i)
+		if i%1000 == 0 {
+			if err := os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o755); err != nil {
+				return nil, err
+			}
+		}
+		copy(buf, name)
+		if err := os.WriteFile(filepath.Join(root, name), buf, 0o644); err != nil {
+			return nil, err
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
+
+// readAll reads every file with 4 readers and returns files per second.
+func readAll(root string, names []string) (float64, error) {
+	start := time.Now()
+	err := readers.Parallel(4, func(i int) error {
+		b := make([]byte, 64<<10)
+		for j := i; j < len(names); j += 4 {
+			fd, err := readers.OpenRO(filepath.Join(root, names[j]))
+			if err != nil {
+				return err
+			}
+			m, err := readers.Read(fd, b)
+			syscall.Close(fd)
+			if err != nil {
+				return err
+			}
+			if m != 4096 {
+				return fmt.Errorf("%s: read %d bytes, want 4096", names[j], m)
+			}
+		}
+		return nil
+	})
+	return float64(len(names)) / time.Since(start).Seconds(), err
+}
+
+// walk lists and lstats every entry under root, as find -ls does.
+func walk(root string) (time.Duration, error) {
+	start := time.Now()
+	err := filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		_, err = os.Lstat(p)
+		return err
+	})
+	return time.Since(start), err
+}
+
+// ops creates and writes n files of 4 KiB in dir, renames each, then
+// unlinks each, and returns the average time of each kind.
+func ops(dir string, n int) (create, rename, unlink time.Duration, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, 0, 0, err
+	}
+	buf := make([]byte, 4096)
+	start := time.Now()
+	for i := range n {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("new-%d", i)), buf, 0o644); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	create = time.Since(start) / time.Duration(n)
+	start = time.Now()
+	for i := range n {
+		if err := os.Rename(filepath.Join(dir, fmt.Sprintf("new-%d", i)), filepath.Join(dir, fmt.Sprintf("moved-%d", i))); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	rename = time.Since(start) / time.Duration(n)
+	start = time.Now()
+	for i := range n {
+		if err := os.Remove(filepath.Join(dir, fmt.Sprintf("moved-%d", i))); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	unlink = time.Since(start) / time.Duration(n)
+	return create, rename, unlink, os.Remove(dir)
+}
+
+// daemon is a cistern-cache process of the benchmark's.
+type daemon struct {
+	cmd    *exec.Cmd
+	client *api.Client
+}
+
+func startDaemon(binDir, dir string) (*daemon, error) {
+	sock := filepath.Join(dir, "cache.sock")
+	state := filepath.Join(dir, "state")
+	log, err := os.Create(filepath.Join(dir, "cistern-cache.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	cmd := exec.Command(filepath.Join(binDir, "cistern-cache"), "--socket="+sock, "--state-dir="+state,
+		"--cache-tiers=disk:"+filepath.Join(state, "cache")+":8Gi", "--grace=0s")
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	d := &daemon{cmd: cmd, client: api.NewClient(sock)}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if d.client.Health(context.Background()) == nil {
+			return d, nil
+		}
+		if time.Now().After(deadline) {
+			d.stop()
+			return nil, fmt.Errorf("cistern-cache did not answer on %s within 15s (log: %s)", sock, log.Name())
+		}
+	}
+}
+
+// stop ends the daemon (SIGTERM: it unmounts what it serves) and waits.
+func (d *daemon) stop() {
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// rss is a process's resident memory in bytes.
+func rss(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// dropCaches empties the kernel's page, dentry and inode caches (root
+// only; a benchmark without it measures a warmer start).
+func dropCaches() {
+	syscall.Sync()
+	_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200)
+}

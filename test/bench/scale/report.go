@@ -1,0 +1,67 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// report prints the table and the goals.
+func report(rows []row) {
+	fmt.Println()
+	fmt.Println("| files | memory empty | memory cached | per cached file | read cold | read warm | native | warm/native | find+stat warm | native | ratio | create | rename | unlink | native create/rename/unlink |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Printf("| %d | %d MiB | %d MiB | %.0f B | %.0f/s | %.0f/s | %.0f/s | %.2f | %s | %s | %.2f | %s | %s | %s | %s / %s / %s |\n",
+			r.files, r.rssEmpty>>20, r.rssCached>>20, r.perFile(), r.coldRate, r.warmRate, r.native, r.warmRate/r.native,
+			r.walk.Round(time.Millisecond), r.walkNative.Round(time.Millisecond), r.walkNative.Seconds()/r.walk.Seconds(),
+			us(r.create), us(r.rename), us(r.unlink), us(r.nCreate), us(r.nRename), us(r.nUnlink))
+	}
+	fmt.Println()
+	for _, g := range goals(rows) {
+		fmt.Println(g)
+	}
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+
+// goals are the issue's, one line each; the ones not measured yet fail.
+func goals(rows []row) []string {
+	var out []string
+	line := func(figure, value, want string, pass bool) {
+		v := "fail"
+		if pass {
+			v = "pass"
+		}
+		out = append(out, fmt.Sprintf("%s: %s (goal %s) %s", figure, value, want, v))
+	}
+	first, last := rows[0], rows[len(rows)-1]
+	var per []string
+	pass := true
+	for _, r := range rows {
+		per = append(per, fmt.Sprintf("%.0f B at %d", r.perFile(), r.files))
+		pass = pass && r.perFile() <= 256
+	}
+	line("daemon memory per cached file", strings.Join(per, ", "), "<= 256 B", pass)
+	line("daemon memory under a configured limit", "not measured yet", "bounded", false)
+	for _, op := range []struct {
+		name       string
+		at, native func(row) time.Duration
+	}{
+		{"create and write 4 KiB", func(r row) time.Duration { return r.create }, func(r row) time.Duration { return r.nCreate }},
+		{"rename", func(r row) time.Duration { return r.rename }, func(r row) time.Duration { return r.nRename }},
+		{"unlink", func(r row) time.Duration { return r.unlink }, func(r row) time.Duration { return r.nUnlink }},
+	} {
+		growth := float64(op.at(last)) / float64(op.at(first))
+		above := op.at(last) - op.native(last)
+		line(fmt.Sprintf("%s: cost at %d files over at %d, and above the source's own", op.name, last.files, first.files),
+			fmt.Sprintf("%.2fx, %s above", growth, us(above)), "<= 2x, < 1000 µs above", growth <= 2 && above < time.Millisecond)
+	}
+	line(fmt.Sprintf("warm 4 KiB reads of a read-write dataset, %d files, against native", last.files),
+		fmt.Sprintf("%.2f", last.warmRate/last.native), ">= 0.5", last.warmRate/last.native >= 0.5)
+	line("daemon restart with 1M cached files: serving again, cache warm", "not measured yet", "<= 10 s", false)
+	line("1,000 datasets on one node: memory per dataset, metrics scrape", "not measured yet", "bounded", false)
+	walk := last.walkNative.Seconds() / last.walk.Seconds()
+	line(fmt.Sprintf("find and stat of %d files, warm, against native", last.files), fmt.Sprintf("%.2f", walk), ">= 0.5", walk >= 0.5)
+	return out
+}
