@@ -110,7 +110,7 @@ func (d *Dataset) CompleteFile(name string, a source.Attr) *os.File {
 		}
 	}
 	it.mu.Lock()
-	path := it.dataPath
+	path, _ := it.pathsLocked()
 	it.mu.Unlock()
 	f, err := os.Open(path)
 	if err != nil {

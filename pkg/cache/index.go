@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -33,7 +34,8 @@ func (it *Item) save() error {
 		it.mu.Unlock()
 		return nil
 	}
-	gen, metaPath := it.gen, it.metaPath
+	gen := it.gen
+	_, metaPath := it.pathsLocked()
 	it.unsaved = 0
 	m := itemMeta{Dataset: it.dataset, ID: it.id, Name: it.name, Fingerprint: it.fingerprint, Size: it.size,
 		BlockSize: it.env.blockSize, Present: append([]bool(nil), it.present...), Sums: append([]uint32(nil), it.sums...), Atime: it.atime.Load()}
@@ -78,12 +80,22 @@ func (it *Item) loadIndex(m itemMeta, metaPath string) error {
 	if m.BlockSize != bs || int64(len(m.Present)) != nb || len(m.Sums) != len(m.Present) {
 		return fmt.Errorf("index does not match block size %d", bs)
 	}
-	if base := filepath.Base(metaPath); !strings.HasPrefix(base, it.hash) || filepath.Dir(metaPath) != filepath.Join(it.tier.Dir, it.hash[:2]) {
-		return fmt.Errorf("index at %s names another file", metaPath)
-	}
 	// The generation the files were written under (an index of an
 	// older version, <hash>.meta, keeps its names too).
-	it.metaPath, it.dataPath = metaPath, strings.TrimSuffix(metaPath, ".meta")+".data"
+	base := strings.TrimSuffix(filepath.Base(metaPath), ".meta")
+	gen := uint64(0)
+	if base != it.hash {
+		hex, ok := strings.CutPrefix(base, it.hash+"-")
+		g, err := strconv.ParseUint(hex, 16, 64)
+		if !ok || err != nil || len(hex) != 16 || g == 0 {
+			return fmt.Errorf("index at %s names another file", metaPath)
+		}
+		gen = g
+	}
+	if filepath.Dir(metaPath) != filepath.Join(it.tier.Dir, it.hash[:2]) {
+		return fmt.Errorf("index at %s names another file", metaPath)
+	}
+	it.fileGen = gen
 	it.fingerprint, it.size, it.gen = m.Fingerprint, m.Size, 1
 	it.present, it.sums, it.verified = m.Present, m.Sums, make([]bool, nb)
 	for bl, p := range m.Present {

@@ -87,7 +87,8 @@ func checkInvariants(t reporter, c *Cache) {
 			bytes += bl
 			if it.verified[b] {
 				buf := make([]byte, bl)
-				if f, err := os.Open(it.dataPath); err != nil {
+				data, _ := it.pathsLocked()
+				if f, err := os.Open(data); err != nil {
 					t.Errorf("item %s: %v", it.name, err)
 				} else {
 					_, err := f.ReadAt(buf, int64(b)*bs)

@@ -10,9 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -66,8 +64,8 @@ type Item struct {
 	presentCount int64                // guarded by mu
 	sums         []uint32             // guarded by mu; CRC-32C of each present block
 	verified     []bool               // guarded by mu; checked against sums since this process started
-	inflight     map[int64]*fetchCall // guarded by mu
-	raQueued     map[int64]bool       // guarded by mu; read-ahead waiting for room, not yet in inflight
+	inflight     map[int64]*fetchCall // guarded by mu; nil when empty (a map keeps its buckets: hundreds of bytes per cached file)
+	raQueued     map[int64]bool       // guarded by mu; read-ahead waiting for room, not yet in inflight; nil when empty
 	lastEnd      int64                // guarded by mu; end of the last read, for read-ahead
 	seqStart     int64                // guarded by mu; where the sequential run that reached lastEnd began
 	raWindow     int                  // guarded by mu; blocks read ahead: 1, 2, 4... up to readAhead
@@ -78,8 +76,8 @@ type Item struct {
 	// file generation (<hash>-<gen>.data/.meta): another item of the
 	// same file (after an eviction) or another version (after a reset)
 	// has other names, and only the item that owns a name removes it.
-	dataPath, metaPath string // guarded by mu
-	opened             bool   // guarded by mu; the data file of this generation was opened before
+	fileGen uint64 // guarded by mu; names the files (see filePaths); 0: an index of an older version, <hash>.meta
+	opened  bool   // guarded by mu; the data file of this generation was opened before
 
 	saveMu sync.Mutex // serialises index writes
 
@@ -112,16 +110,7 @@ func itemHash(dataset, id string) string {
 }
 
 func newItem(env *itemEnv, t *tier, dataset, id, name string, ctr *counters) *Item {
-	it := &Item{env: env, tier: t, dataset: dataset, id: id, name: name, hash: itemHash(dataset, id), ctr: ctr,
-		inflight: map[int64]*fetchCall{}}
-	it.dataPath, it.metaPath = it.newPaths()
-	return it
-}
-
-// newPaths returns data and index file names of a new file generation.
-func (it *Item) newPaths() (data, meta string) {
-	base := filepath.Join(it.tier.Dir, it.hash[:2], fmt.Sprintf("%s-%016x", it.hash, rand.Uint64()))
-	return base + ".data", base + ".meta"
+	return &Item{env: env, tier: t, dataset: dataset, id: id, name: name, hash: itemHash(dataset, id), ctr: ctr, fileGen: newFileGen()}
 }
 
 // retired is what a reset leaves behind: the previous version's open data
@@ -153,9 +142,10 @@ func (it *Item) dropRetired(r retired) {
 func (it *Item) resetLocked(a source.Attr) retired {
 	var old retired
 	if it.fingerprint != "" {
-		old = retired{file: it.file, dataPath: it.dataPath, metaPath: it.metaPath}
+		old = retired{file: it.file}
+		old.dataPath, old.metaPath = it.pathsLocked()
 		it.file, it.opened = nil, false
-		it.dataPath, it.metaPath = it.newPaths()
+		it.fileGen = newFileGen()
 	}
 	nb := (a.Size + it.env.blockSize - 1) / it.env.blockSize
 	it.addBytesLocked(-it.bytes.Load())
@@ -331,6 +321,9 @@ func (it *Item) fetchTry(ctx context.Context, ref fileRef, b int64, need int, re
 		}
 		call = newFetchCall(it.blockLenLocked(b))
 		call.name = ref.name
+		if it.inflight == nil {
+			it.inflight = map[int64]*fetchCall{}
+		}
 		it.inflight[b] = call
 		gen, fp := it.gen, it.fingerprint
 		it.busy.Add(1)
@@ -359,6 +352,9 @@ func (it *Item) runFetch(ref fileRef, b int64, gen uint64, fingerprint string, c
 		it.mu.Lock()
 		if it.inflight[b] == call {
 			delete(it.inflight, b)
+			if len(it.inflight) == 0 {
+				it.inflight = nil
+			}
 		}
 		it.mu.Unlock()
 		close(call.done)
@@ -474,6 +470,9 @@ func (it *Item) noteRead(ref fileRef, off, end int64) {
 		it.env.fetch.readAhead(it.blockLen(b), func(ctx context.Context) {
 			it.mu.Lock()
 			delete(it.raQueued, b)
+			if len(it.raQueued) == 0 {
+				it.raQueued = nil
+			}
 			it.mu.Unlock()
 			if ctx.Err() == nil {
 				_, _ = it.fetch(ctx, ref, b)

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -78,10 +79,11 @@ func (it *Item) ensureOpen() (*os.File, error) {
 	if it.file != nil {
 		return it.file, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(it.dataPath), 0o700); err != nil {
+	data, _ := it.pathsLocked()
+	if err := os.MkdirAll(filepath.Dir(data), 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(it.dataPath, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(data, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -172,8 +174,26 @@ func (it *Item) removeFiles() {
 	it.saveMu.Lock()
 	defer it.saveMu.Unlock()
 	it.mu.Lock()
-	data, meta := it.dataPath, it.metaPath
+	data, meta := it.pathsLocked()
 	it.mu.Unlock()
 	os.Remove(meta)
 	os.Remove(data)
 }
+
+// newFileGen returns the number of a new file generation (never 0).
+func newFileGen() uint64 { return rand.Uint64() | 1 }
+
+// filePaths returns the data and index file names of generation gen of
+// the item hash in dir. The names are computed, not kept: two paths per
+// cached file were a tenth of the daemon's memory.
+func filePaths(dir, hash string, gen uint64) (data, meta string) {
+	base := hash
+	if gen != 0 {
+		base = fmt.Sprintf("%s-%016x", hash, gen)
+	}
+	base = filepath.Join(dir, hash[:2], base)
+	return base + ".data", base + ".meta"
+}
+
+// pathsLocked returns the item's file names (its current generation's).
+func (it *Item) pathsLocked() (data, meta string) { return filePaths(it.tier.Dir, it.hash, it.fileGen) }

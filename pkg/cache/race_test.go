@@ -77,7 +77,7 @@ func TestReopenReverifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	it.mu.Lock()
-	data := it.dataPath
+	data, _ := it.pathsLocked()
 	it.mu.Unlock()
 	// Another file of the same size, zeros, in its place.
 	if err := os.Remove(data); err != nil {
