@@ -355,3 +355,12 @@ func TestOpenFilesAreBounded(t *testing.T) {
 	}
 	checkInvariants(t, c)
 }
+
+// TestItemHashIsStable: an item's files on disk are named by the hash of
+// its dataset key and identity; a daemon whose hash changed would orphan
+// every file an earlier version cached.
+func TestItemHashIsStable(t *testing.T) {
+	if got, want := itemHash("ds", "inode:1:2"), "358851caef7e49a7e88cd3ec9bfb367c"; got != want {
+		t.Fatalf("itemHash = %s, want %s (the name of files cached by earlier versions)", got, want)
+	}
+}
