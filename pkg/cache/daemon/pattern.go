@@ -6,6 +6,8 @@ import (
 	"path"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
@@ -98,20 +100,21 @@ func choosePattern(s treeSample, posix bool) string {
 	return api.PatternDefault
 }
 
-// pattern returns the access pattern to serve req's dataset with: the
-// request's, or for a read-only dataset without one, the sample's choice
-// (default when the sample fails).
-func (d *Daemon) pattern(ctx context.Context, req api.MountRequest, src source.Source, posix bool, m *mounted) string {
+// choosePatternOf returns the access pattern to serve req's dataset with:
+// the request's, or for a read-only dataset without one, the sample's
+// choice (default when the sample fails).
+func choosePatternOf(ctx context.Context, req api.MountRequest, src source.Source, log klog.Logger) string {
 	if req.AccessPattern != "" || !req.ReadOnly {
 		return req.AccessPattern
 	}
 	started := time.Now()
 	s, err := sampleTree(ctx, src)
 	if err != nil {
-		m.log.Info("Could not sample the dataset to choose its access pattern: default", "err", err.Error())
+		log.Info("Could not sample the dataset to choose its access pattern: default", "err", err.Error())
 		return api.PatternDefault
 	}
+	_, posix := src.(source.Writable)
 	p := choosePattern(s, posix)
-	m.log.Info("Access pattern chosen from a sample of the dataset", "accessPattern", p, "sample", s.String(), "took", time.Since(started))
+	log.Info("Access pattern chosen from a sample of the dataset", "accessPattern", p, "sample", s.String(), "took", time.Since(started))
 	return p
 }

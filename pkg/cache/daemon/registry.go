@@ -15,7 +15,6 @@ import (
 	"github.com/cistern-csi/cistern/pkg/cache"
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/fusefs"
-	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
 
 // mounted is one dataset the daemon serves.
@@ -127,8 +126,7 @@ func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequ
 		return nil, err
 	}
 	m := &mounted{key: key, req: req, secrets: secrets, mnt: mnt, log: log, holders: map[string]bool{}}
-	_, posix := src.(source.Writable)
-	m.pattern = d.pattern(ctx, req, src, posix, m)
+	m.pattern = choosePatternOf(ctx, req, src, log)
 	m.ds = d.cache.Dataset(key, src)
 	mount := fusefs.Mount
 	if d.keeper != nil {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cistern-csi/cistern/test/bench/host"
 	"github.com/cistern-csi/cistern/test/bench/readers"
 )
 
@@ -76,7 +77,7 @@ func controlPlane(ctx context.Context, b *bench, ds dataset, st store) (controlP
 	if err := podRead(targets[:c.volumes], files); err != nil {
 		res.cisternReadErr = err.Error()
 	}
-	res.cisternCacheKiB, res.cisternCSIKiB = rssKiB(cs.cacheP.Process.Pid), rssKiB(cs.csiP.Process.Pid)
+	res.cisternCacheKiB, res.cisternCSIKiB = host.RSSKiB(cs.cacheP.Process.Pid), host.RSSKiB(cs.csiP.Process.Pid)
 	if st, err := cs.cache.Stats(ctx); err == nil {
 		res.cisternFUSEMounts = len(st.Datasets)
 	}
@@ -132,7 +133,7 @@ func controlPlane(ctx context.Context, b *bench, ds dataset, st store) (controlP
 		res.rcloneReadErr = err.Error()
 	}
 	for _, m := range mounts {
-		res.rcloneKiB += rssKiB(m.cmd.Process.Pid)
+		res.rcloneKiB += host.RSSKiB(m.cmd.Process.Pid)
 	}
 	res.rcloneProcs = len(mounts)
 	res.rclonePerProcessKB = res.rcloneKiB / int64(len(mounts))

@@ -384,15 +384,6 @@ func ratio(a, b int64) float64 {
 	return float64(a) / float64(b)
 }
 
-// dropCaches empties the kernel's page, dentry and inode caches, so a cold
-// run reads nothing the previous run left in memory.
-func dropCaches() error {
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
-		return fmt.Errorf("drop the page cache: %w", err)
-	}
-	return nil
-}
-
 // warmNative reads the files of a plan once so native reads hit the page
 // cache.
 func warmNative(root string, p plan) {

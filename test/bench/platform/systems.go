@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/test/bench/host"
 )
 
 // system is one way pods read the dataset.
@@ -43,7 +43,7 @@ func (s *system) phases() []string {
 
 // makeCold drops the kernel's caches and empties the system's own.
 func (s *system) makeCold(ctx context.Context) error {
-	if err := dropCaches(); err != nil {
+	if err := host.DropCaches(); err != nil {
 		return err
 	}
 	if err := s.cold(ctx); err != nil {
@@ -124,21 +124,6 @@ func isMounted(dir, fstype string) bool {
 	return false
 }
 
-// rssKiB is a process's resident memory.
-func rssKiB(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
 // store is where the dataset lives, as the peers need to be told.
 type store struct {
 	endpoint string // the proxy: http://127.0.0.1:PORT
@@ -177,7 +162,7 @@ func (s *system) cpu() float64 {
 	if s.pid == nil {
 		return -1
 	}
-	return cpuSeconds(s.pid())
+	return host.CPUSeconds(s.pid())
 }
 
 var roCap = &csi.VolumeCapability{

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/test/bench/host"
 	"github.com/cistern-csi/cistern/test/bench/readers"
 )
 
@@ -129,18 +130,16 @@ func measure(c config, n int) (r row, err error) {
 		return r, fmt.Errorf("mount: %w", err)
 	}
 	mnt := resp.MountPath
-	if r.rssEmpty, err = rss(d.cmd.Process.Pid); err != nil {
+	r.rssEmpty = host.RSSKiB(d.cmd.Process.Pid) << 10
+	// Cold: the first read of every file, through the daemon.
+	if err := host.DropCaches(); err != nil {
 		return r, err
 	}
-	// Cold: the first read of every file, through the daemon.
-	dropCaches()
 	if r.coldRate, err = readAll(mnt, names); err != nil {
 		return r, err
 	}
 	time.Sleep(time.Second) // index writes, the cleaner
-	if r.rssCached, err = rss(d.cmd.Process.Pid); err != nil {
-		return r, err
-	}
+	r.rssCached = host.RSSKiB(d.cmd.Process.Pid) << 10
 	if r.warmRate, err = readAll(mnt, names); err != nil {
 		return r, err
 	}
@@ -312,26 +311,4 @@ func (d *daemon) stop() {
 		_ = d.cmd.Process.Kill()
 		<-done
 	}
-}
-
-// rss is a process's resident memory in bytes.
-func rss(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, err := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-}
-
-// dropCaches empties the kernel's page, dentry and inode caches (root
-// only; a benchmark without it measures a warmer start).
-func dropCaches() {
-	syscall.Sync()
-	_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200)
 }

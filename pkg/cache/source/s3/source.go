@@ -122,6 +122,9 @@ func (s *Source) listInBackground(dir string) {
 		defer cancel()
 		objs, err := s.c.ListUpTo(ctx, dir, lookupListing)
 		if err == nil {
+			// Whole when it stopped short of its limit; an empty one
+			// may be a directory gone since (List answers ENOENT
+			// for it, after asking for its marker): never whole.
 			s.keep(dir, objs, len(objs) > 0 && len(objs) < lookupListing)
 		}
 		s.mu.Lock()
