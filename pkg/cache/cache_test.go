@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -362,5 +363,53 @@ func TestOpenFilesAreBounded(t *testing.T) {
 func TestItemHashIsStable(t *testing.T) {
 	if got, want := itemHash("ds", "inode:1:2"), "358851caef7e49a7e88cd3ec9bfb367c"; got != want {
 		t.Fatalf("itemHash = %s, want %s (the name of files cached by earlier versions)", got, want)
+	}
+}
+
+// TestRestartReadsEveryIndexNaming: item file names are computed from the
+// hash and a generation number, not kept; a restart adopts the names of
+// this version (<hash>-<gen>) and of an older one (<hash>), and drops an
+// index whose name is neither (its files are not the item's).
+func TestRestartReadsEveryIndexNaming(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		rename func(base string) string // the new base name from <hash>-<gen>
+		warm   bool
+	}{
+		{"generation", func(base string) string { return base }, true},
+		{"older version", func(base string) string { return base[:strings.IndexByte(base, '-')] }, true},
+		{"foreign", func(base string) string { return base[:strings.IndexByte(base, '-')] + "-zz" }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root, dir := t.TempDir(), t.TempDir()
+			want := cachetest.WriteRandom(t, filepath.Join(root, "f"), 3*cachetest.Block+5, 7)
+			p, _ := posix.New(root)
+			c := newTestCache(t, dir, 1<<30)
+			readAll(t, c, p, "f")
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			metas, _ := filepath.Glob(filepath.Join(dir, "*", "*.meta"))
+			if len(metas) != 1 {
+				t.Fatalf("%d indexes after caching one file, want 1", len(metas))
+			}
+			old := strings.TrimSuffix(metas[0], ".meta")
+			renamed := filepath.Join(filepath.Dir(old), tc.rename(filepath.Base(old)))
+			for _, ext := range []string{".meta", ".data"} {
+				if err := os.Rename(old+ext, renamed+ext); err != nil && old != renamed {
+					t.Fatal(err)
+				}
+			}
+			src := newCounting(p)
+			c2 := newTestCache(t, dir, 1<<30)
+			defer c2.Close()
+			if got := readAll(t, c2, src, "f"); !bytes.Equal(got, want) {
+				t.Fatal("bytes after restart differ")
+			}
+			if warm := src.total.Load() == 0; warm != tc.warm {
+				t.Errorf("after a restart with the index at %s: %d source reads, want warm=%t", filepath.Base(renamed), src.total.Load(), tc.warm)
+			}
+			checkInvariants(t, c2)
+		})
 	}
 }
