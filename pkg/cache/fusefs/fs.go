@@ -220,3 +220,20 @@ func (f *FS) Unmount() error {
 	}
 	return err
 }
+
+// invalidateAttr has the kernel fetch n's attributes again before it next
+// uses them (a file changed behind its back). Failures are logged: the
+// kernel then trusts them for at most the metacache period.
+func (f *FS) invalidateAttr(n *node) {
+	ino := n.StableAttr().Ino
+	var err error
+	if f.sess != nil {
+		err = f.sess.InvalidateInode(ino, -1, 0)
+	} else if st := f.srv.InodeNotify(ino, -1, 0); !st.Ok() {
+		err = syscall.Errno(st)
+	}
+	if err != nil && !errors.Is(err, syscall.ENOENT) {
+		// ENOENT: the kernel has forgotten the inode, nothing to drop.
+		f.log.V(2).Info("Attribute invalidation failed", "path", n.rel(), "err", err.Error())
+	}
+}

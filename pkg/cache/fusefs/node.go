@@ -2,8 +2,12 @@ package fusefs
 
 import (
 	"context"
+	"hash/fnv"
 	"io/fs"
+	"os"
 	"path"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -26,10 +30,30 @@ type node struct {
 	// (EIO) a passthrough open while the inode is open through its page
 	// cache, and a cached open while it is open in passthrough.
 	cachedOpens, passthroughOpens int // guarded by mu
-	// openedVersion is the fingerprint of the version last opened through
-	// the page cache: the kernel keeps its pages across opens only while
-	// the version is the same.
-	openedVersion string // guarded by mu
+	// openedVersion is the version (see version) last opened through the
+	// page cache: the kernel keeps its pages across opens only while the
+	// version is the same.
+	openedVersion uint64 // guarded by mu
+}
+
+// version is a's version as a number (a hash of its fingerprint; 0 is
+// never one): what an open compares with the version whose pages the
+// kernel may hold.
+func version(a source.Attr) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(a.Fingerprint()))
+	return h.Sum64() | 1
+}
+
+// reopened records that the kernel opens n's version v through its page
+// cache and reports whether the pages it holds are of v (the open may
+// keep them).
+func (n *node) reopened(v uint64) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	same := n.openedVersion == v
+	n.openedVersion = v
+	return same
 }
 
 var (
@@ -109,6 +133,30 @@ func (n *node) currentAttr(ctx context.Context) (source.Attr, error) {
 func (n *node) rel() string { return n.Path(n.Root()) }
 
 func (n *node) child(name string) string { return path.Join(n.rel(), name) }
+
+// tgid returns the thread group (process) of the thread pid, which is
+// what the kernel names in a request; pid itself if /proc does not say.
+func tgid(pid uint32) int {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
+	if err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+					return n
+				}
+			}
+		}
+	}
+	return int(pid)
+}
+
+// callerProcess is the process of the request in ctx (0 if unknown).
+func callerProcess(ctx context.Context) int {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return tgid(c.Pid)
+	}
+	return 0
+}
 
 // caller is who makes the request: the owner of what it creates.
 func caller(ctx context.Context) source.Owner {

@@ -31,12 +31,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		// RELEASE for the whole mount and reads through the inode.
 		return nil, 0, syscall.ENOSYS
 	}
+	if !o.ReadOnly {
+		return n.fsys.w.open(ctx, n, flags)
+	}
 	a, err := n.currentAttr(ctx)
 	if err != nil {
 		return nil, 0, source.Errno(err)
-	}
-	if !o.ReadOnly {
-		return n.fsys.w.open(ctx, n, a, flags)
 	}
 	n.mu.Lock()
 	cached, pt := n.cachedOpens, n.passthroughOpens
@@ -89,14 +89,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 func (n *node) cachedOpen(a source.Attr) (gofs.FileHandle, uint32, syscall.Errno) {
 	n.mu.Lock()
 	n.cachedOpens++
+	n.mu.Unlock()
+	n.fsys.CachedOpen.Add(1)
 	// Another version than the pages the kernel holds (a rewrite may keep
 	// size and modification time, which is all the kernel compares):
 	// open without FOPEN_KEEP_CACHE, and the kernel drops them.
-	keep := n.openedVersion == a.Fingerprint()
-	n.openedVersion = a.Fingerprint()
-	n.mu.Unlock()
-	n.fsys.CachedOpen.Add(1)
-	if !keep {
+	if !n.reopened(version(a)) {
 		return &handle{n: n, counted: true}, 0, 0
 	}
 	return &handle{n: n, counted: true}, fuse.FOPEN_KEEP_CACHE, 0

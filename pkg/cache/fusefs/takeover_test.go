@@ -160,6 +160,8 @@ func TestSessionServesLikeGoFuse(t *testing.T) {
 		"open while cached":     TestOpenWhileCachedHandleOpen,
 		"lookup refreshes attr": TestLookupRefreshesAttributes,
 		"passthrough":           TestPassthroughTakesEffect,
+		"read-write page cache": TestReadWriteReopenKeepsThePages,
+		"read-write reopen":     TestReadWriteOpenSeesChangesMadeElsewhere,
 	} {
 		t.Run(name, test)
 	}

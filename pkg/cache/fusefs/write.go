@@ -22,7 +22,7 @@ type writer interface {
 	// pendingChild returns parent's child name while it is being written.
 	pendingChild(parent *node, name string) (*gofs.Inode, source.Attr, bool)
 	// open opens n (attributes a) on a read-write dataset.
-	open(ctx context.Context, n *node, a source.Attr, flags uint32) (gofs.FileHandle, uint32, syscall.Errno)
+	open(ctx context.Context, n *node, flags uint32) (gofs.FileHandle, uint32, syscall.Errno)
 	// write writes through a handle opened by open.
 	write(ctx context.Context, n *node, data []byte, off int64) (uint32, syscall.Errno)
 	create(ctx context.Context, parent *node, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno)
@@ -195,7 +195,7 @@ func (readOnly) pending(*node) (source.Attr, bool) { return source.Attr{}, false
 func (readOnly) pendingChild(*node, string) (*gofs.Inode, source.Attr, bool) {
 	return nil, source.Attr{}, false
 }
-func (readOnly) open(context.Context, *node, source.Attr, uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+func (readOnly) open(context.Context, *node, uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	return nil, 0, syscall.EROFS
 }
 func (readOnly) write(context.Context, *node, []byte, int64) (uint32, syscall.Errno) {

@@ -6,8 +6,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -51,30 +49,6 @@ type uploadHandle struct {
 	closed  bool     // guarded by mu; the owner's close ran (and reported any failure)
 	locked  bool     // guarded by mu; an existing object: no write may change it
 	gone    bool     // guarded by mu; unlinked while open: never stored
-}
-
-// tgid returns the thread group (process) of the thread pid, which is
-// what the kernel names in a request; pid itself if /proc does not say.
-func tgid(pid uint32) int {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
-	if err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
-				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-					return n
-				}
-			}
-		}
-	}
-	return int(pid)
-}
-
-// callerProcess is the process of the request in ctx (0 if unknown).
-func callerProcess(ctx context.Context) int {
-	if c, ok := fuse.FromContext(ctx); ok {
-		return tgid(c.Pid)
-	}
-	return 0
 }
 
 var (
@@ -359,7 +333,11 @@ func (w objectWriter) create(ctx context.Context, n *node, name string, flags, _
 
 // open opens an existing file: for reading through the cache, or for
 // writing through an upload.
-func (w objectWriter) open(ctx context.Context, n *node, a source.Attr, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+func (w objectWriter) open(ctx context.Context, n *node, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	a, err := n.currentAttr(ctx)
+	if err != nil {
+		return nil, 0, source.Errno(err)
+	}
 	if flags&writeFlags == 0 {
 		return &handle{n: n}, fuse.FOPEN_DIRECT_IO, 0
 	}

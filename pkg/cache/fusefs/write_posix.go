@@ -27,8 +27,8 @@ func (posixWriter) pendingChild(*node, string) (*gofs.Inode, source.Attr, bool) 
 	return nil, source.Attr{}, false
 }
 
-func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	h, errno := w.openHandle(ctx, n, n.rel(), flags&^syscall.O_TRUNC)
+func (w posixWriter) open(ctx context.Context, n *node, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	h, a, errno := w.openHandle(ctx, n, n.rel(), flags&^syscall.O_TRUNC)
 	if errno != 0 {
 		return nil, 0, errno
 	}
@@ -45,34 +45,63 @@ func (w posixWriter) open(ctx context.Context, n *node, _ source.Attr, flags uin
 			return nil, 0, source.Errno(err)
 		}
 		h.evict()
+		a = source.Attr{} // another version than the open's
 	}
-	return h, fuse.FOPEN_DIRECT_IO, 0
+	return h, n.pageCacheFlags(a), 0
+}
+
+// pageCacheFlags are the open flags of a file of a read-write POSIX
+// dataset whose descriptor shows version a (zero: unknown). Its reads and
+// writes go through the kernel's page cache (writes through it to the
+// daemon, which writes the source before answering). The kernel keeps the
+// pages it holds only if they are of a's version; else it drops them, and
+// its attributes are invalidated as well: a file grown on another node
+// within the metacache period would be read to its old size. An open thus
+// sees every change closed before it on any node (close-to-open), as NFS
+// gives.
+//
+// FLUSH is not asked for: writes are on the source before they are
+// answered, and record locks are released with the open file.
+func (n *node) pageCacheFlags(a source.Attr) uint32 {
+	var v uint64
+	if a.Ino != 0 {
+		v = version(a)
+	}
+	if v != 0 && n.reopened(v) {
+		return fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
+	}
+	if v == 0 {
+		n.reopened(0)
+	}
+	n.fsys.invalidateAttr(n)
+	return fuse.FOPEN_NOFLUSH
 }
 
 // openHandle opens n in the source for a handle: writes, fsync and
 // fallocate go through that descriptor, which follows the file through
 // renames.
 // (p is n's path: a node being created is not in the tree yet.)
-func (w posixWriter) openHandle(ctx context.Context, n *node, p string, flags uint32) (*posixHandle, syscall.Errno) {
+func (w posixWriter) openHandle(ctx context.Context, n *node, p string, flags uint32) (*posixHandle, source.Attr, syscall.Errno) {
 	f, err := w.src.OpenFile(ctx, p, int(flags))
 	if err != nil {
-		return nil, source.Errno(err)
+		return nil, source.Attr{}, source.Errno(err)
 	}
 	acc := int(flags) & syscall.O_ACCMODE
-	h, err := newPosixHandle(n, f, acc != syscall.O_RDONLY, flags&syscall.O_APPEND != 0)
-	return h, source.Errno(err)
+	h, a, err := newPosixHandle(n, f, acc != syscall.O_RDONLY, flags&syscall.O_APPEND != 0)
+	return h, a, source.Errno(err)
 }
 
-// newPosixHandle makes a handle of the open file f (closed on error).
-func newPosixHandle(n *node, f *os.File, writable, appendOnly bool) (*posixHandle, error) {
+// newPosixHandle makes a handle of the open file f (closed on error) and
+// returns the file's attributes as it was opened.
+func newPosixHandle(n *node, f *os.File, writable, appendOnly bool) (*posixHandle, source.Attr, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()
-		return nil, err
+		return nil, source.Attr{}, err
 	}
-	id := source.StatAttr(&st)
+	a := source.StatAttr(&st)
 	return &posixHandle{handle: handle{n: n}, f: f, writable: writable, appendOnly: appendOnly,
-		id: source.Attr{Dev: id.Dev, Ino: id.Ino}}, nil
+		id: source.Attr{Dev: a.Dev, Ino: a.Ino}}, a, nil
 }
 
 // write is only called for handles that are not posixHandles.
@@ -258,11 +287,11 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 		f.Close()
 		return nil, nil, 0, errno
 	}
-	h, err := newPosixHandle(c, f, created || acc != syscall.O_RDONLY, flags&syscall.O_APPEND != 0)
+	h, a, err := newPosixHandle(c, f, created || acc != syscall.O_RDONLY, flags&syscall.O_APPEND != 0)
 	if err != nil {
 		return nil, nil, 0, source.Errno(err)
 	}
-	return in, h, fuse.FOPEN_DIRECT_IO, 0
+	return in, h, c.pageCacheFlags(a), 0
 }
 
 // truncateOpen empties the open file f, also when it is open read-only

@@ -1,0 +1,20 @@
+package session
+
+import "golang.org/x/sys/unix"
+
+// notifyInvalInode is FUSE_NOTIFY_INVAL_INODE.
+const notifyInvalInode = 2
+
+// InvalidateInode tells the kernel that what it holds of node ID ino is
+// stale: its attributes, and its cached pages from off for length bytes
+// (length 0: to the end; off < 0: attributes only). It may be called while
+// serving a request (the kernel takes no lock a request holds).
+func (s *Session) InvalidateInode(ino uint64, off, length int64) error {
+	b := errorReply(0, notifyInvalInode)
+	b = le.AppendUint64(b, ino)
+	b = le.AppendUint64(b, uint64(off))
+	b = le.AppendUint64(b, uint64(length))
+	le.PutUint32(b, uint32(len(b)))
+	_, err := unix.Write(s.fd, b)
+	return err
+}
