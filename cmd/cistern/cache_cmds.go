@@ -40,7 +40,7 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "tier %-5s holds %s, served %s\n", t, human(b), human(c.TierServed[t]))
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nDATASET\tKEY\tMODE\tVOLUMES\tFILES\tCACHED\tHITS\tMISSES\tWARM-UP\tSOURCE")
+	fmt.Fprintln(tw, "\nDATASET\tKEY\tMODE\tVOLUMES\tFILES\tINODES\tCACHED\tHITS\tMISSES\tWARM-UP\tSOURCE")
 	for _, d := range st.Datasets {
 		mode := "rw"
 		if d.ReadOnly {
@@ -62,7 +62,7 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 				warm += " done"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%s\t%s\n", d.Dataset, d.Key, mode, d.Holders, d.Stats.Files, human(cached), d.Stats.Hits, d.Stats.Misses, warm, d.Source)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%d\t%s\t%s\n", d.Dataset, d.Key, mode, d.Holders, d.Stats.Files, d.Nodes, human(cached), d.Stats.Hits, d.Stats.Misses, warm, d.Source)
 	}
 	return tw.Flush()
 }

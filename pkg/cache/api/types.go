@@ -184,11 +184,14 @@ type DatasetInfo struct {
 	ReadOnly bool   `json:"readOnly"`
 	// AccessPattern is what the mount serves: the request's, or the one
 	// chosen from a sample of the dataset (see the README).
-	AccessPattern string       `json:"accessPattern,omitempty"`
-	MountPath     string       `json:"mountPath"`
-	Holders       int          `json:"holders"`
-	Reads         int64        `json:"fuseReads"`
-	Stats         DatasetStats `json:"stats"`
+	AccessPattern string `json:"accessPattern,omitempty"`
+	MountPath     string `json:"mountPath"`
+	Holders       int    `json:"holders"`
+	Reads         int64  `json:"fuseReads"`
+	// Nodes is how many files and directories the mount holds in memory
+	// for the kernel (bounded by the daemon's --max-inodes).
+	Nodes int64        `json:"nodes"`
+	Stats DatasetStats `json:"stats"`
 	// Warmup is the progress of the warm-up started at mount, if any.
 	Warmup *WarmupProgress `json:"warmup,omitempty"`
 }

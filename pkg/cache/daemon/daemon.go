@@ -87,6 +87,8 @@ func New(opts Options) (*Daemon, error) {
 		d.wg.Add(1)
 		go d.watchKeeper()
 	}
+	d.wg.Add(1)
+	go d.pruneLoop()
 	served := map[string]bool{}
 	d.mu.Lock()
 	for _, m := range d.datasets {

@@ -19,12 +19,20 @@ import (
 
 func startDaemon(t *testing.T, grace time.Duration) (*Daemon, *api.Client, string) {
 	t.Helper()
+	return startDaemonWith(t, func(o *Options) { o.Grace = grace })
+}
+
+// startDaemonWith is startDaemon with options changed by set.
+func startDaemonWith(t *testing.T, set func(*Options)) (*Daemon, *api.Client, string) {
+	t.Helper()
 	cachetest.RequireFUSE(t)
 	state := t.TempDir()
-	d, err := New(Options{
+	o := Options{
 		Socket: filepath.Join(state, "cache.sock"), StateDir: state, MetricsAddr: "127.0.0.1:0",
-		Tiers: "mem:64Mi,disk:" + filepath.Join(state, "disk") + ":256Mi", BlockSize: cachetest.Block, Grace: grace,
-	})
+		Tiers: "mem:64Mi,disk:" + filepath.Join(state, "disk") + ":256Mi", BlockSize: cachetest.Block,
+	}
+	set(&o)
+	d, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,13 +22,14 @@ var (
 	descServed      = prometheus.NewDesc("cistern_cache_served_bytes_total", "Bytes the daemon served from a tier (passthrough reads go to the kernel and are not counted).", []string{"tier"}, nil)
 	descLatency     = prometheus.NewDesc("cistern_cache_source_fetch_seconds", "Latency of block fetches from sources.", nil, nil)
 	descMounted     = prometheus.NewDesc("cistern_cache_mounted_datasets", "Datasets mounted on this node.", nil, nil)
+	descNodes       = prometheus.NewDesc("cistern_cache_inodes", "Files and directories the mounts hold in memory for the kernel (bounded by --max-inodes).", nil, nil)
 )
 
 // collector reads the daemon's stats at each scrape.
 type collector struct{ stats func() api.StatsResponse }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency} {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency, descNodes} {
 		ch <- d
 	}
 }
@@ -87,6 +88,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descReadThrough, s.Cache.ReadThrough)
 	counter(descCorrupt, s.Cache.Corrupt)
 	gauge(descMounted, int64(len(s.Datasets)))
+	var nodes int64
+	for _, ds := range s.Datasets {
+		nodes += ds.Nodes
+	}
+	gauge(descNodes, nodes)
 }
 
 // metricsHandler serves /metrics from stats, and /healthz (for the

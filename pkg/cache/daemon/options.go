@@ -29,6 +29,10 @@ type Options struct {
 	// connections across restarts of the daemon ("" = none: a restart
 	// breaks the mounts of running pods).
 	Keeper string
+	// MaxInodes bounds the files and directories all mounts hold for
+	// the kernel (about 0.7 KiB of daemon memory each); over it the
+	// least recently used idle ones are forgotten (0 = no bound).
+	MaxInodes int
 }
 
 // AddFlags registers the options' flags.
@@ -43,6 +47,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Keeper, "keeper-socket", "", "unix socket of the keeper (the node plugin's --keeper-socket) that holds the datasets' FUSE connections while this daemon restarts, so pods see a pause instead of broken mounts; empty: none")
 	fs.DurationVar(&o.Grace, "grace", 5*time.Minute, "how long a dataset stays mounted after its last volume is released")
 	fs.IntVar(&o.MaxFetches, "max-fetches", 64, "concurrent reads from sources (besides, at most 16 blocks' bytes are read at once)")
+	fs.IntVar(&o.MaxInodes, "max-inodes", 500000, "files and directories the mounts keep for the kernel (about 0.7 KiB of memory each); beyond it the least recently used idle ones are forgotten and looked up again when used (0: no bound)")
 	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3store.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")
 }
 
@@ -66,6 +71,9 @@ func (o *Options) Validate() error {
 	}
 	if o.SourceTimeout < 0 {
 		errs = append(errs, fmt.Errorf("--source-timeout %s must not be negative", o.SourceTimeout))
+	}
+	if o.MaxInodes < 0 {
+		errs = append(errs, fmt.Errorf("--max-inodes %d must not be negative", o.MaxInodes))
 	}
 	if o.Grace < 0 {
 		errs = append(errs, fmt.Errorf("--grace %s must not be negative", o.Grace))

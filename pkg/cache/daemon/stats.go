@@ -28,7 +28,7 @@ func (d *Daemon) Stats() api.StatsResponse {
 	for _, m := range ms {
 		s := m.ds.Stats()
 		resp.Datasets = append(resp.Datasets, api.DatasetInfo{Key: m.key, Dataset: m.req.Dataset, Source: m.req.Source, ReadOnly: m.req.ReadOnly,
-			AccessPattern: m.pattern, MountPath: m.mnt, Holders: holders[m.key], Reads: m.fs.Reads.Load(), Warmup: warm[m.key],
+			AccessPattern: m.pattern, MountPath: m.mnt, Holders: holders[m.key], Reads: m.fs.Reads.Load(), Nodes: m.fs.Nodes(), Warmup: warm[m.key],
 			Stats: api.DatasetStats{Hits: s.Hits, Misses: s.Misses, SourceBytes: s.SourceBytes, Files: s.Files, TierBytes: s.TierBytes}})
 	}
 	sort.Slice(resp.Datasets, func(i, j int) bool { return resp.Datasets[i].Dataset < resp.Datasets[j].Dataset })

@@ -90,6 +90,11 @@ type FS struct {
 	srv    *fuse.Server     // go-fuse's server, or
 	sess   *session.Session // the session of a connection that can be taken over
 	dir    string           // the mount point
+	root   *node
+	// started is when the file system was made (node use times count
+	// from it); nodes counts the nodes the kernel holds (see Prune).
+	started time.Time
+	nodes   atomic.Int64
 	// resumedBelow: inodes numbered below it may have been opened through
 	// an earlier server (0: a fresh mount).
 	resumedBelow uint64
@@ -127,7 +132,8 @@ func newFS(dir string, eng Engine, opts Options) (*FS, *node, *gofs.Options, err
 	if opts.Logger.GetSink() == nil {
 		opts.Logger = klog.Background()
 	}
-	f := &FS{opts: opts, log: opts.Logger, eng: eng, src: eng.Source(), dir: dir}
+	f := &FS{opts: opts, log: opts.Logger, eng: eng, src: eng.Source(), dir: dir, started: time.Now()}
+	f.root = &node{fsys: f}
 	w, err := chooseWriter(f.src, opts)
 	if err != nil {
 		return nil, nil, nil, &fs.PathError{Op: "mount", Path: dir, Err: err}
@@ -172,7 +178,7 @@ func newFS(dir string, eng Engine, opts Options) (*FS, *node, *gofs.Options, err
 		mo.EnableLocks = true
 		f.locks.fds = map[lockOwnerKey]*os.File{}
 	}
-	return f, &node{fsys: f}, &gofs.Options{
+	return f, f.root, &gofs.Options{
 		// A mode of 0000 is a mode (a file created so), not "unset".
 		NullPermissions: true,
 		// The node IDs the kernel holds are the inode table's numbers,

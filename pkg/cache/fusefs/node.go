@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,12 @@ type node struct {
 	// page cache: the kernel keeps its pages across opens only while the
 	// version is the same.
 	openedVersion uint64 // guarded by mu
+	// used is when the kernel last looked the node up or opened it, in
+	// seconds since the mount (see Prune).
+	used atomic.Uint32
+	// forgotten: OnForget has counted the node out (go-fuse may call it
+	// again when the tree changes).
+	forgotten atomic.Bool
 }
 
 // version is a's version as a number (a hash of its fingerprint; 0 is
@@ -184,11 +191,15 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 			// them away served an old version, or ESTALE on an
 			// object store.
 			cur.setAttr(a)
+			cur.touch()
 			return in, cur, 0
 		}
 	}
 	c := &node{fsys: n.fsys, attr: a}
-	return n.NewInode(ctx, c, sa), c, 0
+	c.touch()
+	in := n.NewInode(ctx, c, sa)
+	n.fsys.counted(in, c)
+	return in, c, 0
 }
 
 // Lookup implements gofs.NodeLookuper.

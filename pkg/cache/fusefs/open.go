@@ -23,6 +23,7 @@ const writeFlags = syscall.O_WRONLY | syscall.O_RDWR | syscall.O_TRUNC | syscall
 // Open implements gofs.NodeOpener.
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	o := n.fsys.opts
+	n.touch()
 	if o.ReadOnly && flags&writeFlags != 0 {
 		return nil, 0, syscall.EROFS
 	}

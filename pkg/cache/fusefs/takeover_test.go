@@ -162,6 +162,7 @@ func TestSessionServesLikeGoFuse(t *testing.T) {
 		"passthrough":           TestPassthroughTakesEffect,
 		"read-write page cache": TestReadWriteReopenKeepsThePages,
 		"read-write reopen":     TestReadWriteOpenSeesChangesMadeElsewhere,
+		"prune":                 TestPruneForgetsIdleFiles,
 	} {
 		t.Run(name, test)
 	}

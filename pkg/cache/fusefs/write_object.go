@@ -321,7 +321,9 @@ func (w objectWriter) create(ctx context.Context, n *node, name string, flags, _
 	}
 	a := w.src.NewFile()
 	c := &node{fsys: n.fsys, attr: a}
+	c.touch()
 	in := n.NewInode(ctx, c, n.fsys.stableAttr(n, name, a))
+	n.fsys.counted(in, c)
 	c = in.Operations().(*node) // an inode of this name may exist already
 	h, errno := w.newUpload(ctx, c, true, 0)
 	if errno != 0 {

@@ -43,6 +43,10 @@ type row struct {
 	walk, walkNative           time.Duration
 	create, rename, unlink     time.Duration // per op, through the mount
 	nCreate, nRename, nUnlink  time.Duration // per op, natively
+	// A second daemon with --max-inodes limit, after reading every file:
+	// the nodes its mount holds and its resident memory.
+	limit, limitNodes int64
+	rssLimited        int64
 }
 
 func (r row) perFile() float64 {
@@ -176,7 +180,48 @@ func measure(c config, n int) (r row, err error) {
 	if err := d.client.Release(ctx, "bench"); err != nil {
 		return r, fmt.Errorf("release: %w", err)
 	}
-	return r, nil
+	d.stop()
+	return r, bounded(c, &r, dir, src, names)
+}
+
+// bounded reads every file through a daemon started with --max-inodes at
+// a tenth of the files and records the nodes it holds and its memory once
+// it has pruned.
+func bounded(c config, r *row, dir, src string, names []string) error {
+	r.limit = int64(max(1000, r.files/10))
+	d, err := startDaemon(c.binDir, filepath.Join(dir, "bounded"), fmt.Sprintf("--max-inodes=%d", r.limit))
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	ctx := context.Background()
+	resp, err := d.client.Mount(ctx, api.MountRequest{Holder: "bench", Dataset: "scale", Source: "file://" + src, MetaCache: time.Second})
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	if _, err := readAll(resp.MountPath, names); err != nil {
+		return err
+	}
+	// The daemon compares with the bound every second; the kernel's FORGETs
+	// follow the prune.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		st, err := d.client.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		r.limitNodes = 0
+		for _, ds := range st.Datasets {
+			r.limitNodes += ds.Nodes
+		}
+		if r.limitNodes <= r.limit {
+			break
+		}
+	}
+	time.Sleep(time.Second)
+	r.rssLimited = host.RSSKiB(d.cmd.Process.Pid) << 10
+	say("%d files with --max-inodes=%d: %d nodes held, memory %d MiB (%.0f B per file read)", r.files, r.limit, r.limitNodes,
+		r.rssLimited>>20, float64(r.rssLimited-r.rssEmpty)/float64(r.files))
+	return d.client.Release(ctx, "bench")
 }
 
 // makeTree writes n files of 4 KiB, 1,000 per directory, and returns
@@ -274,7 +319,10 @@ type daemon struct {
 	client *api.Client
 }
 
-func startDaemon(binDir, dir string) (*daemon, error) {
+func startDaemon(binDir, dir string, args ...string) (*daemon, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	sock := filepath.Join(dir, "cache.sock")
 	state := filepath.Join(dir, "state")
 	log, err := os.Create(filepath.Join(dir, "cistern-cache.log"))
@@ -282,8 +330,8 @@ func startDaemon(binDir, dir string) (*daemon, error) {
 		return nil, err
 	}
 	defer log.Close()
-	cmd := exec.Command(filepath.Join(binDir, "cistern-cache"), "--socket="+sock, "--state-dir="+state,
-		"--cache-tiers=disk:"+filepath.Join(state, "cache")+":8Gi", "--grace=0s")
+	cmd := exec.Command(filepath.Join(binDir, "cistern-cache"), append([]string{"--socket=" + sock, "--state-dir=" + state,
+		"--cache-tiers=disk:" + filepath.Join(state, "cache") + ":8Gi", "--grace=0s", "--max-inodes=0"}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -18,3 +18,21 @@ func (s *Session) InvalidateInode(ino uint64, off, length int64) error {
 	_, err := unix.Write(s.fd, b)
 	return err
 }
+
+// notifyPrune is FUSE_NOTIFY_PRUNE (Linux 6.18, protocol 7.45).
+const notifyPrune = 9
+
+// Prune asks the kernel to forget the node IDs ids if nothing uses them
+// (it answers FORGET for those it drops).
+func (s *Session) Prune(ids []uint64) error {
+	b := errorReply(0, notifyPrune)
+	b = le.AppendUint32(b, uint32(len(ids)))
+	b = le.AppendUint32(b, 0)
+	b = le.AppendUint64(b, 0)
+	for _, id := range ids {
+		b = le.AppendUint64(b, id)
+	}
+	le.PutUint32(b, uint32(len(b)))
+	_, err := unix.Write(s.fd, b)
+	return err
+}

@@ -1,0 +1,74 @@
+package fusefs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestPruneForgetsIdleFiles: the kernel keeps every file looked up, and
+// the daemon a node for each; Prune has it forget the least recently used
+// ones no process uses, the count of nodes falls, and every file is still
+// there (looked up again). An open file is kept.
+func TestPruneForgetsIdleFiles(t *testing.T) {
+	f, root, mnt := mountPosixRW(t, time.Hour)
+	const files = 300
+	for i := range files {
+		d := filepath.Join(root, fmt.Sprintf("d%d", i/100))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%03d", i)), []byte{byte(i)}, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := func(i int) string { return filepath.Join(mnt, fmt.Sprintf("d%d", i/100), fmt.Sprintf("f%03d", i)) }
+	open, err := os.Open(name(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	for i := range files {
+		if _, err := os.Stat(name(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := f.Nodes()
+	if before < files+3 {
+		t.Fatalf("%d nodes after looking up %d files in 3 directories; want at least %d", before, files, files+3)
+	}
+	sent, err := f.Prune(int(before))
+	if errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EINVAL) {
+		t.Skipf("this kernel cannot prune (%v): Linux 6.18 or later is needed", err)
+	}
+	if err != nil {
+		t.Fatalf("prune: %v", err)
+	}
+	if sent < files {
+		t.Errorf("prune asked about %d nodes; want at least %d", sent, files)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.Nodes() > 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The open file and its directory stay.
+	if got := f.Nodes(); got > 2 {
+		t.Errorf("%d nodes after pruning all (%d before); want at most 2 (the open file and its directory)", got, before)
+	}
+	if _, err := open.Stat(); err != nil {
+		t.Errorf("the open file after the prune: %v", err)
+	}
+	for i := range files {
+		b, err := os.ReadFile(name(i))
+		if err != nil || len(b) != 1 || b[0] != byte(i) {
+			t.Fatalf("file %d after the prune: %v, %v", i, b, err)
+		}
+	}
+	if got := f.Nodes(); got < files+3 {
+		t.Errorf("%d nodes after reading every file again; want at least %d (the count must follow the kernel)", got, files+3)
+	}
+}
