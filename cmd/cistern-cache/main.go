@@ -23,6 +23,7 @@ func main() {
 	var opts daemon.Options
 	opts.AddFlags(fs)
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	debugAddr := fs.String("debug-address", "", "serve Go's profiles (net/http/pprof) on this loopback host:port (empty: off)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -37,6 +38,12 @@ func main() {
 	if err := opts.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "cistern-cache: %v\n", err)
 		os.Exit(2)
+	}
+	if *debugAddr != "" {
+		if err := serveDebug(*debugAddr); err != nil {
+			fmt.Fprintf(os.Stderr, "cistern-cache: --debug-address: %v\n", err)
+			os.Exit(2)
+		}
 	}
 	d, err := daemon.New(opts)
 	if err != nil {

@@ -36,6 +36,9 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 	c := st.Cache
 	fmt.Fprintf(out, "cache: hits %d, misses %d, read-through %d, corrupt %d, evictions %d, source %s\n",
 		c.Hits, c.Misses, c.ReadThrough, c.Corrupt, c.Evictions, human(c.SourceBytes))
+	if c.IndexLoading {
+		fmt.Fprintln(out, "cache index: loading (files read meanwhile load their own entry first)")
+	}
 	for t, b := range c.TierBytes {
 		fmt.Fprintf(out, "tier %-5s holds %s, served %s\n", t, human(b), human(c.TierServed[t]))
 	}

@@ -21,13 +21,12 @@
 package cache
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -73,6 +72,10 @@ type Options struct {
 	CleanInterval time.Duration
 	// Logger is the engine's logger (default: klog's).
 	Logger klog.Logger
+
+	// loadGate, in tests, holds the background index load after the
+	// listing until it is closed.
+	loadGate chan struct{}
 }
 
 func (o *Options) setDefaults() error {
@@ -134,9 +137,17 @@ type Cache struct {
 	dirtyMu sync.Mutex
 	dirty   map[*Item]struct{} // guarded by dirtyMu (a leaf lock); items whose index is behind
 
-	mu    sync.Mutex
-	items map[string]*Item     // guarded by mu; by itemKey
-	perDS map[string]*counters // guarded by mu; per-dataset counters
+	// Loading the index in the background (load.go).
+	listed, loaded chan struct{} // closed once the index files are listed, and loaded
+	stopLoad       chan struct{} // closed by Close
+	loadWG         sync.WaitGroup
+	loadedAll      atomic.Bool
+
+	mu      sync.Mutex
+	pending map[string][]pendingIndex // guarded by mu; index files not loaded yet, by item hash
+	inLoad  map[string]chan struct{}  // guarded by mu; hashes being loaded, closed when done
+	items   map[string]*Item          // guarded by mu; by itemKey
+	perDS   map[string]*counters      // guarded by mu; per-dataset counters
 	// INVARIANT: an item in items is never removed (Item.removed is set
 	// only after the item left the map).
 }
@@ -152,6 +163,8 @@ func New(opts Options) (*Cache, error) {
 		items: map[string]*Item{},
 		perDS: map[string]*counters{},
 		dirty: map[*Item]struct{}{},
+
+		inLoad: map[string]chan struct{}{},
 	}
 	c.clean = newCleaner(opts.CleanInterval, c.cleanTiers)
 	c.env = &itemEnv{
@@ -172,12 +185,7 @@ func New(opts Options) (*Cache, error) {
 		}
 		c.tiers = append(c.tiers, &tier{TierOptions: t, index: len(c.tiers)})
 	}
-	for _, t := range c.tiers {
-		if err := c.load(t); err != nil {
-			c.env.fetch.close()
-			return nil, err
-		}
-	}
+	c.startLoad()
 	c.clean.start()
 	return c, nil
 }
@@ -186,6 +194,8 @@ func New(opts Options) (*Cache, error) {
 // flight, which it waits for), saves the indexes that are behind and closes
 // the open data files.
 func (c *Cache) Close() error {
+	close(c.stopLoad)
+	c.loadWG.Wait()
 	c.clean.close()
 	c.env.fetch.close()
 	c.saveDirty()
@@ -230,6 +240,7 @@ func (c *Cache) BlockSize() int64 { return c.opts.BlockSize }
 func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
 	id := itemID(name, a)
 	key := itemKey(dataset, id)
+	c.loadFor(dataset, id)
 	c.mu.Lock()
 	it := c.items[key]
 	if it == nil {
@@ -270,6 +281,7 @@ func (c *Cache) placement(size int64) *tier {
 // fingerprint, checked on every read, drops its blocks when the file
 // changes, and the cleaner removes it when it is no longer read.)
 func (c *Cache) evictName(dataset, name string) int {
+	c.loadFor(dataset, name)
 	key := itemKey(dataset, name)
 	c.mu.Lock()
 	it := c.items[key]
@@ -289,6 +301,7 @@ func (c *Cache) evictName(dataset, name string) int {
 // all): a scan of the items, for a directory renamed or an evict asked
 // for by an administrator.
 func (c *Cache) evictTree(dataset, prefix string) int {
+	c.waitLoaded()
 	c.mu.Lock()
 	var victims []*Item
 	for k, it := range c.items {
@@ -303,42 +316,4 @@ func (c *Cache) evictTree(dataset, prefix string) int {
 		it.remove()
 	}
 	return len(victims)
-}
-
-// load rebuilds the index of tier t from its .meta files.
-func (c *Cache) load(t *tier) error {
-	metas, err := filepath.Glob(filepath.Join(t.Dir, "*", "*.meta"))
-	if err != nil {
-		return err
-	}
-	for _, mp := range metas {
-		m, err := readIndex(mp)
-		var it *Item
-		if err == nil {
-			it = newItem(c.env, t, m.Dataset, cmp.Or(m.ID, m.Name), m.Name, c.countersLocked(m.Dataset))
-			err = it.loadIndex(m, mp)
-		}
-		if err != nil {
-			c.log.Error(err, "Dropping an unreadable cache index", "path", mp)
-			os.Remove(mp)
-			os.Remove(strings.TrimSuffix(mp, ".meta") + ".data")
-			continue
-		}
-		key := itemKey(it.dataset, it.id)
-		if prev := c.items[key]; prev != nil {
-			// Two generations of one file (a crash between a reset and
-			// the removal of the old one): keep the newer.
-			if prev.atime.Load() >= it.atime.Load() {
-				it.addBytesLocked(-it.presentBytes())
-				it.removeFiles()
-				continue
-			}
-			prev.addBytesLocked(-prev.presentBytes())
-			prev.ctr.files.Add(-1)
-			prev.removeFiles()
-		}
-		c.items[key] = it
-		it.ctr.files.Add(1)
-	}
-	return nil
 }

@@ -47,6 +47,7 @@ func newTestCache(t *testing.T, dir string, quota int64) *Cache {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.waitLoaded()
 	return c
 }
 

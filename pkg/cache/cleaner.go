@@ -60,10 +60,16 @@ func (cl *cleaner) close() {
 }
 
 // Clean runs the cleaner once, now.
-func (c *Cache) Clean() { c.cleanTiers() }
+func (c *Cache) Clean() {
+	c.waitLoaded()
+	c.cleanTiers()
+}
 
 func (c *Cache) cleanTiers() {
 	c.saveDirty()
+	if !c.loadedAll.Load() {
+		return // the tiers' totals are partial until the index is loaded
+	}
 	for _, t := range c.tiers {
 		c.cleanTier(t)
 	}

@@ -23,6 +23,9 @@ type Stats struct {
 	// Filling is how many files read from a POSIX source in passthrough
 	// wait to be cached, or are being cached (see Dataset.Fill).
 	Filling int
+	// IndexLoading is true until the index kept on disk is loaded (a
+	// file read meanwhile loads its own entry first).
+	IndexLoading bool
 }
 
 // DatasetStats are one dataset's share of the cache.
@@ -85,7 +88,7 @@ func (c *Cache) Stats() Stats {
 		Hits: t.hits.Load(), Misses: t.misses.Load(), ReadThrough: t.readThrough.Load(),
 		Corrupt: t.corrupt.Load(), SourceBytes: t.sourceBytes.Load(), Evictions: t.evictions.Load(),
 		TierBytes: map[string]int64{}, TierServed: map[string]int64{}, SourceLatency: c.env.fetch.latency.snapshot(),
-		Filling: c.Filling(),
+		Filling: c.Filling(), IndexLoading: !c.loadedAll.Load(),
 	}
 	for _, t := range c.tiers {
 		s.TierBytes[t.Name] = t.used.Load()

@@ -222,6 +222,9 @@ type CacheStats struct {
 	// Filling counts files read from a POSIX source in passthrough that
 	// wait to be cached, or are being cached.
 	Filling int
+	// IndexLoading is true while the daemon loads the cache index kept
+	// on disk after a start (reads are served meanwhile).
+	IndexLoading bool
 }
 
 // Histogram is a snapshot: Counts[i] observations fell in (Bounds[i-1],

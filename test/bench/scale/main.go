@@ -13,7 +13,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +35,9 @@ type config struct {
 	work   string
 	keep   bool
 	ops    int // creates, renames and unlinks per size
+	// profiles: write the daemon's heap profile here after the cold
+	// read of each size ("" = none).
+	profiles string
 }
 
 // row is one size's figures.
@@ -47,6 +52,11 @@ type row struct {
 	// the nodes its mount holds and its resident memory.
 	limit, limitNodes int64
 	rssLimited        int64
+	// After a restart on the same state: time to serve a cached file
+	// (start, mount, read), time until the whole index is loaded, and
+	// blocks fetched again reading every file (0: the cache stayed warm).
+	restartServe, restartLoaded time.Duration
+	restartMisses               int64
 }
 
 func (r row) perFile() float64 {
@@ -62,6 +72,7 @@ func main() {
 	flag.StringVar(&c.binDir, "bin-dir", "bin", "where cistern-cache is (make build)")
 	flag.StringVar(&c.work, "work-dir", "", "work directory (default: a new one under /var/tmp)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the work directory")
+	flag.StringVar(&c.profiles, "heap-profiles", "", "write the daemon's heap profile after the cold read of each size to this directory (heap-<files>.pprof)")
 	flag.Parse()
 	switch {
 	case sizes != "":
@@ -123,7 +134,11 @@ func measure(c config, n int) (r row, err error) {
 	if err != nil {
 		return r, err
 	}
-	d, err := startDaemon(c.binDir, dir)
+	var debug []string
+	if c.profiles != "" {
+		debug = append(debug, "--debug-address=127.0.0.1:6061")
+	}
+	d, err := startDaemon(c.binDir, dir, debug...)
 	if err != nil {
 		return r, err
 	}
@@ -144,6 +159,11 @@ func measure(c config, n int) (r row, err error) {
 	}
 	time.Sleep(time.Second) // index writes, the cleaner
 	r.rssCached = host.RSSKiB(d.cmd.Process.Pid) << 10
+	if c.profiles != "" {
+		if err := saveHeap(filepath.Join(c.profiles, fmt.Sprintf("heap-%d.pprof", n))); err != nil {
+			return r, err
+		}
+	}
 	if r.warmRate, err = readAll(mnt, names); err != nil {
 		return r, err
 	}
@@ -181,7 +201,58 @@ func measure(c config, n int) (r row, err error) {
 		return r, fmt.Errorf("release: %w", err)
 	}
 	d.stop()
+	if err := restart(c, &r, dir, src, names); err != nil {
+		return r, fmt.Errorf("restart: %w", err)
+	}
 	return r, bounded(c, &r, dir, src, names)
+}
+
+// restart starts the daemon again on the same state and records how long
+// until it serves a cached file through a new mount, how long its index
+// takes to load, and whether every file is still cached (no source
+// reads).
+func restart(c config, r *row, dir, src string, names []string) error {
+	start := time.Now()
+	d, err := startDaemon(c.binDir, dir)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	ctx := context.Background()
+	resp, err := d.client.Mount(ctx, api.MountRequest{Holder: "bench", Dataset: "scale", Source: "file://" + src, MetaCache: time.Second})
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	b, err := os.ReadFile(filepath.Join(resp.MountPath, names[len(names)/2]))
+	if err != nil || len(b) != 4096 {
+		return fmt.Errorf("first read after the restart: %d bytes, %v", len(b), err)
+	}
+	r.restartServe = time.Since(start)
+	before, err := d.client.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := readAll(resp.MountPath, names); err != nil {
+		return err
+	}
+	for {
+		st, err := d.client.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if !st.Cache.IndexLoading {
+			r.restartLoaded = time.Since(start)
+			r.restartMisses = st.Cache.Misses - before.Cache.Misses
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("the index was still loading after %s", time.Since(start))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	say("%d files: restart: serving a cached file after %s, index loaded after %s, %d blocks fetched again reading every file",
+		r.files, r.restartServe.Round(time.Millisecond), r.restartLoaded.Round(time.Millisecond), r.restartMisses)
+	return d.client.Release(ctx, "bench")
 }
 
 // bounded reads every file through a daemon started with --max-inodes at
@@ -222,6 +293,30 @@ func bounded(c config, r *row, dir, src string, names []string) error {
 	say("%d files with --max-inodes=%d: %d nodes held, memory %d MiB (%.0f B per file read)", r.files, r.limit, r.limitNodes,
 		r.rssLimited>>20, float64(r.rssLimited-r.rssEmpty)/float64(r.files))
 	return d.client.Release(ctx, "bench")
+}
+
+// saveHeap writes the daemon's heap profile (after a collection) to path.
+func saveHeap(path string) error {
+	resp, err := http.Get("http://127.0.0.1:6061/debug/pprof/heap?gc=1")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // makeTree writes n files of 4 KiB, 1,000 per directory, and returns
@@ -325,7 +420,7 @@ func startDaemon(binDir, dir string, args ...string) (*daemon, error) {
 	}
 	sock := filepath.Join(dir, "cache.sock")
 	state := filepath.Join(dir, "state")
-	log, err := os.Create(filepath.Join(dir, "cistern-cache.log"))
+	log, err := os.OpenFile(filepath.Join(dir, "cistern-cache.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}

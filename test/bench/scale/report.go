@@ -65,7 +65,17 @@ func goals(rows []row) []string {
 	}
 	line(fmt.Sprintf("warm 4 KiB reads of a read-write dataset, %d files, against native", last.files),
 		fmt.Sprintf("%.2f", last.warmRate/last.native), ">= 0.5", last.warmRate/last.native >= 0.5)
-	line("daemon restart with 1M cached files: serving again, cache warm", "not measured yet", "<= 10 s", false)
+	per, pass = nil, last.files >= 1_000_000
+	for _, r := range rows {
+		per = append(per, fmt.Sprintf("%d files: serving after %s (index loaded after %s), %d blocks fetched again",
+			r.files, r.restartServe.Round(time.Millisecond), r.restartLoaded.Round(time.Millisecond), r.restartMisses))
+		pass = pass && r.restartServe <= 10*time.Second && r.restartMisses == 0
+	}
+	want := "<= 10 s at 1,000,000 files, 0 fetched again"
+	if last.files < 1_000_000 {
+		want += "; not run at 1,000,000 (--full)"
+	}
+	line("daemon restart: serving a cached file again, cache warm", strings.Join(per, "; "), want, pass)
 	line("1,000 datasets on one node: memory per dataset, metrics scrape", "not measured yet", "bounded", false)
 	walk := last.walkNative.Seconds() / last.walk.Seconds()
 	line(fmt.Sprintf("find and stat of %d files, warm, against native", last.files), fmt.Sprintf("%.2f", walk), ">= 0.5", walk >= 0.5)

@@ -1,0 +1,187 @@
+package cache
+
+import (
+	"cmp"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Loading the index. A restart with a million cached files must serve at
+// once: New only lists the tiers' index files (names, no reads) and
+// returns; a background loader reads them one by one. A read of a file
+// whose index is still waiting loads that one first, found by its hash in
+// the listing: the cache is warm from the first read. The cleaner waits
+// for the whole index (its totals are partial until then), and so does a
+// prefix eviction (it finds items by name, which only the index says).
+
+// pendingIndex is an index file listed and not loaded yet.
+type pendingIndex struct {
+	t    *tier
+	path string
+}
+
+// startLoad lists the tiers' index files and loads them in the
+// background (see above).
+func (c *Cache) startLoad() {
+	c.listed = make(chan struct{})
+	c.loaded = make(chan struct{})
+	c.stopLoad = make(chan struct{})
+	c.loadWG.Add(1)
+	go func() {
+		defer c.loadWG.Done()
+		defer close(c.loaded)
+		pend := c.listIndexes()
+		c.mu.Lock()
+		c.pending = pend
+		c.mu.Unlock()
+		close(c.listed)
+		if c.opts.loadGate != nil {
+			select {
+			case <-c.opts.loadGate:
+			case <-c.stopLoad:
+				return
+			}
+		}
+		for hash := range pend {
+			select {
+			case <-c.stopLoad:
+				return
+			default:
+			}
+			c.loadPending(hash)
+		}
+		c.mu.Lock()
+		c.pending = nil
+		c.mu.Unlock()
+		c.loadedAll.Store(true)
+		c.mu.Lock()
+		files := len(c.items)
+		c.mu.Unlock()
+		c.log.V(1).Info("Cache index loaded", "files", files)
+		c.clean.kick()
+	}()
+}
+
+// listIndexes returns the index files of every tier by item hash
+// (<tier>/<hash[:2]>/<hash>[-<gen>].meta).
+func (c *Cache) listIndexes() map[string][]pendingIndex {
+	pend := map[string][]pendingIndex{}
+	for _, t := range c.tiers {
+		subs, err := readNames(t.Dir)
+		if err != nil {
+			c.log.Error(err, "Listing a cache tier failed: its cached files are fetched again", "tier", t.Name)
+			continue
+		}
+		for _, sub := range subs {
+			if len(sub) != 2 {
+				continue
+			}
+			names, err := readNames(filepath.Join(t.Dir, sub))
+			if err != nil {
+				c.log.Error(err, "Listing a cache tier failed: its cached files are fetched again", "tier", t.Name, "dir", sub)
+				continue
+			}
+			for _, n := range names {
+				if len(n) < 37 || !strings.HasSuffix(n, ".meta") || n[:2] != sub {
+					continue // data files, temporary files
+				}
+				h := n[:32]
+				pend[h] = append(pend[h], pendingIndex{t: t, path: filepath.Join(t.Dir, sub, n)})
+			}
+		}
+	}
+	return pend
+}
+
+// readNames returns the names in directory dir.
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// loadFor loads the waiting index of dataset's file id, if any, before the
+// caller looks for its item (a no-op once everything is loaded).
+func (c *Cache) loadFor(dataset, id string) {
+	if c.loadedAll.Load() {
+		return
+	}
+	select {
+	case <-c.listed:
+	case <-c.loaded: // the loader stopped before listing (Close)
+		return
+	}
+	c.loadPending(itemHash(dataset, id))
+}
+
+// waitLoaded waits until the whole index is loaded (or loading stopped).
+func (c *Cache) waitLoaded() { <-c.loaded }
+
+// loadPending loads the index files listed under hash, if they still
+// wait; if another goroutine is loading them, it waits for that.
+func (c *Cache) loadPending(hash string) {
+	c.mu.Lock()
+	if ch := c.inLoad[hash]; ch != nil {
+		c.mu.Unlock()
+		<-ch
+		return
+	}
+	idx, ok := c.pending[hash]
+	if !ok {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.pending, hash)
+	ch := make(chan struct{})
+	c.inLoad[hash] = ch
+	c.mu.Unlock()
+	for _, p := range idx {
+		c.loadIndexFile(p.t, p.path)
+	}
+	c.mu.Lock()
+	delete(c.inLoad, hash)
+	c.mu.Unlock()
+	close(ch)
+}
+
+// loadIndexFile adopts the index at mp of tier t, or removes it (and its
+// data) when it cannot be read.
+func (c *Cache) loadIndexFile(t *tier, mp string) {
+	m, err := readIndex(mp)
+	var it *Item
+	if err == nil {
+		c.mu.Lock()
+		ctr := c.countersLocked(m.Dataset)
+		c.mu.Unlock()
+		it = newItem(c.env, t, m.Dataset, cmp.Or(m.ID, m.Name), m.Name, ctr)
+		err = it.loadIndex(m, mp)
+	}
+	if err != nil {
+		c.log.Error(err, "Dropping an unreadable cache index", "path", mp)
+		os.Remove(mp)
+		os.Remove(strings.TrimSuffix(mp, ".meta") + ".data")
+		return
+	}
+	key := itemKey(it.dataset, it.id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev := c.items[key]; prev != nil {
+		// Two generations of one file (a crash between a reset and the
+		// removal of the old one), or a file read again before its index
+		// was loaded: keep the newer.
+		if prev.atime.Load() >= it.atime.Load() {
+			it.addBytesLocked(-it.presentBytes())
+			it.removeFiles()
+			return
+		}
+		delete(c.items, key)
+		prev.ctr.files.Add(-1)
+		prev.remove()
+	}
+	c.items[key] = it
+	it.ctr.files.Add(1)
+}
