@@ -235,8 +235,9 @@ func (f *FS) invalidateAttr(n *node) {
 	var err error
 	if f.sess != nil {
 		err = f.sess.InvalidateInode(ino, -1, 0)
-	} else if st := f.srv.InodeNotify(ino, -1, 0); !st.Ok() {
-		err = syscall.Errno(st)
+	} else if errno := n.NotifyContent(-1, 0); errno != 0 {
+		// (go-fuse's server, known to the node before it serves.)
+		err = errno
 	}
 	if err != nil && !errors.Is(err, syscall.ENOENT) {
 		// ENOENT: the kernel has forgotten the inode, nothing to drop.

@@ -76,14 +76,13 @@ func (f *FS) serve(conn session.Conn, root *node, gopts *gofs.Options) error {
 	if f.opts.InodeTable != "" {
 		backing = f.opts.InodeTable + ".backing" // beside the inode table
 	}
-	sess, err := session.Start(conn, gofs.NewNodeFS(root, gopts), &gopts.MountOptions,
-		session.Options{ReopenWrites: !objects, BackingLog: backing, Logger: f.log})
+	_, err := session.Start(conn, gofs.NewNodeFS(root, gopts), &gopts.MountOptions,
+		session.Options{ReopenWrites: !objects, BackingLog: backing, Logger: f.log,
+			Serving: func(s *session.Session) { f.sess = s }})
 	if err != nil {
 		f.inodes.close()
-		return err
 	}
-	f.sess = sess
-	return nil
+	return err
 }
 
 // Detach stops serving without unmounting or answering what is in flight

@@ -47,6 +47,10 @@ type Options struct {
 	// again only once those opens are closed).
 	BackingLog string
 	Logger     klog.Logger
+	// Serving, if set, is called with the session before it serves any
+	// request but a taken-over connection's replayed INIT: the file
+	// system may keep it, and use it while serving, without a race.
+	Serving func(*Session)
 }
 
 // Stats count what a taken-over session had to do.
@@ -77,7 +81,9 @@ type Session struct {
 	quit         atomic.Bool    // Stop or Drain: the reader stops reading
 	inflight     sync.WaitGroup // requests being served
 	fd           int            // the session's duplicate of the device, non-blocking
-	wake         [2]int         // a pipe: Stop writes, the reader wakes
+	ready        chan struct{}  // the poller: the device has a request (or had one)
+	stopCh       chan struct{}  // closed by Stop or Drain: the reader stops waiting
+	stopOnce     sync.Once
 	initMu       sync.Mutex
 	next         atomic.Uint64 // uniques of the session's own requests (odd)
 	done         chan error
@@ -104,30 +110,25 @@ func Start(conn Conn, fs fuse.RawFileSystem, mo *fuse.MountOptions, opts Options
 	if opts.Logger.GetSink() == nil {
 		opts.Logger = klog.Background()
 	}
-	// The session reads a duplicate, non-blocking, waiting in poll(2)
-	// with a pipe Stop writes to; never in Go's poller: its thread would
-	// also wait for the poll of a file of this very mount (FUSE files
-	// are pollable), which only this loop can answer.
+	// The session reads a duplicate, non-blocking, waiting for the
+	// sessions' own epoll thread (poller.go) when there is nothing to
+	// read; never in Go's poller: its thread would also wait for the poll
+	// of a file of this very mount (FUSE files are pollable), which only
+	// this loop can answer.
 	fd, err := Dup(conn.Dev)
 	if err != nil {
 		return nil, err
 	}
 	dev := os.NewFile(uintptr(fd), conn.Dev.Name()) // blocking here: not in Go's poller
-	var wake [2]int
-	if err := unix.Pipe2(wake[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		dev.Close()
-		return nil, err
-	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		dev.Close()
-		unix.Close(wake[0])
-		unix.Close(wake[1])
 		return nil, err
 	}
 	s := &Session{
 		conn: conn, ps: fuse.NewProtocolServer(fs, mo), opts: opts, log: opts.Logger,
 		counts: map[uint64]uint64{}, stale: map[uint64]uint64{}, failed: map[uint64]bool{}, backing: map[uint64]*backingRef{},
-		done: make(chan error, 1), drained: make(chan struct{}), ended: make(chan struct{}), fd: fd, wake: wake,
+		done: make(chan error, 1), drained: make(chan struct{}), ended: make(chan struct{}), fd: fd,
+		ready: make(chan struct{}, 1), stopCh: make(chan struct{}),
 	}
 	s.conn.Dev = dev
 	if err := s.openBackingLog(opts.BackingLog, conn.Init != nil); err != nil {
@@ -140,10 +141,15 @@ func Start(conn Conn, fs fuse.RawFileSystem, mo *fuse.MountOptions, opts Options
 		out := make([]byte, 4096)
 		if _, st := s.ps.HandleRequest([][]byte{conn.Init}, [][]byte{out}); !st.Ok() {
 			dev.Close()
-			unix.Close(wake[0])
-			unix.Close(wake[1])
 			return nil, fmt.Errorf("replaying INIT: %v", st)
 		}
+	}
+	if err := devPoller.add(s); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("waiting for requests: %w", err)
+	}
+	if opts.Serving != nil {
+		opts.Serving(s)
 	}
 	go s.loop()
 	if conn.Init != nil {
@@ -190,7 +196,7 @@ func (s *Session) Stop() {
 // stopReading makes every reader stop reading (Stop, Drain).
 func (s *Session) stopReading() {
 	s.quit.Store(true)
-	_, _ = unix.Write(s.wake[1], []byte{0})
+	s.stopOnce.Do(func() { close(s.stopCh) })
 	s.rmu.Lock()
 	s.endReadingLocked(nil) // no reader may be reading
 	s.rmu.Unlock()
@@ -214,8 +220,9 @@ func (s *Session) isStopped() bool {
 }
 
 // maxIdle is how many readers may wait for requests at once; the others
-// serve one and exit.
-const maxIdle = 2
+// serve one and exit. One: the poller wakes one reader per arming, and an
+// idle session costs a goroutine, no thread.
+const maxIdle = 1
 
 // loop runs the readers until reading ends, then closes the session. A
 // reader serves the request it read itself (no hand-off to another
@@ -228,9 +235,8 @@ func (s *Session) loop() {
 	closeDev := func() {
 		// Handlers write to the descriptor: it closes after them.
 		s.inflight.Wait()
+		devPoller.remove(s)
 		s.conn.Dev.Close()
-		unix.Close(s.wake[0])
-		unix.Close(s.wake[1])
 	}
 	if s.isStopped() {
 		go closeDev() // a crash: nothing waits for what is in flight
@@ -294,11 +300,10 @@ func (s *Session) endReadingLocked(err error) {
 // errUnmounted ends reading when the connection is gone (Wait returns nil).
 var errUnmounted = errors.New("unmounted")
 
-// read reads one request, waiting in poll(2) only when none is there. It
+// read reads one request, waiting for the poller only when none is there. It
 // returns errStopped after Stop or Drain, errUnmounted when the
 // connection ends.
 func (s *Session) read() (*[]byte, int, error) {
-	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.wake[0]), Events: unix.POLLIN}}
 	for {
 		if s.quit.Load() {
 			return nil, 0, errStopped
@@ -313,9 +318,12 @@ func (s *Session) read() (*[]byte, int, error) {
 			continue
 		case unix.EAGAIN: // none yet: wait for one, or for Stop
 			s.bufs.Put(bp)
-			fds[0].Revents, fds[1].Revents = 0, 0
-			if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			if err := devPoller.arm(s); err != nil {
 				return nil, 0, err
+			}
+			select {
+			case <-s.ready:
+			case <-s.stopCh:
 			}
 			continue
 		case unix.ENODEV: // unmounted
