@@ -11,13 +11,19 @@ import (
 )
 
 // RSSKiB is a process's resident memory in KiB (0 if it cannot be read).
-func RSSKiB(pid int) int64 {
+func RSSKiB(pid int) int64 { return status(pid, "VmRSS:") }
+
+// Threads is how many threads a process has (0 if it cannot be read).
+func Threads(pid int) int64 { return status(pid, "Threads:") }
+
+// status is a number from /proc/<pid>/status (its unit, if any, dropped).
+func status(pid int, field string) int64 {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(l, field); ok {
 			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return n
 		}

@@ -17,7 +17,6 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,6 +37,7 @@ type config struct {
 	// profiles: write the daemon's heap profile here after the cold
 	// read of each size ("" = none).
 	profiles string
+	datasets int // datasets mounted at once in the many-datasets phase
 }
 
 // row is one size's figures.
@@ -72,8 +72,15 @@ func main() {
 	flag.StringVar(&c.binDir, "bin-dir", "bin", "where cistern-cache is (make build)")
 	flag.StringVar(&c.work, "work-dir", "", "work directory (default: a new one under /var/tmp)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the work directory")
+	flag.IntVar(&c.datasets, "datasets", 0, "datasets mounted at once in the many-datasets phase (default 1000; --smoke 50)")
 	flag.StringVar(&c.profiles, "heap-profiles", "", "write the daemon's heap profile after the cold read of each size to this directory (heap-<files>.pprof)")
 	flag.Parse()
+	if c.datasets == 0 {
+		c.datasets = 1000
+		if *smoke {
+			c.datasets = 50
+		}
+	}
 	switch {
 	case sizes != "":
 	case *smoke:
@@ -120,7 +127,11 @@ func run(c config) error {
 		}
 		rows = append(rows, r)
 	}
-	report(rows)
+	dr, err := manyDatasets(c, c.datasets)
+	if err != nil {
+		return fmt.Errorf("%d datasets: %w", c.datasets, err)
+	}
+	report(rows, dr)
 	return nil
 }
 
@@ -134,11 +145,16 @@ func measure(c config, n int) (r row, err error) {
 	if err != nil {
 		return r, err
 	}
-	var debug []string
-	if c.profiles != "" {
-		debug = append(debug, "--debug-address=127.0.0.1:6061")
+	keeper, keeperFlag, err := startKeeper(c.binDir, dir)
+	if err != nil {
+		return r, err
 	}
-	d, err := startDaemon(c.binDir, dir, debug...)
+	defer stopProcess(keeper)
+	args := []string{keeperFlag}
+	if c.profiles != "" {
+		args = append(args, "--debug-address=127.0.0.1:6061")
+	}
+	d, err := startDaemon(c.binDir, dir, args...)
 	if err != nil {
 		return r, err
 	}
@@ -197,107 +213,24 @@ func measure(c config, n int) (r row, err error) {
 	}
 	say("%d files: create %s, rename %s, unlink %s per op (native %s, %s, %s)", n,
 		r.create, r.rename, r.unlink, r.nCreate, r.nRename, r.nUnlink)
-	if err := d.client.Release(ctx, "bench"); err != nil {
-		return r, fmt.Errorf("release: %w", err)
-	}
-	d.stop()
-	if err := restart(c, &r, dir, src, names); err != nil {
+	if err := restart(c, &r, d, dir, mnt, names, keeperFlag); err != nil {
 		return r, fmt.Errorf("restart: %w", err)
 	}
 	return r, bounded(c, &r, dir, src, names)
 }
 
-// restart starts the daemon again on the same state and records how long
-// until it serves a cached file through a new mount, how long its index
-// takes to load, and whether every file is still cached (no source
-// reads).
-func restart(c config, r *row, dir, src string, names []string) error {
-	start := time.Now()
-	d, err := startDaemon(c.binDir, dir)
-	if err != nil {
-		return err
-	}
-	defer d.stop()
-	ctx := context.Background()
-	resp, err := d.client.Mount(ctx, api.MountRequest{Holder: "bench", Dataset: "scale", Source: "file://" + src, MetaCache: time.Second})
-	if err != nil {
-		return fmt.Errorf("mount: %w", err)
-	}
-	b, err := os.ReadFile(filepath.Join(resp.MountPath, names[len(names)/2]))
-	if err != nil || len(b) != 4096 {
-		return fmt.Errorf("first read after the restart: %d bytes, %v", len(b), err)
-	}
-	r.restartServe = time.Since(start)
-	before, err := d.client.Stats(ctx)
-	if err != nil {
-		return err
-	}
-	if _, err := readAll(resp.MountPath, names); err != nil {
-		return err
-	}
-	for {
-		st, err := d.client.Stats(ctx)
-		if err != nil {
-			return err
-		}
-		if !st.Cache.IndexLoading {
-			r.restartLoaded = time.Since(start)
-			r.restartMisses = st.Cache.Misses - before.Cache.Misses
-			break
-		}
-		if time.Since(start) > 10*time.Minute {
-			return fmt.Errorf("the index was still loading after %s", time.Since(start))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	say("%d files: restart: serving a cached file after %s, index loaded after %s, %d blocks fetched again reading every file",
-		r.files, r.restartServe.Round(time.Millisecond), r.restartLoaded.Round(time.Millisecond), r.restartMisses)
-	return d.client.Release(ctx, "bench")
-}
-
-// bounded reads every file through a daemon started with --max-inodes at
-// a tenth of the files and records the nodes it holds and its memory once
-// it has pruned.
-func bounded(c config, r *row, dir, src string, names []string) error {
-	r.limit = int64(max(1000, r.files/10))
-	d, err := startDaemon(c.binDir, filepath.Join(dir, "bounded"), fmt.Sprintf("--max-inodes=%d", r.limit))
-	if err != nil {
-		return err
-	}
-	defer d.stop()
-	ctx := context.Background()
-	resp, err := d.client.Mount(ctx, api.MountRequest{Holder: "bench", Dataset: "scale", Source: "file://" + src, MetaCache: time.Second})
-	if err != nil {
-		return fmt.Errorf("mount: %w", err)
-	}
-	if _, err := readAll(resp.MountPath, names); err != nil {
-		return err
-	}
-	// The daemon compares with the bound every second; the kernel's FORGETs
-	// follow the prune.
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		st, err := d.client.Stats(ctx)
-		if err != nil {
-			return err
-		}
-		r.limitNodes = 0
-		for _, ds := range st.Datasets {
-			r.limitNodes += ds.Nodes
-		}
-		if r.limitNodes <= r.limit {
-			break
-		}
-	}
-	time.Sleep(time.Second)
-	r.rssLimited = host.RSSKiB(d.cmd.Process.Pid) << 10
-	say("%d files with --max-inodes=%d: %d nodes held, memory %d MiB (%.0f B per file read)", r.files, r.limit, r.limitNodes,
-		r.rssLimited>>20, float64(r.rssLimited-r.rssEmpty)/float64(r.files))
-	return d.client.Release(ctx, "bench")
-}
-
-// saveHeap writes the daemon's heap profile (after a collection) to path.
+// saveHeap writes the daemon's heap profile (after a collection) to path,
+// and its goroutines beside it (.goroutines).
 func saveHeap(path string) error {
-	resp, err := http.Get("http://127.0.0.1:6061/debug/pprof/heap?gc=1")
+	if err := saveProfile("heap?gc=1", path); err != nil {
+		return err
+	}
+	return saveProfile("goroutine?debug=1", strings.TrimSuffix(path, ".pprof")+".goroutines")
+}
+
+// saveProfile writes the daemon's profile (pprof's name and query) to path.
+func saveProfile(profile, path string) error {
+	resp, err := http.Get("http://127.0.0.1:6061/debug/pprof/" + profile)
 	if err != nil {
 		return err
 	}
@@ -406,52 +339,4 @@ func ops(dir string, n int) (create, rename, unlink time.Duration, err error) {
 	}
 	unlink = time.Since(start) / time.Duration(n)
 	return create, rename, unlink, os.Remove(dir)
-}
-
-// daemon is a cistern-cache process of the benchmark's.
-type daemon struct {
-	cmd    *exec.Cmd
-	client *api.Client
-}
-
-func startDaemon(binDir, dir string, args ...string) (*daemon, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	sock := filepath.Join(dir, "cache.sock")
-	state := filepath.Join(dir, "state")
-	log, err := os.OpenFile(filepath.Join(dir, "cistern-cache.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	defer log.Close()
-	cmd := exec.Command(filepath.Join(binDir, "cistern-cache"), append([]string{"--socket=" + sock, "--state-dir=" + state,
-		"--cache-tiers=disk:" + filepath.Join(state, "cache") + ":8Gi", "--grace=0s", "--max-inodes=0"}, args...)...)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	d := &daemon{cmd: cmd, client: api.NewClient(sock)}
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if d.client.Health(context.Background()) == nil {
-			return d, nil
-		}
-		if time.Now().After(deadline) {
-			d.stop()
-			return nil, fmt.Errorf("cistern-cache did not answer on %s within 15s (log: %s)", sock, log.Name())
-		}
-	}
-}
-
-// stop ends the daemon (SIGTERM: it unmounts what it serves) and waits.
-func (d *daemon) stop() {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = d.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-done
-	}
 }
