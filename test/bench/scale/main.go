@@ -116,9 +116,16 @@ func run(c config) error {
 			return err
 		}
 	}
-	if !c.keep {
-		defer os.RemoveAll(c.work)
-	}
+	defer func() {
+		// Stopped processes first (deferred in measure), then what they
+		// may have left mounted, then the files.
+		if n := unmountUnder(c.work); n > 0 {
+			say("detached %d mounts left under %s", n, c.work)
+		}
+		if !c.keep {
+			os.RemoveAll(c.work)
+		}
+	}()
 	var rows []row
 	for _, n := range c.sizes {
 		r, err := measure(c, n)

@@ -6,8 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 )
@@ -77,6 +80,26 @@ func start(logPath, bin string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	return cmd, cmd.Start()
+}
+
+// unmountUnder detaches every mount at or under dir (what a failed run
+// left: a daemon stopped with a keeper hands its mounts over rather than
+// unmounting them) and returns how many.
+func unmountUnder(dir string) int {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
+			if unix.Unmount(f[1], unix.MNT_DETACH) == nil {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // stopProcess sends SIGTERM, waits up to 30 s, then kills; it does nothing
