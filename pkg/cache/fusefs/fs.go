@@ -95,6 +95,9 @@ type FS struct {
 	// from it); nodes counts the nodes the kernel holds (see Prune).
 	started time.Time
 	nodes   atomic.Int64
+	// listed are recent listings whose attributes lookups take (a POSIX
+	// source only; see listing.go).
+	listed listings
 	// resumedBelow: inodes numbered below it may have been opened through
 	// an earlier server (0: a fresh mount).
 	resumedBelow uint64

@@ -176,11 +176,16 @@ func caller(ctx context.Context) source.Owner {
 // newChild looks up name in the source after a change made it and returns
 // its inode.
 func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, *node, syscall.Errno) {
-	p := n.child(name)
-	a, err := n.fsys.src.Stat(ctx, p)
+	a, err := n.fsys.src.Stat(ctx, n.child(name))
 	if err != nil {
 		return nil, nil, source.Errno(err)
 	}
+	in, c := n.childOf(ctx, name, a, out)
+	return in, c, 0
+}
+
+// childOf returns the inode of name, whose attributes are a.
+func (n *node) childOf(ctx context.Context, name string, a source.Attr, out *fuse.EntryOut) (*gofs.Inode, *node) {
 	n.fill(a, &out.Attr)
 	sa := n.fsys.stableAttr(n, name, a)
 	if in := n.GetChild(name); in != nil && in.StableAttr() == sa {
@@ -192,14 +197,14 @@ func (n *node) newChild(ctx context.Context, name string, out *fuse.EntryOut) (*
 			// object store.
 			cur.setAttr(a)
 			cur.touch()
-			return in, cur, 0
+			return in, cur
 		}
 	}
 	c := &node{fsys: n.fsys, attr: a}
 	c.touch()
 	in := n.NewInode(ctx, c, sa)
 	n.fsys.counted(in, c)
-	return in, c, 0
+	return in, c
 }
 
 // Lookup implements gofs.NodeLookuper.
@@ -209,6 +214,10 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	}
 	if in, a, ok := n.fsys.w.pendingChild(n, name); ok {
 		n.fill(a, &out.Attr)
+		return in, 0
+	}
+	if a, ok := n.fsys.fromListing(n, name); ok {
+		in, _ := n.childOf(ctx, name, a, out)
 		return in, 0
 	}
 	in, _, errno := n.newChild(ctx, name, out)
@@ -248,6 +257,9 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	ents, err := n.fsys.src.List(ctx, n.rel())
 	if err != nil {
 		return nil, source.Errno(err)
+	}
+	if _, posix := n.fsys.src.(source.Writable); posix {
+		n.fsys.listed.remember(n.StableAttr().Ino, ents)
 	}
 	list := make([]fuse.DirEntry, 0, len(ents))
 	for _, e := range ents {

@@ -58,6 +58,7 @@ var (
 
 // Create implements gofs.NodeCreater.
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
 	if n.fsys.hidden(n, name) {
 		return nil, nil, 0, syscall.EACCES
 	}
@@ -66,6 +67,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 
 // Mkdir implements gofs.NodeMkdirer.
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
 	if n.fsys.hidden(n, name) {
 		return nil, syscall.EACCES
 	}
@@ -74,6 +76,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 
 // Unlink implements gofs.NodeUnlinker.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
 	if n.fsys.hidden(n, name) {
 		return syscall.ENOENT
 	}
@@ -82,6 +85,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 
 // Rmdir implements gofs.NodeRmdirer.
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
 	if n.fsys.hidden(n, name) {
 		return syscall.ENOENT
 	}
@@ -90,6 +94,10 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 
 // Rename implements gofs.NodeRenamer.
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	if np, ok := newParent.(*node); ok {
+		n.fsys.listed.forget(np.StableAttr().Ino)
+	}
 	if n.fsys.opts.ReadOnly {
 		return syscall.EROFS
 	}
@@ -119,6 +127,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 // only ever resolved by the kernel in the caller's view, never by the
 // daemon.
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
 	if n.fsys.hidden(n, name) {
 		return nil, syscall.EACCES
 	}
@@ -127,6 +136,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 
 // Link implements gofs.NodeLinker.
 func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
 	tn, ok := target.(*node)
 	if !ok {
 		return nil, syscall.EXDEV
@@ -139,6 +149,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 
 // Mknod implements gofs.NodeMknoder: FIFOs and sockets.
 func (n *node) Mknod(ctx context.Context, name string, mode, _ uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
 	if n.fsys.hidden(n, name) {
 		return nil, syscall.EACCES
 	}

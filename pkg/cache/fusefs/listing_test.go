@@ -1,0 +1,73 @@
+package fusefs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
+)
+
+// statCounting counts a POSIX source's Stat calls.
+type statCounting struct {
+	*posix.Source
+	stats atomic.Int64
+}
+
+func (s *statCounting) Stat(ctx context.Context, name string) (source.Attr, error) {
+	s.stats.Add(1)
+	return s.Source.Stat(ctx, name)
+}
+
+// TestListingAnswersTheLookupsThatFollowIt: find or ls -l of a directory
+// (READDIRPLUS, then a stat of each entry) asks the source for each
+// entry's attributes once, in the listing; the lookups take them from it.
+// Each entry was read twice: a POSIX source opened the parent and read
+// the name's attributes again for every lookup. A name created through
+// the mount after the listing is looked up afresh.
+func TestListingAnswersTheLookupsThatFollowIt(t *testing.T) {
+	root := t.TempDir()
+	const files = 200
+	for i := range files {
+		if err := os.WriteFile(filepath.Join(root, fmt.Sprintf("f%03d", i)), []byte{byte(i)}, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := posix.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &statCounting{Source: p}
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	t.Cleanup(func() { c.Close() })
+	_, mnt := mountTest(t, src, c, Options{MetaCache: time.Minute})
+	before := src.stats.Load()
+	ents, err := os.ReadDir(mnt)
+	if err != nil || len(ents) != files {
+		t.Fatalf("listing: %d entries, %v", len(ents), err)
+	}
+	for _, e := range ents {
+		fi, err := os.Lstat(filepath.Join(mnt, e.Name()))
+		if err != nil || fi.Size() != 1 {
+			t.Fatalf("lstat %s: %v, %v", e.Name(), fi, err)
+		}
+	}
+	if n := src.stats.Load() - before; n > files/10 {
+		t.Errorf("a listing and a stat of each of %d entries asked the source %d times; want the listing's attributes used", files, n)
+	}
+	// Replaced through the mount after the listing: looked up afresh.
+	if err := os.Remove(filepath.Join(mnt, "f000")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "f000"), []byte("longer"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(mnt, "f000")); err != nil || fi.Size() != 6 {
+		t.Fatalf("a file replaced after the listing: %v, %v; want 6 bytes", fi, err)
+	}
+}
