@@ -34,8 +34,8 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	c := st.Cache
-	fmt.Fprintf(out, "cache: hits %d, misses %d, read-through %d, corrupt %d, evictions %d, source %s\n",
-		c.Hits, c.Misses, c.ReadThrough, c.Corrupt, c.Evictions, human(c.SourceBytes))
+	fmt.Fprintf(out, "cache: hits %d, misses %d, read-through %d, corrupt %d, evictions %d, source %s, dormant files %d\n",
+		c.Hits, c.Misses, c.ReadThrough, c.Corrupt, c.Evictions, human(c.SourceBytes), c.Dormant)
 	if c.IndexLoading {
 		fmt.Fprintln(out, "cache index: loading (files read meanwhile load their own entry first)")
 	}

@@ -70,6 +70,10 @@ type Options struct {
 	// its kicks (5s). Negative: the cleaner never runs on its own (tests
 	// run it with Clean).
 	CleanInterval time.Duration
+	// SleepAfter is how long a cached file stays in memory unused before
+	// the cleaner puts it to sleep (see dormant.go; default 1m, negative:
+	// never).
+	SleepAfter time.Duration
 	// Logger is the engine's logger (default: klog's).
 	Logger klog.Logger
 
@@ -118,6 +122,9 @@ func (o *Options) setDefaults() error {
 	if o.CleanInterval == 0 {
 		o.CleanInterval = 5 * time.Second
 	}
+	if o.SleepAfter == 0 {
+		o.SleepAfter = time.Minute
+	}
 	if o.Logger.GetSink() == nil {
 		o.Logger = klog.Background()
 	}
@@ -146,6 +153,8 @@ type Cache struct {
 	mu      sync.Mutex
 	pending map[string][]pendingIndex // guarded by mu; index files not loaded yet, by item hash
 	inLoad  map[string]chan struct{}  // guarded by mu; hashes being loaded, closed when done
+	dormant map[[16]byte]dormant      // guarded by mu; cached files whose items sleep, by item hash
+	asleep  atomic.Int64              // dormant records, and those being woken
 	items   map[string]*Item          // guarded by mu; by itemKey
 	perDS   map[string]*counters      // guarded by mu; per-dataset counters
 	// INVARIANT: an item in items is never removed (Item.removed is set
@@ -164,7 +173,8 @@ func New(opts Options) (*Cache, error) {
 		perDS: map[string]*counters{},
 		dirty: map[*Item]struct{}{},
 
-		inLoad: map[string]chan struct{}{},
+		inLoad:  map[string]chan struct{}{},
+		dormant: map[[16]byte]dormant{},
 	}
 	c.clean = newCleaner(opts.CleanInterval, c.cleanTiers)
 	c.env = &itemEnv{
@@ -243,6 +253,18 @@ func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
 	c.loadFor(dataset, id)
 	c.mu.Lock()
 	it := c.items[key]
+	for it == nil {
+		// Put to sleep since loadFor looked, or being woken: wake it
+		// rather than start a second item of the same file.
+		h, sleeping := c.sleepingLocked(dataset, id)
+		if !sleeping {
+			break
+		}
+		c.mu.Unlock()
+		c.loadPending(h, false)
+		c.mu.Lock()
+		it = c.items[key]
+	}
 	if it == nil {
 		it = newItem(c.env, c.placement(a.Size), dataset, id, name, c.countersLocked(dataset))
 		it.resetLocked(a) // not yet shared, and nothing to retire
@@ -285,6 +307,16 @@ func (c *Cache) evictName(dataset, name string) int {
 	key := itemKey(dataset, name)
 	c.mu.Lock()
 	it := c.items[key]
+	for it == nil {
+		h, sleeping := c.sleepingLocked(dataset, name)
+		if !sleeping {
+			break
+		}
+		c.mu.Unlock()
+		c.loadPending(h, false)
+		c.mu.Lock()
+		it = c.items[key]
+	}
 	if it != nil {
 		delete(c.items, key)
 		it.ctr.files.Add(-1)
@@ -300,8 +332,12 @@ func (c *Cache) evictName(dataset, name string) int {
 // evictTree drops every cached item of dataset at or under prefix ("" =
 // all): a scan of the items, for a directory renamed or an evict asked
 // for by an administrator.
-func (c *Cache) evictTree(dataset, prefix string) int {
+func (c *Cache) evictTree(dataset, prefix string, dormantToo bool) int {
 	c.waitLoaded()
+	n := 0
+	if dormantToo {
+		n = c.evictDormantTree(dataset, prefix)
+	}
 	c.mu.Lock()
 	var victims []*Item
 	for k, it := range c.items {
@@ -315,5 +351,5 @@ func (c *Cache) evictTree(dataset, prefix string) int {
 	for _, it := range victims {
 		it.remove()
 	}
-	return len(victims)
+	return n + len(victims)
 }

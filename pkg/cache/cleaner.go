@@ -70,6 +70,7 @@ func (c *Cache) cleanTiers() {
 	if !c.loadedAll.Load() {
 		return // the tiers' totals are partial until the index is loaded
 	}
+	c.sleepIdle()
 	for _, t := range c.tiers {
 		c.cleanTier(t)
 	}
@@ -102,23 +103,46 @@ func (c *Cache) cleanTier(t *tier) {
 		return
 	}
 	type cand struct {
-		it    *Item
+		it    *Item    // an item in memory, or
+		hk    [16]byte // a dormant one
 		atime int64
 	}
 	c.mu.Lock()
-	cands := make([]cand, 0, len(c.items)/len(c.tiers)+1)
+	cands := make([]cand, 0, (len(c.items)+len(c.dormant))/len(c.tiers)+1)
 	for _, it := range c.items {
 		if it.tier == t {
-			cands = append(cands, cand{it, it.atime.Load()})
+			cands = append(cands, cand{it: it, atime: it.atime.Load()})
+		}
+	}
+	for hk, d := range c.dormant {
+		if d.tier == t {
+			cands = append(cands, cand{hk: hk, atime: d.atime})
 		}
 	}
 	c.mu.Unlock()
 	sort.Slice(cands, func(i, j int) bool { return cands[i].atime < cands[j].atime })
 	var victims []*Item
+	type asleep struct {
+		hk [16]byte
+		d  dormant
+	}
+	var sleeping []asleep
 	c.mu.Lock()
 	for _, cd := range cands {
 		if need <= 0 {
 			break
+		}
+		if cd.it == nil {
+			d, ok := c.dormant[cd.hk]
+			if !ok {
+				continue // woken or evicted meanwhile
+			}
+			delete(c.dormant, cd.hk)
+			c.asleep.Add(-1)
+			c.uncountLocked(d)
+			need -= d.bytes
+			sleeping = append(sleeping, asleep{cd.hk, d})
+			continue
 		}
 		it := cd.it
 		key := itemKey(it.dataset, it.id)
@@ -135,7 +159,11 @@ func (c *Cache) cleanTier(t *tier) {
 		it.remove()
 		c.env.total.evictions.Add(1)
 	}
-	if len(victims) > 0 {
-		c.log.V(3).Info("Evicted cache items", "tier", t.Name, "items", len(victims), "usedBytes", t.used.Load())
+	for _, v := range sleeping {
+		c.removeDormantFiles(v.hk, v.d)
+		c.env.total.evictions.Add(1)
+	}
+	if len(victims)+len(sleeping) > 0 {
+		c.log.V(3).Info("Evicted cache items", "tier", t.Name, "items", len(victims)+len(sleeping), "usedBytes", t.used.Load())
 	}
 }

@@ -135,8 +135,15 @@ func (d *Dataset) EvictFile(name string, a source.Attr) int {
 }
 
 // EvictTree drops the cached files at or under prefix ("" = all) and
-// returns how many (a scan of the cache: for directories).
-func (d *Dataset) EvictTree(prefix string) int { return d.c.evictTree(d.key, prefix) }
+// returns how many (a scan of the cache, and a read of the index of every
+// dormant file of the dataset: for an administrator).
+func (d *Dataset) EvictTree(prefix string) int { return d.c.evictTree(d.key, prefix, true) }
+
+// ForgetTree drops the cached files in memory at or under prefix: what a
+// directory renamed through the mount had cached. Dormant ones are left to
+// the cleaner: a POSIX file's copy is known by its inode and checked on
+// every read, so nothing stale is served.
+func (d *Dataset) ForgetTree(prefix string) int { return d.c.evictTree(d.key, prefix, false) }
 
 // Stats returns the dataset's counters and cached bytes.
 func (d *Dataset) Stats() DatasetStats { return d.c.datasetStats(d.key) }

@@ -1,7 +1,9 @@
 package cache
 
 import (
+	"cmp"
 	"context"
+	"encoding/hex"
 	"fmt"
 	"hash/crc32"
 	"os"
@@ -121,6 +123,25 @@ func checkInvariants(t reporter, c *Cache) {
 			dsBytes[it.ctr] = make([]int64, len(c.tiers))
 		}
 		dsBytes[it.ctr][it.tier.index] += it.bytes.Load()
+	}
+	// Dormant files count as their records say; each has its index and
+	// no item in memory, and the count of them is asleep.
+	for hk, d := range c.dormant {
+		files[d.ctr]++
+		if dsBytes[d.ctr] == nil {
+			dsBytes[d.ctr] = make([]int64, len(c.tiers))
+		}
+		dsBytes[d.ctr][d.tier.index] += d.bytes
+		used[d.tier] += d.bytes
+		_, meta := filePaths(d.tier.Dir, hex.EncodeToString(hk[:]), d.gen)
+		if m, err := readIndex(meta); err != nil {
+			t.Errorf("dormant %x: %v", hk, err)
+		} else if _, ok := c.items[itemKey(m.Dataset, cmp.Or(m.ID, m.Name))]; ok {
+			t.Errorf("dormant %x (%s) also has an item in memory", hk, m.Name)
+		}
+	}
+	if got := c.asleep.Load(); got != int64(len(c.dormant)) {
+		t.Errorf("asleep counts %d, %d dormant records", got, len(c.dormant))
 	}
 	for name, ct := range c.perDS {
 		if got := ct.files.Load(); got != files[ct] {

@@ -269,7 +269,9 @@ func (it *Item) verify(b int64) bool {
 
 	it.mu.Lock()
 	defer it.mu.Unlock()
-	if gen != it.gen || !it.present[b] {
+	if gen != it.gen || !it.present[b] || it.removed {
+		// (An evicted or sleeping item's reads fail: not corruption,
+		// and its bytes are no longer its own to uncount.)
 		return false
 	}
 	if ok {
@@ -375,7 +377,7 @@ func (it *Item) runFetch(ref fileRef, b int64, gen uint64, fingerprint string, c
 	it.ctr.misses.Add(1)
 	if err := it.store(b, call.buf, gen); err != nil {
 		it.env.total.readThrough.Add(1)
-		if !errors.Is(err, errTierFull) {
+		if !errors.Is(err, errTierFull) && !errors.Is(err, errRemoved) {
 			it.tier.writeFailed(it.env.log, err)
 		}
 	}

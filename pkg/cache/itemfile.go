@@ -66,15 +66,28 @@ func (it *Item) openFile() (*os.File, error) {
 	for _, v := range it.env.files.touch(it) {
 		_ = v.closeFile()
 	}
+	// Closed, evicted or put to sleep between the open and the touch:
+	// those clear the file first and then leave the order, so one of
+	// them, or this, takes it out again.
+	it.mu.Lock()
+	closed := it.file == nil
+	it.mu.Unlock()
+	if closed {
+		it.env.files.forget(it)
+	}
 	return f, nil
 }
+
+// errRemoved: the item was evicted or put to sleep; nothing is stored
+// through it.
+var errRemoved = errors.New("cache item evicted or asleep")
 
 // ensureOpen opens the data file unless it is open; it takes it.mu.
 func (it *Item) ensureOpen() (*os.File, error) {
 	it.mu.Lock()
 	defer it.mu.Unlock()
 	if it.removed {
-		return nil, errors.New("cache item evicted")
+		return nil, errRemoved
 	}
 	if it.file != nil {
 		return it.file, nil
@@ -142,11 +155,11 @@ func (it *Item) pwrite(buf []byte, off int64) error {
 }
 
 func (it *Item) closeFile() error {
-	it.env.files.forget(it)
 	it.mu.Lock()
 	f := it.file
 	it.file = nil
 	it.mu.Unlock()
+	it.env.files.forget(it)
 	if f != nil {
 		return f.Close()
 	}
@@ -155,13 +168,13 @@ func (it *Item) closeFile() error {
 
 // remove deletes the item's files; the caller has taken it out of the map.
 func (it *Item) remove() {
-	it.env.files.forget(it)
 	it.mu.Lock()
 	it.removed = true
 	f := it.file
 	it.file = nil
 	it.addBytesLocked(-it.bytes.Load())
 	it.mu.Unlock()
+	it.env.files.forget(it)
 	if f != nil {
 		f.Close()
 	}

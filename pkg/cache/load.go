@@ -49,7 +49,7 @@ func (c *Cache) startLoad() {
 				return
 			default:
 			}
-			c.loadPending(hash)
+			c.loadPending(hash, true)
 		}
 		c.mu.Lock()
 		c.pending = nil
@@ -104,53 +104,76 @@ func readNames(dir string) ([]string, error) {
 	return f.Readdirnames(-1)
 }
 
-// loadFor loads the waiting index of dataset's file id, if any, before the
-// caller looks for its item (a no-op once everything is loaded).
+// loadFor loads the index of dataset's file id if it is only on disk
+// (listed at start and not loaded yet, or dormant), before the caller
+// looks for its item.
 func (c *Cache) loadFor(dataset, id string) {
 	if c.loadedAll.Load() {
-		return
+		if c.asleep.Load() == 0 {
+			return
+		}
+	} else {
+		select {
+		case <-c.listed:
+		case <-c.loaded: // the loader stopped before listing (Close)
+			return
+		}
 	}
-	select {
-	case <-c.listed:
-	case <-c.loaded: // the loader stopped before listing (Close)
-		return
-	}
-	c.loadPending(itemHash(dataset, id))
+	c.loadPending(itemHash(dataset, id), false)
 }
 
 // waitLoaded waits until the whole index is loaded (or loading stopped).
 func (c *Cache) waitLoaded() { <-c.loaded }
 
-// loadPending loads the index files listed under hash, if they still
-// wait; if another goroutine is loading them, it waits for that.
-func (c *Cache) loadPending(hash string) {
+// loadPending loads the index files of hash that are only on disk:
+// listed at start and not loaded yet, or dormant. The background loader
+// (asleep) keeps them dormant, a reader wakes them. If another goroutine
+// is loading them, it waits for that.
+func (c *Cache) loadPending(hash string, asleep bool) {
 	c.mu.Lock()
 	if ch := c.inLoad[hash]; ch != nil {
 		c.mu.Unlock()
 		<-ch
 		return
 	}
-	idx, ok := c.pending[hash]
-	if !ok {
+	idx, listed := c.pending[hash]
+	hk, _ := hashKey(hash)
+	d, dormant := c.dormant[hk]
+	if !listed && (!dormant || asleep) {
 		c.mu.Unlock()
 		return
 	}
 	delete(c.pending, hash)
+	if dormant {
+		// Still counted in asleep until it is awake: a reader that
+		// finds no dormant record and no load in progress may create
+		// a new item.
+		delete(c.dormant, hk)
+		c.uncountLocked(d)
+	}
 	ch := make(chan struct{})
 	c.inLoad[hash] = ch
 	c.mu.Unlock()
+	if dormant {
+		_, mp := filePaths(d.tier.Dir, hash, d.gen)
+		c.loadIndexFile(d.tier, mp, false, d.atime)
+	}
 	for _, p := range idx {
-		c.loadIndexFile(p.t, p.path)
+		c.loadIndexFile(p.t, p.path, asleep, 0)
 	}
 	c.mu.Lock()
 	delete(c.inLoad, hash)
 	c.mu.Unlock()
 	close(ch)
+	if dormant {
+		c.asleep.Add(-1)
+	}
 }
 
-// loadIndexFile adopts the index at mp of tier t, or removes it (and its
-// data) when it cannot be read.
-func (c *Cache) loadIndexFile(t *tier, mp string) {
+// loadIndexFile adopts the index at mp of tier t, awake or dormant, with a
+// last use of at least atime; it removes the index (and its data) when it
+// cannot be read.
+func (c *Cache) loadIndexFile(t *tier, mp string, asleep bool, atime int64) {
 	m, err := readIndex(mp)
 	var it *Item
 	if err == nil {
@@ -166,22 +189,43 @@ func (c *Cache) loadIndexFile(t *tier, mp string) {
 		os.Remove(strings.TrimSuffix(mp, ".meta") + ".data")
 		return
 	}
+	if atime > it.atime.Load() {
+		it.atime.Store(atime)
+	}
 	key := itemKey(it.dataset, it.id)
+	hk, _ := hashKey(it.hash)
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	// Two generations of one file (a crash between a reset and the
+	// removal of the old one): keep the newer.
 	if prev := c.items[key]; prev != nil {
-		// Two generations of one file (a crash between a reset and the
-		// removal of the old one), or a file read again before its index
-		// was loaded: keep the newer.
 		if prev.atime.Load() >= it.atime.Load() {
+			c.mu.Unlock()
 			it.addBytesLocked(-it.presentBytes())
 			it.removeFiles()
 			return
 		}
 		delete(c.items, key)
 		prev.ctr.files.Add(-1)
-		prev.remove()
+		defer prev.remove()
 	}
-	c.items[key] = it
+	if prev, ok := c.dormant[hk]; ok {
+		if prev.atime >= it.atime.Load() {
+			c.mu.Unlock()
+			it.addBytesLocked(-it.presentBytes())
+			it.removeFiles()
+			return
+		}
+		delete(c.dormant, hk)
+		c.asleep.Add(-1)
+		c.uncountLocked(prev)
+		defer c.removeDormantFiles(hk, prev)
+	}
 	it.ctr.files.Add(1)
+	if asleep {
+		c.dormant[hk] = it.dormant()
+		c.asleep.Add(1)
+	} else {
+		c.items[key] = it
+	}
+	c.mu.Unlock()
 }

@@ -62,10 +62,10 @@ func TestRestartServesBeforeTheIndexIsLoaded(t *testing.T) {
 	close(gate)
 	c2.waitLoaded()
 	c2.mu.Lock()
-	loaded = len(c2.items)
+	loaded, asleep := len(c2.items), len(c2.dormant)
 	c2.mu.Unlock()
-	if loaded != files-1 {
-		t.Errorf("%d items after the load; want %d (all but the evicted one)", loaded, files-1)
+	if loaded != 1 || asleep != files-2 {
+		t.Errorf("%d items and %d dormant after the load; want 1 (the file read) and %d (all but it and the evicted one)", loaded, asleep, files-2)
 	}
 	checkInvariants(t, c2)
 	for name, w := range want {

@@ -26,6 +26,8 @@ type Stats struct {
 	// IndexLoading is true until the index kept on disk is loaded (a
 	// file read meanwhile loads its own entry first).
 	IndexLoading bool
+	// Dormant counts cached files whose items sleep (see dormant.go).
+	Dormant int64
 }
 
 // DatasetStats are one dataset's share of the cache.
@@ -88,7 +90,7 @@ func (c *Cache) Stats() Stats {
 		Hits: t.hits.Load(), Misses: t.misses.Load(), ReadThrough: t.readThrough.Load(),
 		Corrupt: t.corrupt.Load(), SourceBytes: t.sourceBytes.Load(), Evictions: t.evictions.Load(),
 		TierBytes: map[string]int64{}, TierServed: map[string]int64{}, SourceLatency: c.env.fetch.latency.snapshot(),
-		Filling: c.Filling(), IndexLoading: !c.loadedAll.Load(),
+		Filling: c.Filling(), IndexLoading: !c.loadedAll.Load(), Dormant: c.asleep.Load(),
 	}
 	for _, t := range c.tiers {
 		s.TierBytes[t.Name] = t.used.Load()

@@ -225,6 +225,9 @@ type CacheStats struct {
 	// IndexLoading is true while the daemon loads the cache index kept
 	// on disk after a start (reads are served meanwhile).
 	IndexLoading bool
+	// Dormant counts cached files not used for --cache-sleep-after, of
+	// which the daemon keeps a small record in memory.
+	Dormant int64
 }
 
 // Histogram is a snapshot: Counts[i] observations fell in (Bounds[i-1],

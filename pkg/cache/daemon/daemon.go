@@ -46,6 +46,10 @@ type Daemon struct {
 
 	keeper *keeper.Client // holds the FUSE connections across restarts, or nil
 
+	// freeSoon: a large prune freed memory the next pass returns to the
+	// system (prune.go).
+	freeSoon atomic.Bool
+
 	mu       sync.Mutex
 	datasets map[string]*mounted      // guarded by mu; by key
 	mounting map[string]chan struct{} // guarded by mu; keys being mounted, closed when done
@@ -75,7 +79,7 @@ func New(opts Options) (*Daemon, error) {
 			d.memMount = memDir
 		}
 	}
-	d.cache, err = cache.New(cache.Options{Tiers: tiers, BlockSize: opts.BlockSize, MaxFetches: opts.MaxFetches, LowWater: opts.LowWater, FreeSpaceRatio: opts.FreeRatio,
+	d.cache, err = cache.New(cache.Options{Tiers: tiers, BlockSize: opts.BlockSize, MaxFetches: opts.MaxFetches, LowWater: opts.LowWater, FreeSpaceRatio: opts.FreeRatio, SleepAfter: opts.SleepAfter,
 		Logger: d.log.WithName("cache")})
 	if err != nil {
 		d.unmountTmpfs()

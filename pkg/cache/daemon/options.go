@@ -33,6 +33,9 @@ type Options struct {
 	// the kernel (about 0.7 KiB of daemon memory each); over it the
 	// least recently used idle ones are forgotten (0 = no bound).
 	MaxInodes int
+	// SleepAfter is how long a cached file stays in memory unused before
+	// only a small record of it is kept (its index is read back on use).
+	SleepAfter time.Duration
 }
 
 // AddFlags registers the options' flags.
@@ -47,6 +50,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Keeper, "keeper-socket", "", "unix socket of the keeper (the node plugin's --keeper-socket) that holds the datasets' FUSE connections while this daemon restarts, so pods see a pause instead of broken mounts; empty: none")
 	fs.DurationVar(&o.Grace, "grace", 5*time.Minute, "how long a dataset stays mounted after its last volume is released")
 	fs.IntVar(&o.MaxFetches, "max-fetches", 64, "concurrent reads from sources (besides, at most 16 blocks' bytes are read at once)")
+	fs.DurationVar(&o.SleepAfter, "cache-sleep-after", time.Minute, "how long a cached file stays in memory unused before only a small record of it is kept (about 60 bytes; its index is read back from disk on use)")
 	fs.IntVar(&o.MaxInodes, "max-inodes", 500000, "files and directories the mounts keep for the kernel (about 0.7 KiB of memory each); beyond it the least recently used idle ones are forgotten and looked up again when used (0: no bound)")
 	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3store.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")
 }
@@ -71,6 +75,9 @@ func (o *Options) Validate() error {
 	}
 	if o.SourceTimeout < 0 {
 		errs = append(errs, fmt.Errorf("--source-timeout %s must not be negative", o.SourceTimeout))
+	}
+	if o.SleepAfter < 0 {
+		errs = append(errs, fmt.Errorf("--cache-sleep-after %s must not be negative", o.SleepAfter))
 	}
 	if o.MaxInodes < 0 {
 		errs = append(errs, fmt.Errorf("--max-inodes %d must not be negative", o.MaxInodes))

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"runtime/debug"
 	"syscall"
 	"time"
 )
@@ -34,6 +35,9 @@ func (d *Daemon) pruneLoop() {
 // pruneOnce prunes if the mounts are over the limit; false when the kernel
 // cannot prune (the loop then stops).
 func (d *Daemon) pruneOnce() bool {
+	if d.freeSoon.Swap(false) {
+		debug.FreeOSMemory()
+	}
 	ms := d.mountedList()
 	var total int64
 	for _, m := range ms {
@@ -59,6 +63,11 @@ func (d *Daemon) pruneOnce() bool {
 		}
 	}
 	d.log.V(1).Info("Asked the kernel to forget idle files", "nodes", total, "limit", limit, "asked", asked)
+	if asked >= 10000 {
+		// The FORGETs free the nodes over the next moments; their
+		// memory goes back to the system on the next pass.
+		d.freeSoon.Store(true)
+	}
 	return true
 }
 

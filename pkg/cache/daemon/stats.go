@@ -40,5 +40,5 @@ func cacheStats(s cache.Stats) api.CacheStats {
 	return api.CacheStats{Hits: s.Hits, Misses: s.Misses, ReadThrough: s.ReadThrough, Corrupt: s.Corrupt,
 		SourceBytes: s.SourceBytes, Evictions: s.Evictions, TierBytes: s.TierBytes, TierServed: s.TierServed,
 		SourceLatency: api.Histogram{Bounds: s.SourceLatency.Bounds, Counts: s.SourceLatency.Counts, Sum: s.SourceLatency.Sum},
-		Filling:       s.Filling, IndexLoading: s.IndexLoading}
+		Filling:       s.Filling, IndexLoading: s.IndexLoading, Dormant: s.Dormant}
 }

@@ -35,10 +35,10 @@ type Engine interface {
 	CompleteFile(name string, a source.Attr) *os.File
 	// EvictFile drops the cached copy of a file whose attributes are a
 	// (constant cost; a POSIX file's copy is known by its inode, an
-	// object's by its name); EvictTree what is cached at or under a
-	// directory (a scan).
+	// object's by its name); ForgetTree what is cached in memory at or
+	// under a directory (a scan).
 	EvictFile(name string, a source.Attr) int
-	EvictTree(prefix string) int
+	ForgetTree(prefix string) int
 	// Fill caches name, opened with attributes a, in the background:
 	// the kernel read it from the source's own file.
 	Fill(name string, a source.Attr)

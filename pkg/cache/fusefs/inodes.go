@@ -2,12 +2,17 @@ package fusefs
 
 import (
 	"bufio"
+	"encoding/binary"
 	"fmt"
+	"hash/fnv"
+	"io"
+	"math"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -26,15 +31,26 @@ import (
 // The table also keeps where each number was last seen (its parent's
 // number and its name), so that a daemon that takes over a live FUSE
 // connection finds the file behind a node ID the kernel still holds.
+//
+// In memory a number costs about 60 bytes: a POSIX file's key is its device
+// and inode, and where a number was seen is kept as a hash (to log only a
+// change); the names themselves are read back from the log when a
+// takeover needs them, and dropped again once it has stopped asking.
 type inodes struct {
 	log klog.Logger
 
 	mu     sync.Mutex
-	byID   map[string]uint64 // guarded by mu
-	places map[uint64]place  // guarded by mu; where each number was last seen
+	byIno  map[devIno]uint64 // guarded by mu; POSIX files
+	byPath map[string]uint64 // guarded by mu; files of a store without inodes, by path
+	seenAt map[uint64]uint64 // guarded by mu; number -> placeHash of where it was last seen
+	places map[uint64]place  // guarded by mu; read from the log by path(), or nil
+	used   time.Time         // guarded by mu; when path() last used places
 	next   uint64            // guarded by mu; the root is 1
 	file   *os.File          // guarded by mu; the log, or nil
 }
+
+// devIno is a POSIX file's identity.
+type devIno struct{ dev, ino uint64 }
 
 // place is where a number was last seen: its parent directory's number and
 // its name there.
@@ -43,9 +59,23 @@ type place struct {
 	name   string
 }
 
+// placesTTL is how long the places read for a takeover stay in memory
+// after their last use.
+const placesTTL = time.Minute
+
+// placeHash identifies a place in seenAt.
+func placeHash(parent uint64, name string) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], parent)
+	h.Write(b[:])
+	h.Write([]byte(name))
+	return h.Sum64()
+}
+
 // openInodes loads the table from path ("" = in memory only).
 func openInodes(path string, log klog.Logger) (*inodes, error) {
-	t := &inodes{log: log, byID: map[string]uint64{}, places: map[uint64]place{}, next: 2}
+	t := &inodes{log: log, byIno: map[devIno]uint64{}, byPath: map[string]uint64{}, seenAt: map[uint64]uint64{}, next: 2}
 	if path == "" {
 		return t, nil
 	}
@@ -53,36 +83,17 @@ func openInodes(path string, log klog.Logger) (*inodes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inode table: %w", err)
 	}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// "id\tnumber" allocates (number 0: forgets), "@\tnumber\tparent\tname"
-		// records where the number was seen.
-		fields := strings.Split(sc.Text(), "\t")
-		if len(fields) == 4 && fields[0] == "@" {
-			n, err1 := strconv.ParseUint(fields[1], 10, 64)
-			parent, err2 := strconv.ParseUint(fields[2], 10, 64)
-			if err1 == nil && err2 == nil && fields[3] != "" {
-				t.places[n] = place{parent: parent, name: fields[3]}
-			}
-			continue
-		}
-		if len(fields) != 2 {
-			continue // a torn last line
-		}
-		id := fields[0]
-		n, err := strconv.ParseUint(fields[1], 10, 64)
-		if err != nil {
-			continue // a torn last line
-		}
+	err = scanLog(f, func(n uint64, id string) {
 		if n == 0 {
-			delete(t.byID, id)
-			continue
+			t.forgetID(id)
+			return
 		}
-		t.byID[id] = n
+		t.setID(id, n)
 		t.next = max(t.next, n+1)
-	}
-	if err := sc.Err(); err != nil {
+	}, func(n uint64, pl place) {
+		t.seenAt[n] = placeHash(pl.parent, pl.name)
+	})
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("inode table %s: %w", path, err)
 	}
@@ -90,7 +101,35 @@ func openInodes(path string, log klog.Logger) (*inodes, error) {
 	return t, nil
 }
 
-// id names the file at path p with attributes a in the table.
+// scanLog reads the log from its start: "id\tnumber" allocates (number 0:
+// forgets), "@\tnumber\tparent\tname" records where the number was seen.
+// A torn last line is skipped.
+func scanLog(f *os.File, alloc func(n uint64, id string), seen func(n uint64, pl place)) error {
+	sc := bufio.NewScanner(io.NewSectionReader(f, 0, math.MaxInt64))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), "\t")
+		if len(fields) == 4 && fields[0] == "@" {
+			n, err1 := strconv.ParseUint(fields[1], 10, 64)
+			parent, err2 := strconv.ParseUint(fields[2], 10, 64)
+			if err1 == nil && err2 == nil && fields[3] != "" {
+				seen(n, place{parent: parent, name: fields[3]})
+			}
+			continue
+		}
+		if len(fields) != 2 {
+			continue
+		}
+		n, err := strconv.ParseUint(fields[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		alloc(n, fields[0])
+	}
+	return sc.Err()
+}
+
+// id names the file at path p with attributes a in the log.
 func inodeID(p string, a source.Attr) string {
 	if a.Ino != 0 {
 		return "i:" + strconv.FormatUint(a.Dev, 10) + ":" + strconv.FormatUint(a.Ino, 10)
@@ -98,18 +137,64 @@ func inodeID(p string, a source.Attr) string {
 	return "p:" + p
 }
 
+// setID records number n for a logged id; t.mu is held (or t is not
+// shared yet).
+func (t *inodes) setID(id string, n uint64) {
+	if k, ok := parseInoID(id); ok {
+		t.byIno[k] = n
+	} else if p, ok := strings.CutPrefix(id, "p:"); ok {
+		t.byPath[p] = n
+	}
+}
+
+func (t *inodes) forgetID(id string) {
+	if k, ok := parseInoID(id); ok {
+		delete(t.byIno, k)
+	} else if p, ok := strings.CutPrefix(id, "p:"); ok {
+		delete(t.byPath, p)
+	}
+}
+
+// parseInoID parses "i:dev:ino".
+func parseInoID(id string) (devIno, bool) {
+	rest, ok := strings.CutPrefix(id, "i:")
+	if !ok {
+		return devIno{}, false
+	}
+	d, i, ok := strings.Cut(rest, ":")
+	if !ok {
+		return devIno{}, false
+	}
+	dev, err1 := strconv.ParseUint(d, 10, 64)
+	ino, err2 := strconv.ParseUint(i, 10, 64)
+	return devIno{dev, ino}, err1 == nil && err2 == nil
+}
+
 // number returns the inode number of the file, allocating one on first
 // sight.
 func (t *inodes) number(p string, a source.Attr) uint64 {
-	id := inodeID(p, a)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if n, ok := t.byID[id]; ok {
+	if a.Ino != 0 {
+		k := devIno{a.Dev, a.Ino}
+		if n, ok := t.byIno[k]; ok {
+			return n
+		}
+		n := t.allocLocked(inodeID(p, a))
+		t.byIno[k] = n
 		return n
 	}
+	if n, ok := t.byPath[p]; ok {
+		return n
+	}
+	n := t.allocLocked(inodeID(p, a))
+	t.byPath[p] = n
+	return n
+}
+
+func (t *inodes) allocLocked(id string) uint64 {
 	n := t.next
 	t.next++
-	t.byID[id] = n
 	t.appendLocked(id, n)
 	return n
 }
@@ -120,12 +205,12 @@ func (t *inodes) number(p string, a source.Attr) uint64 {
 func (t *inodes) rename(from, to string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n, ok := t.byID["p:"+from]
+	n, ok := t.byPath[from]
 	if !ok {
 		return
 	}
-	delete(t.byID, "p:"+from)
-	t.byID["p:"+to] = n
+	delete(t.byPath, from)
+	t.byPath[to] = n
 	t.appendLocked("p:"+from, 0)
 	t.appendLocked("p:"+to, n)
 }
@@ -136,13 +221,20 @@ func (t *inodes) seen(n, parent uint64, name string) {
 	if n == rootNumber || name == "" {
 		return
 	}
+	h := placeHash(parent, name)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pl := place{parent: parent, name: name}
-	if t.places[n] == pl {
+	if t.places != nil {
+		if time.Since(t.used) > placesTTL {
+			t.places = nil // the takeover that read them is over
+		} else {
+			t.places[n] = place{parent: parent, name: name}
+		}
+	}
+	if old, ok := t.seenAt[n]; ok && old == h {
 		return
 	}
-	t.places[n] = pl
+	t.seenAt[n] = h
 	if t.file == nil || strings.ContainsAny(name, "\t\n") {
 		return
 	}
@@ -150,10 +242,23 @@ func (t *inodes) seen(n, parent uint64, name string) {
 }
 
 // path returns the names from the root to number n, as last seen; false
-// when the table does not know where n is.
+// when the table does not know where n is. The places are read from the
+// log on first use and kept while it is asked.
 func (t *inodes) path(n uint64) ([]string, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.places == nil || time.Since(t.used) > placesTTL {
+		if t.file == nil {
+			return nil, false
+		}
+		places := map[uint64]place{}
+		if err := scanLog(t.file, func(uint64, string) {}, func(n uint64, pl place) { places[n] = pl }); err != nil {
+			t.log.Error(err, "Reading the inode table's places failed")
+			return nil, false
+		}
+		t.places = places
+	}
+	t.used = time.Now()
 	var names []string
 	for n != rootNumber {
 		pl, ok := t.places[n]

@@ -347,7 +347,7 @@ func (w posixWriter) rename(ctx context.Context, parent *node, name string, np *
 		dir  bool
 	}{{from, fromDir}, {to, toDir}} {
 		if e.dir {
-			parent.fsys.eng.EvictTree(e.path)
+			parent.fsys.eng.ForgetTree(e.path)
 		} else {
 			parent.fsys.eng.EvictFile(e.path, source.Attr{})
 		}

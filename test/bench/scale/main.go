@@ -52,6 +52,8 @@ type row struct {
 	// the nodes its mount holds and its resident memory.
 	limit, limitNodes int64
 	rssLimited        int64
+	heapLimited       int64 // live heap, bytes
+	dormant           int64 // files whose items sleep
 	// After a restart on the same state: time to serve a cached file
 	// (start, mount, read), time until the whole index is loaded, and
 	// blocks fetched again reading every file (0: the cache stayed warm).
@@ -229,15 +231,16 @@ func measure(c config, n int) (r row, err error) {
 // saveHeap writes the daemon's heap profile (after a collection) to path,
 // and its goroutines beside it (.goroutines).
 func saveHeap(path string) error {
-	if err := saveProfile("heap?gc=1", path); err != nil {
+	if err := saveProfile("127.0.0.1:6061", "heap?gc=1", path); err != nil {
 		return err
 	}
-	return saveProfile("goroutine?debug=1", strings.TrimSuffix(path, ".pprof")+".goroutines")
+	return saveProfile("127.0.0.1:6061", "goroutine?debug=1", strings.TrimSuffix(path, ".pprof")+".goroutines")
 }
 
-// saveProfile writes the daemon's profile (pprof's name and query) to path.
-func saveProfile(profile, path string) error {
-	resp, err := http.Get("http://127.0.0.1:6061/debug/pprof/" + profile)
+// saveProfile writes the profile (pprof's name and query) of the daemon
+// serving them at addr to path.
+func saveProfile(addr, profile, path string) error {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/" + profile)
 	if err != nil {
 		return err
 	}
