@@ -7,7 +7,7 @@ OUT       := $(CURDIR)/_output
 FUZZTIME  ?= 20000x
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e /test/sanity -e /test/posix)
 
-.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify manifests images k8s-e2e bench-cache bench-cache-smoke bench bench-smoke bench-scale bench-scale-smoke clean
+.PHONY: all deps build demo demo-check test unit posix sanity fuzz verify manifests images k8s-e2e bench-cache bench-cache-smoke bench bench-smoke bench-scale bench-scale-smoke bench-group bench-group-smoke clean
 
 all: build
 
@@ -36,7 +36,7 @@ demo-check: build
 	@! grep cistern /proc/mounts
 
 ## test: everything CI runs (needs root for real mounts).
-test: deps verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smoke bench-scale-smoke
+test: deps verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smoke bench-scale-smoke bench-group-smoke
 
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
@@ -99,6 +99,18 @@ bench-scale-smoke: build
 	@mkdir -p $(OUT)
 	@$(GO) run ./test/bench/scale --bin-dir $(BIN) --smoke > $(OUT)/bench-scale-smoke.log 2>&1 || { cat $(OUT)/bench-scale-smoke.log; exit 1; }
 	@echo "bench-scale smoke: ok ($$(grep -c ' (goal ' $(OUT)/bench-scale-smoke.log) goals printed)"
+
+## bench-group: the cache group's figures (issue 16), one per line, as
+## `<figure>: <value> (goal <goal>) pass|fail`; today the placement's
+## (balance, weights, join and leave), the rest printed as not measured.
+bench-group:
+	$(GO) run ./test/bench/group
+
+## bench-group-smoke: the same on fewer blocks (in make test).
+bench-group-smoke:
+	@mkdir -p $(OUT)
+	@$(GO) run ./test/bench/group --smoke > $(OUT)/bench-group-smoke.log 2>&1 || { cat $(OUT)/bench-group-smoke.log; exit 1; }
+	@echo "bench-group smoke: ok ($$(grep -c ' pass$$' $(OUT)/bench-group-smoke.log) of $$(grep -c ' (goal ' $(OUT)/bench-group-smoke.log) figures pass)"
 
 ## bench: the research-platform benchmark (a remote-store model in front of a
 ## local S3 server; direct, Cistern, rclone, s3fs and native side by side);
