@@ -1,0 +1,186 @@
+package group
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// pki is a CA and a certificate it signed, PEM-encoded.
+type pki struct{ ca, cert, key []byte }
+
+func newPKI(t *testing.T, name string) pki {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name + " CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "member"},
+		DNSNames: []string{ServerName}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	return pki{
+		ca:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		key:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
+	}
+}
+
+// blocks is a BlockSource of one version whose blocks are their index
+// repeated; it counts the blocks it serves.
+type blocksOf struct {
+	version string
+	served  atomic.Int64
+	delay   time.Duration
+}
+
+func (s *blocksOf) Block(ctx context.Context, object string, index int64) ([]byte, error) {
+	if object != s.version {
+		return nil, ErrVersion
+	}
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	s.served.Add(1)
+	return bytes.Repeat([]byte{byte(index)}, 1000), nil
+}
+
+// startPeer serves h over TLS on loopback and returns it as a member.
+func startPeer(t *testing.T, id string, h http.Handler, tc *tls.Config) Member {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = tc
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return Member{ID: id, Addr: strings.TrimPrefix(srv.URL, "https://"), Weight: 1}
+}
+
+func client(tc *tls.Config) *Client {
+	return &Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}, Deadline: 300 * time.Millisecond, Cooldown: time.Minute}
+}
+
+// TestPeersServeBlocks: a member gets a block from the first peer in the
+// ranking that serves it: a peer without the dataset (404), with another
+// version of the file (409), too slow (past the deadline, then skipped),
+// or sending a block that fails its checksum is passed over; with none
+// left the caller is told to read the source.
+func TestPeersServeBlocks(t *testing.T) {
+	p := newPKI(t, "group")
+	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := DatasetKey("s3://bucket/research", []byte("secret"))
+
+	owner := NewServer()
+	good := &blocksOf{version: "v1"}
+	owner.Serve(key, good)
+	empty := NewServer()
+	stale := NewServer()
+	stale.Serve(key, &blocksOf{version: "v0"})
+	slow := NewServer()
+	slowSrc := &blocksOf{version: "v1", delay: 2 * time.Second}
+	slow.Serve(key, slowSrc)
+	corrupt := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(crcHeader, "12345")
+		w.Write(bytes.Repeat([]byte{3}, 1000))
+	})
+
+	mOwner := startPeer(t, "owner", owner, stc)
+	mEmpty := startPeer(t, "empty", empty, stc)
+	mStale := startPeer(t, "stale", stale, stc)
+	mSlow := startPeer(t, "slow", slow, stc)
+	mCorrupt := startPeer(t, "corrupt", corrupt, stc)
+	c := client(ctc)
+	ctx := context.Background()
+
+	start := time.Now()
+	b, from, err := c.Fetch(ctx, []Member{mEmpty, mStale, mCorrupt, mSlow, mOwner}, key, "v1", 3)
+	if err != nil || from.ID != "owner" || !bytes.Equal(b, bytes.Repeat([]byte{3}, 1000)) {
+		t.Fatalf("fetch: from %q, %d bytes, %v; want block 3 from the owner", from.ID, len(b), err)
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Errorf("a slow peer held the reader %s; the deadline is 300ms", waited)
+	}
+	// The slow and corrupt peers are skipped now: no wait at all.
+	start = time.Now()
+	if _, from, err := c.Fetch(ctx, []Member{mSlow, mCorrupt, mOwner}, key, "v1", 4); err != nil || from.ID != "owner" {
+		t.Fatalf("second fetch: from %q, %v", from.ID, err)
+	}
+	if waited := time.Since(start); waited > 200*time.Millisecond {
+		t.Errorf("peers that failed were asked again: the fetch took %s", waited)
+	}
+	if n := good.served.Load(); n != 2 {
+		t.Errorf("the owner served %d blocks; want 2", n)
+	}
+	// No peer has it: the caller reads the source.
+	if _, _, err := c.Fetch(ctx, []Member{mEmpty, mStale}, key, "v1", 5); !errors.Is(err, ErrNoPeer) {
+		t.Errorf("no peer has the block: %v; want ErrNoPeer", err)
+	}
+	// Another dataset key (other credentials) gets nothing.
+	other := DatasetKey("s3://bucket/research", []byte("another secret"))
+	if _, _, err := c.Fetch(ctx, []Member{mOwner}, other, "v1", 3); !errors.Is(err, ErrNoPeer) {
+		t.Errorf("a key of other credentials: %v; want ErrNoPeer", err)
+	}
+}
+
+// TestRogueClientsGetNothing: a client without a certificate, or with one
+// of another CA, cannot talk to a member at all.
+func TestRogueClientsGetNothing(t *testing.T) {
+	p := newPKI(t, "group")
+	stc, _, err := TLSConfigs(p.cert, p.key, p.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := DatasetKey("file:///datasets/research", nil)
+	srv := NewServer()
+	src := &blocksOf{version: "v1"}
+	srv.Serve(key, src)
+	m := startPeer(t, "owner", srv, stc)
+
+	rogue := newPKI(t, "rogue")
+	_, rogueTC, err := TLSConfigs(rogue.cert, rogue.key, rogue.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The rogue trusts the group's CA (it learnt the public part) but
+	// has no certificate of it.
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(p.ca)
+	rogueTC.RootCAs = pool
+	noCert := &tls.Config{RootCAs: pool, ServerName: ServerName, MinVersion: tls.VersionTLS13}
+	for name, tc := range map[string]*tls.Config{"another CA's certificate": rogueTC, "no certificate": noCert} {
+		if _, _, err := client(tc).Fetch(context.Background(), []Member{m}, key, "v1", 0); err == nil {
+			t.Errorf("a client with %s got a block", name)
+		}
+	}
+	if n := src.served.Load(); n != 0 {
+		t.Errorf("the member served %d blocks to rogue clients", n)
+	}
+}
