@@ -40,9 +40,9 @@ test: deps verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smok
 
 unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
-	@# Items put to sleep under readers: the race detector's timing
-	@# widens windows a plain run almost never hits.
-	$(GO) test -race -count=1 -run 'TestSleepRacesReads' ./pkg/cache/
+	@# Items put to sleep, and indexes loaded, under readers: the race
+	@# detector's timing widens windows a plain run almost never hits.
+	$(GO) test -race -count=1 -run 'TestSleepRacesReads|TestReadsWhileTheIndexLoads' ./pkg/cache/
 
 ## posix: Cistern's POSIX conformance cases on a read-write volume and on a
 ## plain directory side by side, as root and other users; prints both

@@ -150,13 +150,14 @@ type Cache struct {
 	loadWG         sync.WaitGroup
 	loadedAll      atomic.Bool
 
-	mu      sync.Mutex
-	pending map[string][]pendingIndex // guarded by mu; index files not loaded yet, by item hash
-	inLoad  map[string]chan struct{}  // guarded by mu; hashes being loaded, closed when done
-	dormant map[[16]byte]dormant      // guarded by mu; cached files whose items sleep, by item hash
-	asleep  atomic.Int64              // dormant records, and those being woken
-	items   map[string]*Item          // guarded by mu; by itemKey
-	perDS   map[string]*counters      // guarded by mu; per-dataset counters
+	mu         sync.Mutex
+	pending    map[string][]pendingIndex // guarded by mu; index files not loaded yet, by item hash
+	listedDone bool                      // guarded by mu; pending is filled (listed is closed)
+	inLoad     map[string]chan struct{}  // guarded by mu; hashes being loaded, closed when done
+	dormant    map[[16]byte]dormant      // guarded by mu; cached files whose items sleep, by item hash
+	asleep     atomic.Int64              // dormant records, and those being woken
+	items      map[string]*Item          // guarded by mu; by itemKey
+	perDS      map[string]*counters      // guarded by mu; per-dataset counters
 	// INVARIANT: an item in items is never removed (Item.removed is set
 	// only after the item left the map).
 }
@@ -250,18 +251,18 @@ func (c *Cache) BlockSize() int64 { return c.opts.BlockSize }
 func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
 	id := itemID(name, a)
 	key := itemKey(dataset, id)
-	c.loadFor(dataset, id)
 	c.mu.Lock()
 	it := c.items[key]
 	for it == nil {
-		// Put to sleep since loadFor looked, or being woken: wake it
-		// rather than start a second item of the same file.
-		h, sleeping := c.sleepingLocked(dataset, id)
-		if !sleeping {
+		// Its index only on disk (not loaded yet since the start, or
+		// asleep): load it rather than start a second item of the
+		// same file.
+		h, onDisk := c.onDiskLocked(dataset, id)
+		if !onDisk {
 			break
 		}
 		c.mu.Unlock()
-		c.loadPending(h, false)
+		c.loadFromDisk(h)
 		c.mu.Lock()
 		it = c.items[key]
 	}
@@ -303,17 +304,16 @@ func (c *Cache) placement(size int64) *tier {
 // fingerprint, checked on every read, drops its blocks when the file
 // changes, and the cleaner removes it when it is no longer read.)
 func (c *Cache) evictName(dataset, name string) int {
-	c.loadFor(dataset, name)
 	key := itemKey(dataset, name)
 	c.mu.Lock()
 	it := c.items[key]
 	for it == nil {
-		h, sleeping := c.sleepingLocked(dataset, name)
-		if !sleeping {
+		h, onDisk := c.onDiskLocked(dataset, name)
+		if !onDisk {
 			break
 		}
 		c.mu.Unlock()
-		c.loadPending(h, false)
+		c.loadFromDisk(h)
 		c.mu.Lock()
 		it = c.items[key]
 	}
@@ -333,9 +333,10 @@ func (c *Cache) evictName(dataset, name string) int {
 // all): a scan of the items, for a directory renamed or an evict asked
 // for by an administrator.
 func (c *Cache) evictTree(dataset, prefix string, dormantToo bool) int {
-	c.waitLoaded()
 	n := 0
 	if dormantToo {
+		// Every name is in an index: all of them loaded first.
+		c.waitLoaded()
 		n = c.evictDormantTree(dataset, prefix)
 	}
 	c.mu.Lock()

@@ -51,6 +51,16 @@ func newTestCache(t *testing.T, dir string, quota int64) *Cache {
 	return c
 }
 
+// newTestCacheNoWait is newTestCache without waiting for the index to load.
+func newTestCacheNoWait(t *testing.T, dir string, quota int64) *Cache {
+	t.Helper()
+	c, err := New(Options{Tiers: []TierOptions{{Name: "disk", Dir: dir, Quota: quota}}, BlockSize: cachetest.Block})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func readAll(t *testing.T, c *Cache, src source.Source, name string) []byte {
 	t.Helper()
 	a, err := src.Stat(context.Background(), name)

@@ -13,7 +13,8 @@ import (
 // block maps and read-ahead state) leaves memory, and a record of about 60
 // bytes says where its files are, how many bytes they hold and when it was
 // last used: enough for the tiers' accounting and the cleaner's LRU order.
-// Its index on disk has the rest; the first use reads it back (loadFor).
+// Its index on disk has the rest; the first use reads it back
+// (loadFromDisk).
 // A restart loads every index dormant. Memory then grows with the files
 // in use, not with the files cached.
 
@@ -40,19 +41,6 @@ func hashKey(hash string) ([16]byte, bool) {
 // dormant returns it's record; it.mu is held (or it is not shared).
 func (it *Item) dormant() dormant {
 	return dormant{ctr: it.ctr, tier: it.tier, gen: it.fileGen, bytes: it.bytes.Load(), atime: it.atime.Load()}
-}
-
-// sleepingLocked reports whether dataset's file id is dormant or being
-// loaded, and its hash; c.mu is held.
-func (c *Cache) sleepingLocked(dataset, id string) (string, bool) {
-	if len(c.dormant) == 0 && len(c.inLoad) == 0 {
-		return "", false
-	}
-	h := itemHash(dataset, id)
-	hk, _ := hashKey(h)
-	_, asleep := c.dormant[hk]
-	_, loading := c.inLoad[h]
-	return h, asleep || loading
 }
 
 // uncountLocked takes a dormant record's bytes and file out of its tier's
@@ -133,17 +121,27 @@ func (c *Cache) sleep(it *Item, cutoff int64) bool {
 		return false
 	}
 	it.removed = true // nothing more is stored or saved through it
+	// An item with no block has no index to wake from (it was only
+	// asked about): it goes, like an eviction.
+	empty := it.presentCount == 0
 	f := it.file
 	it.file = nil
 	d := it.dormant()
 	it.mu.Unlock()
 	delete(c.items, key)
-	c.dormant[hk] = d
-	c.asleep.Add(1)
+	if empty {
+		it.ctr.files.Add(-1)
+	} else {
+		c.dormant[hk] = d
+		c.asleep.Add(1)
+	}
 	c.mu.Unlock()
 	it.env.files.forget(it)
 	if f != nil {
 		f.Close()
+	}
+	if empty {
+		it.removeFiles()
 	}
 	return true
 }

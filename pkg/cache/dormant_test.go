@@ -54,11 +54,18 @@ func TestIdleItemsSleepAndWake(t *testing.T) {
 	for name := range want {
 		readAll(t, c, p, name)
 	}
+	// A file only asked about (a passthrough open asks whether it is
+	// complete): an item with no block, and no index to wake from.
+	cachetest.WriteRandom(t, filepath.Join(root, "asked"), 100, 99)
+	aa, _ := p.Stat(context.Background(), "asked")
+	if _, err := c.item("ds", "asked", aa); err != nil {
+		t.Fatal(err)
+	}
 	settle(t, c)
 	time.Sleep(time.Millisecond)
 	c.Clean()
 	if awake, asleep := counts(c); awake != 0 || asleep != 30 {
-		t.Fatalf("after the cleaner: %d items in memory, %d dormant; want 0 and 30", awake, asleep)
+		t.Fatalf("after the cleaner: %d items in memory, %d dormant; want 0 and 30 (the item with no block gone)", awake, asleep)
 	}
 	checkInvariants(t, c)
 

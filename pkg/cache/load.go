@@ -2,6 +2,8 @@ package cache
 
 import (
 	"cmp"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,8 +34,15 @@ func (c *Cache) startLoad() {
 		defer c.loadWG.Done()
 		defer close(c.loaded)
 		pend := c.listIndexes()
+		// The loader walks its own list of the hashes: readers delete
+		// from the map as they load their files.
+		hashes := make([]string, 0, len(pend))
+		for h := range pend {
+			hashes = append(hashes, h)
+		}
 		c.mu.Lock()
 		c.pending = pend
+		c.listedDone = true
 		c.mu.Unlock()
 		close(c.listed)
 		if c.opts.loadGate != nil {
@@ -43,7 +52,7 @@ func (c *Cache) startLoad() {
 				return
 			}
 		}
-		for hash := range pend {
+		for _, hash := range hashes {
 			select {
 			case <-c.stopLoad:
 				return
@@ -104,22 +113,38 @@ func readNames(dir string) ([]string, error) {
 	return f.Readdirnames(-1)
 }
 
-// loadFor loads the index of dataset's file id if it is only on disk
-// (listed at start and not loaded yet, or dormant), before the caller
-// looks for its item.
-func (c *Cache) loadFor(dataset, id string) {
-	if c.loadedAll.Load() {
-		if c.asleep.Load() == 0 {
-			return
-		}
-	} else {
-		select {
-		case <-c.listed:
-		case <-c.loaded: // the loader stopped before listing (Close)
-			return
-		}
+// onDiskLocked reports whether dataset's file id may have an index only
+// on disk (listed at start and not loaded yet, or dormant, or being
+// loaded), and its hash; c.mu is held. The caller loads it (loadFromDisk)
+// before it looks again.
+func (c *Cache) onDiskLocked(dataset, id string) (string, bool) {
+	if c.loadedAll.Load() && len(c.dormant) == 0 && len(c.inLoad) == 0 {
+		return "", false
 	}
-	c.loadPending(itemHash(dataset, id), false)
+	h := itemHash(dataset, id)
+	if !c.listedDone {
+		return h, true
+	}
+	if _, ok := c.pending[h]; ok {
+		return h, true
+	}
+	if _, ok := c.inLoad[h]; ok {
+		return h, true
+	}
+	hk, _ := hashKey(h)
+	_, ok := c.dormant[hk]
+	return h, ok
+}
+
+// loadFromDisk loads the index of hash (see onDiskLocked), waiting for
+// the start's listing first.
+func (c *Cache) loadFromDisk(hash string) {
+	select {
+	case <-c.listed:
+	case <-c.loaded: // the loader stopped before listing (Close)
+		return
+	}
+	c.loadPending(hash, false)
 }
 
 // waitLoaded waits until the whole index is loaded (or loading stopped).
@@ -182,6 +207,11 @@ func (c *Cache) loadIndexFile(t *tier, mp string, asleep bool, atime int64) {
 		c.mu.Unlock()
 		it = newItem(c.env, t, m.Dataset, cmp.Or(m.ID, m.Name), m.Name, ctr)
 		err = it.loadIndex(m, mp)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		c.log.V(2).Info("A cache index is gone", "path", mp)
+		os.Remove(strings.TrimSuffix(mp, ".meta") + ".data")
+		return
 	}
 	if err != nil {
 		c.log.Error(err, "Dropping an unreadable cache index", "path", mp)

@@ -19,11 +19,12 @@ import (
 // process without one gets no data), and the owner answers from its cache
 // or fetches the block from the source once, whoever else asks meanwhile.
 //
-//	GET /v1/blocks/<dataset>/<index>?object=<version>
+//	GET /v1/blocks/<dataset>/<index>?name=<path>&object=<version>
 //
 // The dataset is its key in the group (DatasetKey): derived from the
 // dataset's source and credentials, it proves the asker holds the same
-// credentials without sending them, and nothing else travels. The answer
+// credentials without sending them; the path names the file in it (the
+// owner reads it from its own source, with its own credentials). The answer
 // carries the block's CRC-32C (Castagnoli), checked by the asker: a block
 // corrupt on the way or on the owner's disk is never used.
 //
@@ -40,7 +41,7 @@ type Server struct {
 // from the source once however many ask at the same time. ErrVersion: the
 // file is not at that version (any more).
 type BlockSource interface {
-	Block(ctx context.Context, object string, index int64) ([]byte, error)
+	Block(ctx context.Context, name, object string, index int64) ([]byte, error)
 }
 
 // ErrVersion is a BlockSource's answer for a block of another version.
@@ -72,7 +73,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "GET only", http.StatusMethodNotAllowed)
 		return
 	}
-	key, index, object, err := parseBlockPath(r.URL)
+	key, index, name, object, err := parseBlockPath(r.URL)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -84,7 +85,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "dataset not served here", http.StatusNotFound)
 		return
 	}
-	b, err := src.Block(r.Context(), object, index)
+	b, err := src.Block(r.Context(), name, object, index)
 	switch {
 	case errors.Is(err, ErrVersion):
 		http.Error(w, err.Error(), http.StatusConflict)
@@ -98,30 +99,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(b)
 }
 
-// parseBlockPath parses /v1/blocks/<dataset>/<index>?object=<version>.
-func parseBlockPath(u *url.URL) (key string, index int64, object string, err error) {
+// parseBlockPath parses /v1/blocks/<dataset>/<index>?name=&object=.
+func parseBlockPath(u *url.URL) (key string, index int64, name, object string, err error) {
 	const prefix = "/v1/blocks/"
 	rest, ok := strings.CutPrefix(u.Path, prefix)
 	if !ok {
-		return "", 0, "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
+		return "", 0, "", "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
 	}
 	i := strings.LastIndexByte(rest, '/')
 	if i <= 0 {
-		return "", 0, "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
+		return "", 0, "", "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
 	}
 	key, ix := rest[:i], rest[i+1:]
 	if strings.Contains(key, "/") {
-		return "", 0, "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
+		return "", 0, "", "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
 	}
 	index, err = strconv.ParseInt(ix, 10, 64)
 	if err != nil || index < 0 {
-		return "", 0, "", fmt.Errorf("block index %q: want a number >= 0", ix)
+		return "", 0, "", "", fmt.Errorf("block index %q: want a number >= 0", ix)
 	}
-	object = u.Query().Get("object")
-	if object == "" {
-		return "", 0, "", errors.New("no object version (?object=)")
+	q := u.Query()
+	name, object = q.Get("name"), q.Get("object")
+	if name == "" || object == "" {
+		return "", 0, "", "", errors.New("a block needs its file's name and version (?name=&object=)")
 	}
-	return key, index, object, nil
+	return key, index, name, object, nil
 }
 
 // Client asks peers for blocks.
@@ -144,16 +146,16 @@ type Client struct {
 var ErrNoPeer = errors.New("cache group: no peer has the block")
 
 // Fetch asks the members in order (the block's ranking without the asker)
-// for block index of the dataset's file version object, and returns its
+// for block index of the dataset's file name at version object, and returns its
 // bytes and the member that served them. Peers that fail, answer late or
 // send a corrupt block are passed over (and skipped for Cooldown).
-func (c *Client) Fetch(ctx context.Context, peers []Member, dataset, object string, index int64) ([]byte, Member, error) {
+func (c *Client) Fetch(ctx context.Context, peers []Member, dataset, name, object string, index int64) ([]byte, Member, error) {
 	var errs []error
 	for _, m := range peers {
 		if c.skipped(m.Addr) {
 			continue
 		}
-		b, err := c.fetchFrom(ctx, m, dataset, object, index)
+		b, err := c.fetchFrom(ctx, m, dataset, name, object, index)
 		if err == nil {
 			return b, m, nil
 		}
@@ -176,7 +178,7 @@ type statusError struct {
 
 func (e statusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.code, e.msg) }
 
-func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, object string, index int64) ([]byte, error) {
+func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object string, index int64) ([]byte, error) {
 	d := c.Deadline
 	if d <= 0 {
 		d = 2 * time.Second
@@ -184,7 +186,7 @@ func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, object string
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	u := url.URL{Scheme: "https", Host: m.Addr, Path: "/v1/blocks/" + dataset + "/" + strconv.FormatInt(index, 10),
-		RawQuery: url.Values{"object": {object}}.Encode()}
+		RawQuery: url.Values{"name": {name}, "object": {object}}.Encode()}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err

@@ -58,7 +58,7 @@ type blocksOf struct {
 	delay   time.Duration
 }
 
-func (s *blocksOf) Block(ctx context.Context, object string, index int64) ([]byte, error) {
+func (s *blocksOf) Block(ctx context.Context, name, object string, index int64) ([]byte, error) {
 	if object != s.version {
 		return nil, ErrVersion
 	}
@@ -121,7 +121,7 @@ func TestPeersServeBlocks(t *testing.T) {
 	ctx := context.Background()
 
 	start := time.Now()
-	b, from, err := c.Fetch(ctx, []Member{mEmpty, mStale, mCorrupt, mSlow, mOwner}, key, "v1", 3)
+	b, from, err := c.Fetch(ctx, []Member{mEmpty, mStale, mCorrupt, mSlow, mOwner}, key, "f", "v1", 3)
 	if err != nil || from.ID != "owner" || !bytes.Equal(b, bytes.Repeat([]byte{3}, 1000)) {
 		t.Fatalf("fetch: from %q, %d bytes, %v; want block 3 from the owner", from.ID, len(b), err)
 	}
@@ -130,7 +130,7 @@ func TestPeersServeBlocks(t *testing.T) {
 	}
 	// The slow and corrupt peers are skipped now: no wait at all.
 	start = time.Now()
-	if _, from, err := c.Fetch(ctx, []Member{mSlow, mCorrupt, mOwner}, key, "v1", 4); err != nil || from.ID != "owner" {
+	if _, from, err := c.Fetch(ctx, []Member{mSlow, mCorrupt, mOwner}, key, "f", "v1", 4); err != nil || from.ID != "owner" {
 		t.Fatalf("second fetch: from %q, %v", from.ID, err)
 	}
 	if waited := time.Since(start); waited > 200*time.Millisecond {
@@ -140,12 +140,12 @@ func TestPeersServeBlocks(t *testing.T) {
 		t.Errorf("the owner served %d blocks; want 2", n)
 	}
 	// No peer has it: the caller reads the source.
-	if _, _, err := c.Fetch(ctx, []Member{mEmpty, mStale}, key, "v1", 5); !errors.Is(err, ErrNoPeer) {
+	if _, _, err := c.Fetch(ctx, []Member{mEmpty, mStale}, key, "f", "v1", 5); !errors.Is(err, ErrNoPeer) {
 		t.Errorf("no peer has the block: %v; want ErrNoPeer", err)
 	}
 	// Another dataset key (other credentials) gets nothing.
 	other := DatasetKey("s3://bucket/research", []byte("another secret"))
-	if _, _, err := c.Fetch(ctx, []Member{mOwner}, other, "v1", 3); !errors.Is(err, ErrNoPeer) {
+	if _, _, err := c.Fetch(ctx, []Member{mOwner}, other, "f", "v1", 3); !errors.Is(err, ErrNoPeer) {
 		t.Errorf("a key of other credentials: %v; want ErrNoPeer", err)
 	}
 }
@@ -176,7 +176,7 @@ func TestRogueClientsGetNothing(t *testing.T) {
 	rogueTC.RootCAs = pool
 	noCert := &tls.Config{RootCAs: pool, ServerName: ServerName, MinVersion: tls.VersionTLS13}
 	for name, tc := range map[string]*tls.Config{"another CA's certificate": rogueTC, "no certificate": noCert} {
-		if _, _, err := client(tc).Fetch(context.Background(), []Member{m}, key, "v1", 0); err == nil {
+		if _, _, err := client(tc).Fetch(context.Background(), []Member{m}, key, "f", "v1", 0); err == nil {
 			t.Errorf("a client with %s got a block", name)
 		}
 	}
