@@ -58,7 +58,7 @@ func (d *Daemon) pruneOnce() bool {
 			d.log.Info("The kernel cannot forget idle files on request (FUSE_NOTIFY_PRUNE needs Linux 6.18): --max-inodes is not enforced", "err", err)
 			return false
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, syscall.EBADF) { // EBADF: unmounted meanwhile
 			m.log.Error(err, "Pruning idle files failed")
 		}
 	}

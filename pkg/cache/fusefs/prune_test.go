@@ -8,6 +8,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
 )
 
 // TestPruneForgetsIdleFiles: the kernel keeps every file looked up, and
@@ -70,5 +73,52 @@ func TestPruneForgetsIdleFiles(t *testing.T) {
 	}
 	if got := f.Nodes(); got < files+3 {
 		t.Errorf("%d nodes after reading every file again; want at least %d (the count must follow the kernel)", got, files+3)
+	}
+}
+
+// TestNoNotificationAfterTheSessionEnds: a prune (or an attribute
+// invalidation) asked of a mount whose session has ended writes nothing:
+// its descriptor's number may already belong to another file, which the
+// notification would have been written into.
+func TestNoNotificationAfterTheSessionEnds(t *testing.T) {
+	testMount = MountSession
+	defer func() { testMount = Mount }()
+	root := t.TempDir()
+	p, err := posix.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	t.Cleanup(func() { c.Close() })
+	cachetest.RequireFUSE(t)
+	mnt := t.TempDir()
+	f, err := MountSession(mnt, c.Dataset("ds", p), Options{Name: "ds", MetaCache: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	// The lowest free descriptors: one of them is likely the number the
+	// session's device had.
+	var files []*os.File
+	for range 8 {
+		tf, err := os.CreateTemp(t.TempDir(), "reuse")
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, tf)
+		defer tf.Close()
+	}
+	if err := f.sess.Prune([]uint64{2, 3}); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("a prune after the session ended: %v; want EBADF", err)
+	}
+	if err := f.sess.InvalidateInode(2, -1, 0); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("an invalidation after the session ended: %v; want EBADF", err)
+	}
+	for _, tf := range files {
+		if st, err := tf.Stat(); err != nil || st.Size() != 0 {
+			t.Errorf("%s: %v bytes, %v: a notification was written into it", tf.Name(), st.Size(), err)
+		}
 	}
 }

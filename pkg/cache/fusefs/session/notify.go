@@ -1,6 +1,10 @@
 package session
 
-import "golang.org/x/sys/unix"
+import (
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
 
 // notifyInvalInode is FUSE_NOTIFY_INVAL_INODE.
 const notifyInvalInode = 2
@@ -15,6 +19,17 @@ func (s *Session) InvalidateInode(ino uint64, off, length int64) error {
 	b = le.AppendUint64(b, uint64(off))
 	b = le.AppendUint64(b, uint64(length))
 	le.PutUint32(b, uint32(len(b)))
+	return s.notify(b)
+}
+
+// notify writes a notification, unless the session's descriptor is closed
+// (EBADF): its number may belong to another file by now.
+func (s *Session) notify(b []byte) error {
+	s.fdMu.RLock()
+	defer s.fdMu.RUnlock()
+	if s.fdClosed {
+		return syscall.EBADF
+	}
 	_, err := unix.Write(s.fd, b)
 	return err
 }
@@ -33,6 +48,5 @@ func (s *Session) Prune(ids []uint64) error {
 		b = le.AppendUint64(b, id)
 	}
 	le.PutUint32(b, uint32(len(b)))
-	_, err := unix.Write(s.fd, b)
-	return err
+	return s.notify(b)
 }

@@ -81,6 +81,8 @@ type Session struct {
 	quit         atomic.Bool    // Stop or Drain: the reader stops reading
 	inflight     sync.WaitGroup // requests being served
 	fd           int            // the session's duplicate of the device, non-blocking
+	fdMu         sync.RWMutex   // held (read) by writes from outside a request; taken to close fd
+	fdClosed     bool           // guarded by fdMu
 	ready        chan struct{}  // the poller: the device has a request (or had one)
 	stopCh       chan struct{}  // closed by Stop or Drain: the reader stops waiting
 	stopOnce     sync.Once
@@ -236,7 +238,10 @@ func (s *Session) loop() {
 		// Handlers write to the descriptor: it closes after them.
 		s.inflight.Wait()
 		devPoller.remove(s)
+		s.fdMu.Lock()
+		s.fdClosed = true
 		s.conn.Dev.Close()
+		s.fdMu.Unlock()
 	}
 	if s.isStopped() {
 		go closeDev() // a crash: nothing waits for what is in flight
