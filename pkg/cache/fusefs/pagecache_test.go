@@ -114,3 +114,46 @@ func TestReadWriteOpenSeesChangesMadeElsewhere(t *testing.T) {
 		t.Fatalf("a rewrite of the same size and mtime: read %d bytes, %v; the kernel's old pages were served", len(got), err)
 	}
 }
+
+// TestAppendAfterAnotherNodeAppended: an O_APPEND write lands at the
+// source's end, and the writer reads back what the source holds, though
+// its kernel still believed the file shorter (another node appended
+// while it had the file open). Through the page cache the kernel put the
+// write at the end it believed in and served that page.
+func TestAppendAfterAnotherNodeAppended(t *testing.T) {
+	_, root, mnt := mountPosixRW(t, time.Hour)
+	name := filepath.Join(root, "log")
+	if err := os.WriteFile(name, []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "log")); err != nil || string(got) != "0123456789" {
+		t.Fatalf("first read: %q, %v", got, err)
+	}
+	// A logger opened the file for appending, then another node
+	// appended.
+	f, err := os.OpenFile(filepath.Join(mnt, "log"), os.O_RDWR|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	other, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.WriteString("ABCDEFGHIJ"); err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	if _, err := f.Write([]byte("X")); err != nil {
+		t.Fatal(err)
+	}
+	want := "0123456789ABCDEFGHIJX"
+	if src, _ := os.ReadFile(name); string(src) != want {
+		t.Fatalf("the source holds %q; want %q", src, want)
+	}
+	got := make([]byte, len(want))
+	n, err := f.ReadAt(got, 0)
+	if string(got[:n]) != want {
+		t.Errorf("the appending descriptor reads %q (%v); the source holds %q", got[:n], err, want)
+	}
+}

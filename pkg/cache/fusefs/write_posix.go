@@ -47,6 +47,12 @@ func (w posixWriter) open(ctx context.Context, n *node, flags uint32) (gofs.File
 		h.evict()
 		a = source.Attr{} // another version than the open's
 	}
+	if h.appendOnly {
+		// The kernel writes through its page cache at the end it
+		// believes in, which another node's append may have moved:
+		// an appender's writes and reads go to the daemon.
+		return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
+	}
 	return h, n.pageCacheFlags(a), 0
 }
 
@@ -290,6 +296,9 @@ func (w posixWriter) create(ctx context.Context, parent *node, name string, flag
 	h, a, err := newPosixHandle(c, f, created || acc != syscall.O_RDONLY, flags&syscall.O_APPEND != 0)
 	if err != nil {
 		return nil, nil, 0, source.Errno(err)
+	}
+	if h.appendOnly {
+		return in, h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0 // see open
 	}
 	return in, h, c.pageCacheFlags(a), 0
 }
