@@ -39,14 +39,16 @@ import (
 type inodes struct {
 	log klog.Logger
 
-	mu     sync.Mutex
-	byIno  map[devIno]uint64 // guarded by mu; POSIX files
-	byPath map[string]uint64 // guarded by mu; files of a store without inodes, by path
-	seenAt map[uint64]uint64 // guarded by mu; number -> placeHash of where it was last seen
-	places map[uint64]place  // guarded by mu; read from the log by path(), or nil
-	used   time.Time         // guarded by mu; when path() last used places
-	next   uint64            // guarded by mu; the root is 1
-	file   *os.File          // guarded by mu; the log, or nil
+	mu      sync.Mutex
+	byIno   map[devIno]uint64 // guarded by mu; POSIX files
+	byPath  map[string]uint64 // guarded by mu; files of a store without inodes, by path
+	seenAt  map[uint64]uint64 // guarded by mu; number -> placeHash of where it was last seen
+	places  map[uint64]place  // guarded by mu; read from the log by path(), or nil
+	fresh   map[uint64]place  // guarded by mu; seen while path() reads the log
+	loading chan struct{}     // guarded by mu; closed when path()'s read ends
+	used    time.Time         // guarded by mu; when path() last used places
+	next    uint64            // guarded by mu; the root is 1
+	file    *os.File          // guarded by mu; the log, or nil
 }
 
 // devIno is a POSIX file's identity.
@@ -224,6 +226,9 @@ func (t *inodes) seen(n, parent uint64, name string) {
 	h := placeHash(parent, name)
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.fresh != nil {
+		t.fresh[n] = place{parent: parent, name: name}
+	}
 	if t.places != nil {
 		if time.Since(t.used) > placesTTL {
 			t.places = nil // the takeover that read them is over
@@ -246,18 +251,41 @@ func (t *inodes) seen(n, parent uint64, name string) {
 // log on first use and kept while it is asked.
 func (t *inodes) path(n uint64) ([]string, bool) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.places == nil || time.Since(t.used) > placesTTL {
-		if t.file == nil {
+	for t.places == nil || time.Since(t.used) > placesTTL {
+		if ch := t.loading; ch != nil {
+			t.mu.Unlock()
+			<-ch
+			t.mu.Lock()
+			continue
+		}
+		f := t.file
+		if f == nil {
+			t.mu.Unlock()
 			return nil, false
 		}
-		places := map[uint64]place{}
-		if err := scanLog(t.file, func(uint64, string) {}, func(n uint64, pl place) { places[n] = pl }); err != nil {
+		// Read outside the lock: lookups go on meanwhile, and what
+		// they see is kept in fresh, newer than the log's.
+		ch := make(chan struct{})
+		t.loading, t.places, t.fresh = ch, nil, map[uint64]place{}
+		t.mu.Unlock()
+		read := map[uint64]place{}
+		err := scanLog(f, func(uint64, string) {}, func(n uint64, pl place) { read[n] = pl })
+		t.mu.Lock()
+		if err == nil {
+			for n, pl := range t.fresh {
+				read[n] = pl
+			}
+			t.places, t.used = read, time.Now()
+		}
+		t.loading, t.fresh = nil, nil
+		close(ch)
+		if err != nil {
+			t.mu.Unlock()
 			t.log.Error(err, "Reading the inode table's places failed")
 			return nil, false
 		}
-		t.places = places
 	}
+	defer t.mu.Unlock()
 	t.used = time.Now()
 	var names []string
 	for n != rootNumber {

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/source"
@@ -12,8 +13,10 @@ import (
 // read, instead of asking the source again (a POSIX source opened the
 // parent and read each name's attributes a second time). An entry is used
 // once, within listingTTL of the listing and never beyond the metacache
-// period; a change made through the mount in a directory forgets its
-// listing.
+// period; a change made through the mount in a directory (a name created,
+// removed or renamed, or an entry's attributes set) forgets its listing.
+// A file written through the mount keeps its listed size for at most
+// listingTTL, like the kernel's own attributes for metacache.
 
 // listingTTL bounds how old a listing's attributes may be when a lookup
 // takes them.
@@ -25,8 +28,11 @@ const maxListed = 10000
 
 // listings are the few most recent directory listings.
 type listings struct {
-	mu     sync.Mutex
-	recent [4]*listing // guarded by mu; most recent first
+	// changes counts forgets: a listing read before one (of any
+	// directory) is not kept, since it may predate the change.
+	changes atomic.Uint64
+	mu      sync.Mutex
+	recent  [4]*listing // guarded by mu; most recent first
 }
 
 type listing struct {
@@ -35,9 +41,12 @@ type listing struct {
 	attrs map[string]source.Attr
 }
 
-// remember keeps the listing of directory dir.
-func (l *listings) remember(dir uint64, ents []source.Entry) {
-	if len(ents) == 0 || len(ents) > maxListed {
+// generation returns the count of changes, to read before a listing.
+func (l *listings) generation() uint64 { return l.changes.Load() }
+
+// remember keeps the listing of directory dir, read after generation gen.
+func (l *listings) remember(dir uint64, ents []source.Entry, gen uint64) {
+	if len(ents) == 0 || len(ents) > maxListed || l.changes.Load() != gen {
 		return
 	}
 	ls := &listing{dir: dir, at: time.Now(), attrs: make(map[string]source.Attr, len(ents))}
@@ -46,6 +55,9 @@ func (l *listings) remember(dir uint64, ents []source.Entry) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.changes.Load() != gen {
+		return // a change since the listing began
+	}
 	l.dropLocked(dir)
 	copy(l.recent[1:], l.recent[:len(l.recent)-1])
 	l.recent[0] = ls
@@ -76,10 +88,13 @@ func (l *listings) take(dir uint64, name string, ttl time.Duration) (source.Attr
 	return source.Attr{}, false
 }
 
-// forget drops the listing of directory dir (a change in it).
+// forget drops the listing of directory dir (a change in it: called
+// before the change and after it, so a listing read meanwhile is dropped
+// or never kept).
 func (l *listings) forget(dir uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.changes.Add(1)
 	l.dropLocked(dir)
 }
 

@@ -71,3 +71,21 @@ func TestListingAnswersTheLookupsThatFollowIt(t *testing.T) {
 		t.Fatalf("a file replaced after the listing: %v, %v; want 6 bytes", fi, err)
 	}
 }
+
+// TestListingReadBeforeAChangeIsNotKept: a listing read while a change was
+// made through the mount (its forget came between the listing's start and
+// its end) is not kept: it may show the directory as it was.
+func TestListingReadBeforeAChangeIsNotKept(t *testing.T) {
+	var l listings
+	ents := []source.Entry{{Name: "f", Attr: source.Attr{Size: 1}}}
+	gen := l.generation()
+	l.forget(7) // an unlink in directory 7, while its listing was read
+	l.remember(7, ents, gen)
+	if _, ok := l.take(7, "f", time.Second); ok {
+		t.Error("a listing read before a change was kept")
+	}
+	l.remember(7, ents, l.generation())
+	if a, ok := l.take(7, "f", time.Second); !ok || a.Size != 1 {
+		t.Errorf("a listing read after the change: %v, %v; want it kept", a, ok)
+	}
+}

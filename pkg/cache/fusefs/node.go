@@ -254,12 +254,13 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 
 // Readdir implements gofs.NodeReaddirer.
 func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	gen := n.fsys.listed.generation()
 	ents, err := n.fsys.src.List(ctx, n.rel())
 	if err != nil {
 		return nil, source.Errno(err)
 	}
 	if _, posix := n.fsys.src.(source.Writable); posix {
-		n.fsys.listed.remember(n.StableAttr().Ino, ents)
+		n.fsys.listed.remember(n.StableAttr().Ino, ents, gen)
 	}
 	list := make([]fuse.DirEntry, 0, len(ents))
 	for _, e := range ents {

@@ -46,8 +46,9 @@ func (n *node) touch() {
 const pruneBatch = 256
 
 // Prune asks the kernel to forget the k least recently used files and
-// directories it holds (directories after what is under them); it skips
-// open files and what a process uses, which the kernel keeps. It returns
+// empty directories it holds (a directory goes once what was under it has
+// gone: a later prune); it skips open files, and the kernel keeps what a
+// process uses. It returns
 // how many it asked about; the count of Nodes falls as the kernel's
 // FORGETs arrive. ENOSYS: the kernel cannot prune (older than Linux 6.18).
 func (f *FS) Prune(k int) (int, error) {
@@ -60,14 +61,20 @@ func (f *FS) Prune(k int) (int, error) {
 		ino   uint64
 	}
 	var cands []cand
-	var walk func(in *gofs.Inode, depth int)
-	walk = func(in *gofs.Inode, depth int) {
-		for _, c := range in.Children() {
+	var walk func(children map[string]*gofs.Inode, depth int)
+	walk = func(children map[string]*gofs.Inode, depth int) {
+		for _, c := range children {
 			n, ok := c.Operations().(*node)
 			if !ok {
 				continue
 			}
-			walk(c, depth+1)
+			kids := c.Children()
+			walk(kids, depth+1)
+			if len(kids) > 0 {
+				// The kernel keeps a directory while it holds what
+				// is in it: asking would spend the count on it.
+				continue
+			}
 			n.mu.Lock()
 			open := n.cachedOpens+n.passthroughOpens > 0
 			n.mu.Unlock()
@@ -76,7 +83,7 @@ func (f *FS) Prune(k int) (int, error) {
 			}
 		}
 	}
-	walk(f.root.EmbeddedInode(), 0)
+	walk(f.root.EmbeddedInode().Children(), 0)
 	// Oldest first; of the same second, the deepest first: the kernel
 	// cannot forget a directory while it holds what is in it.
 	slices.SortFunc(cands, func(a, b cand) int {

@@ -59,6 +59,7 @@ var (
 // Create implements gofs.NodeCreater.
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	defer n.fsys.listed.forget(n.StableAttr().Ino)
 	if n.fsys.hidden(n, name) {
 		return nil, nil, 0, syscall.EACCES
 	}
@@ -68,6 +69,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 // Mkdir implements gofs.NodeMkdirer.
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	defer n.fsys.listed.forget(n.StableAttr().Ino)
 	if n.fsys.hidden(n, name) {
 		return nil, syscall.EACCES
 	}
@@ -77,6 +79,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 // Unlink implements gofs.NodeUnlinker.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	defer n.fsys.listed.forget(n.StableAttr().Ino)
 	if n.fsys.hidden(n, name) {
 		return syscall.ENOENT
 	}
@@ -86,6 +89,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 // Rmdir implements gofs.NodeRmdirer.
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	defer n.fsys.listed.forget(n.StableAttr().Ino)
 	if n.fsys.hidden(n, name) {
 		return syscall.ENOENT
 	}
@@ -95,8 +99,10 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 // Rename implements gofs.NodeRenamer.
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	defer n.fsys.listed.forget(n.StableAttr().Ino)
 	if np, ok := newParent.(*node); ok {
 		n.fsys.listed.forget(np.StableAttr().Ino)
+		defer n.fsys.listed.forget(np.StableAttr().Ino)
 	}
 	if n.fsys.opts.ReadOnly {
 		return syscall.EROFS
@@ -128,6 +134,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 // daemon.
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	defer n.fsys.listed.forget(n.StableAttr().Ino)
 	if n.fsys.hidden(n, name) {
 		return nil, syscall.EACCES
 	}
@@ -137,6 +144,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 // Link implements gofs.NodeLinker.
 func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	defer n.fsys.listed.forget(n.StableAttr().Ino)
 	tn, ok := target.(*node)
 	if !ok {
 		return nil, syscall.EXDEV
@@ -150,6 +158,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 // Mknod implements gofs.NodeMknoder: FIFOs and sockets.
 func (n *node) Mknod(ctx context.Context, name string, mode, _ uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	n.fsys.listed.forget(n.StableAttr().Ino) // a change in n: its listing is old
+	defer n.fsys.listed.forget(n.StableAttr().Ino)
 	if n.fsys.hidden(n, name) {
 		return nil, syscall.EACCES
 	}
@@ -168,6 +177,11 @@ func (n *node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) sysc
 // Setattr implements gofs.NodeSetattrer: size, then mode, owners and
 // times.
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if _, parent := n.Parent(); parent != nil {
+		// Its listed attributes are old.
+		n.fsys.listed.forget(parent.StableAttr().Ino)
+		defer n.fsys.listed.forget(parent.StableAttr().Ino)
+	}
 	if sz, ok := in.GetSize(); ok {
 		if errno := n.fsys.w.setSize(ctx, n, fh, int64(sz)); errno != 0 {
 			return errno
