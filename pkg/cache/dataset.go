@@ -38,7 +38,7 @@ func (d *Dataset) ReadAt(ctx context.Context, name string, a source.Attr, p []by
 		return 0, err
 	}
 	end := min(off+int64(len(p)), a.Size)
-	n, err := it.readAt(ctx, fileRef{d.src, name}, p, off, end)
+	n, err := it.readAt(ctx, fileRef{src: d.src, name: name}, p, off, end)
 	if err == nil && end < off+int64(len(p)) {
 		err = io.EOF
 	}
@@ -70,7 +70,7 @@ func (d *Dataset) Warm(ctx context.Context, name string, a source.Attr, progress
 			defer wg.Done()
 			var err error
 			if !it.verify(b) {
-				_, err = it.fetch(ctx, fileRef{d.src, name}, b)
+				_, err = it.fetch(ctx, fileRef{src: d.src, name: name}, b)
 			}
 			<-lim
 			if err != nil {

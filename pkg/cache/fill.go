@@ -102,7 +102,7 @@ func (d *Dataset) fillOne(ctx context.Context, name string, a source.Attr) {
 	if err != nil {
 		return
 	}
-	ref := fileRef{d.src, name}
+	ref := fileRef{src: d.src, name: name}
 	read := d.residentBlocks(ctx, name, it)
 	for b := range it.blocks() {
 		if ctx.Err() != nil {

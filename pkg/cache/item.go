@@ -102,6 +102,9 @@ func itemID(name string, a source.Attr) string {
 type fileRef struct {
 	src  source.Source
 	name string
+	// fromPeer: a block a group member asked this one, its owner, for:
+	// read from the source, never asked of the group in turn.
+	fromPeer bool
 }
 
 func itemHash(dataset, id string) string {
@@ -364,6 +367,9 @@ func (it *Item) runFetch(ref fileRef, b int64, gen uint64, fingerprint string, c
 	bl := int64(len(call.buf))
 	if bl <= 0 {
 		call.err = io.EOF
+		return
+	}
+	if it.fromGroup(ref, b, fingerprint, call) {
 		return
 	}
 	n, err := it.env.fetch.read(ref.src, ref.name, fingerprint, call.buf, b*it.env.blockSize, call.progress)

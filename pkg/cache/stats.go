@@ -28,6 +28,8 @@ type Stats struct {
 	IndexLoading bool
 	// Dormant counts cached files whose items sleep (see dormant.go).
 	Dormant int64
+	// PeerBytes counts bytes other members of a cache group sent.
+	PeerBytes int64
 }
 
 // DatasetStats are one dataset's share of the cache.
@@ -46,6 +48,10 @@ type DatasetStats struct {
 type counters struct {
 	hits, misses, readThrough, corrupt, sourceBytes, evictions atomic.Int64
 	indexWrites                                                atomic.Int64 // node-wide: index files written
+	peerBytes                                                  atomic.Int64 // bytes other members of a cache group sent
+
+	// group is the dataset's cache group, or nil (JoinGroup).
+	group atomic.Pointer[group]
 
 	// INVARIANT: a dataset's files is the number of its items in the
 	// map, and tierBytes[i] the sum of their bytes in tier i.
@@ -90,7 +96,7 @@ func (c *Cache) Stats() Stats {
 		Hits: t.hits.Load(), Misses: t.misses.Load(), ReadThrough: t.readThrough.Load(),
 		Corrupt: t.corrupt.Load(), SourceBytes: t.sourceBytes.Load(), Evictions: t.evictions.Load(),
 		TierBytes: map[string]int64{}, TierServed: map[string]int64{}, SourceLatency: c.env.fetch.latency.snapshot(),
-		Filling: c.Filling(), IndexLoading: !c.loadedAll.Load(), Dormant: c.asleep.Load(),
+		Filling: c.Filling(), IndexLoading: !c.loadedAll.Load(), Dormant: c.asleep.Load(), PeerBytes: t.peerBytes.Load(),
 	}
 	for _, t := range c.tiers {
 		s.TierBytes[t.Name] = t.used.Load()

@@ -233,3 +233,11 @@ func (c *Client) breakFor(addr string) {
 	c.broken[addr] = time.Now().Add(d)
 	c.mu.Unlock()
 }
+
+// BlockSourceFunc is a function serving as a BlockSource.
+type BlockSourceFunc func(ctx context.Context, name, object string, index int64) ([]byte, error)
+
+// Block implements BlockSource.
+func (f BlockSourceFunc) Block(ctx context.Context, name, object string, index int64) ([]byte, error) {
+	return f(ctx, name, object, index)
+}

@@ -1,0 +1,226 @@
+package group_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/group"
+	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
+)
+
+// countingSource counts the reads of each block of a source.
+type countingSource struct {
+	*posix.Source
+	mu    sync.Mutex
+	reads map[string]int
+	total atomic.Int64
+}
+
+func (s *countingSource) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	s.reads[fmt.Sprintf("%s@%d", name, off)]++
+	s.mu.Unlock()
+	s.total.Add(1)
+	return s.Source.ReadAt(ctx, name, p, off)
+}
+
+var _ source.Source = (*countingSource)(nil)
+
+// member is one cache of the group: its own tiers, the shared source.
+type member struct {
+	id    string
+	cache *cache.Cache
+	ds    *cache.Dataset
+	node  *group.Node
+	srv   *httptest.Server
+}
+
+// startGroup starts n members over loopback TLS and returns them.
+func startGroup(t *testing.T, n int, src source.Source, key string, quota int64) []*member {
+	t.Helper()
+	server, client := testTLS(t)
+	var ms []*member
+	var ring []group.Member
+	for i := range n {
+		c, err := cache.New(cache.Options{Tiers: []cache.TierOptions{{Name: "disk", Dir: t.TempDir(), Quota: quota}}, BlockSize: cachetest.Block})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		m := &member{id: fmt.Sprintf("node-%d", i), cache: c, ds: c.Dataset("local-key", src)}
+		srv := group.NewServer()
+		srv.Serve(key, group.BlockSourceFunc(func(ctx context.Context, name, object string, index int64) ([]byte, error) {
+			b, err := m.ds.PeerBlock(ctx, name, object, index)
+			if errors.Is(err, cache.ErrVersion) {
+				err = group.ErrVersion
+			}
+			return b, err
+		}))
+		hs := httptest.NewUnstartedServer(srv)
+		hs.TLS = server
+		hs.StartTLS()
+		t.Cleanup(hs.Close)
+		m.srv = hs
+		// A deadline no loaded test machine reaches: these tests are
+		// about where blocks come from, not about slow peers.
+		m.node = &group.Node{Self: m.id, Client: &group.Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: client}},
+			Deadline: time.Minute}}
+		ring = append(ring, group.Member{ID: m.id, Addr: strings.TrimPrefix(hs.URL, "https://"), Weight: 1})
+		ms = append(ms, m)
+	}
+	r, err := group.NewRing(ring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		m.node.SetRing(r)
+		m.ds.JoinGroup(key, m.node)
+	}
+	return ms
+}
+
+func readAll(t *testing.T, ds *cache.Dataset, src source.Source, name string) []byte {
+	a, err := src.Stat(context.Background(), name)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	out := make([]byte, a.Size)
+	for off := int64(0); off < a.Size; off += 100_003 {
+		end := min(off+100_003, a.Size)
+		if n, err := ds.ReadAt(context.Background(), name, a, out[off:end], off); int64(n) != end-off || (err != nil && err != io.EOF) {
+			t.Errorf("ReadAt(%s, %d) = %d, %v", name, off, n, err)
+			return nil
+		}
+	}
+	return out
+}
+
+// TestGroupFetchesEachBlockOnce: members reading the same cold file at
+// once read each block from the source once (its owner's read), and each
+// member stores only what it owns: the group holds the file once.
+func TestGroupFetchesEachBlockOnce(t *testing.T) {
+	root := t.TempDir()
+	const blocks = 48
+	want := cachetest.WriteRandom(t, filepath.Join(root, "shard"), blocks*cachetest.Block-17, 7)
+	p, _ := posix.New(root)
+	src := &countingSource{Source: p, reads: map[string]int{}}
+	key := group.DatasetKey("file://"+root, nil)
+	ms := startGroup(t, 4, src, key, 1<<30)
+
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got := readAll(t, m.ds, src, "shard"); !bytes.Equal(got, want) {
+				t.Errorf("%s read other bytes", m.id)
+			}
+		}()
+	}
+	wg.Wait()
+	src.mu.Lock()
+	for k, n := range src.reads {
+		if n != 1 {
+			t.Errorf("block %s read %d times from the source; want once for the group", k, n)
+		}
+	}
+	src.mu.Unlock()
+	if n := src.total.Load(); n != blocks {
+		t.Errorf("%d source reads for %d blocks; want %d (1.00 per block)", n, blocks, blocks)
+	}
+	var held, peer int64
+	for _, m := range ms {
+		st := m.cache.Stats()
+		held += st.TierBytes["disk"]
+		peer += st.PeerBytes
+		if st.TierBytes["disk"] > int64(len(want))/2 {
+			t.Errorf("%s holds %d of the file's %d bytes; want about a quarter (what it owns)", m.id, st.TierBytes["disk"], len(want))
+		}
+	}
+	if held != int64(len(want)) {
+		t.Errorf("the group holds %d bytes of a file of %d; want it once", held, len(want))
+	}
+	if peer == 0 {
+		t.Error("no member was sent a block by another")
+	}
+}
+
+// TestGroupCapacityAddsUp: four members whose caches each hold a third of
+// a dataset hold it all between them: a second pass reads nothing from the
+// source.
+func TestGroupCapacityAddsUp(t *testing.T) {
+	root := t.TempDir()
+	var names []string
+	want := map[string][]byte{}
+	for i := range 24 {
+		name := fmt.Sprintf("f%02d", i)
+		want[name] = cachetest.WriteRandom(t, filepath.Join(root, name), 8*cachetest.Block, uint64(20+i))
+		names = append(names, name)
+	}
+	total := int64(24 * 8 * cachetest.Block)
+	p, _ := posix.New(root)
+	src := &countingSource{Source: p, reads: map[string]int{}}
+	ms := startGroup(t, 4, src, group.DatasetKey("file://"+root, nil), total/3)
+	for pass := range 2 {
+		before := src.total.Load()
+		for _, m := range ms {
+			for _, name := range names {
+				if got := readAll(t, m.ds, src, name); !bytes.Equal(got, want[name]) {
+					t.Fatalf("%s, pass %d: %s read other bytes", m.id, pass, name)
+				}
+			}
+		}
+		if reads := src.total.Load() - before; pass == 1 && reads != 0 {
+			var held []int64
+			for _, m := range ms {
+				held = append(held, m.cache.Stats().TierBytes["disk"]/cachetest.Block)
+			}
+			t.Errorf("second pass: %d source reads; want 0 (the group holds the dataset, each member a third of it; blocks held %v of %d each)", reads, held, total/3/cachetest.Block)
+		}
+	}
+}
+
+// TestGroupSurvivesADeadMember: with a member gone (its server down), the
+// others read every block: the owner's is passed over (and skipped for a
+// while) and the block read from the source; no read fails.
+func TestGroupSurvivesADeadMember(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "shard"), 32*cachetest.Block, 9)
+	p, _ := posix.New(root)
+	src := &countingSource{Source: p, reads: map[string]int{}}
+	ms := startGroup(t, 4, src, group.DatasetKey("file://"+root, nil), 1<<30)
+	ms[2].srv.Close()
+	for _, m := range []*member{ms[0], ms[1], ms[3]} {
+		if got := readAll(t, m.ds, src, "shard"); !bytes.Equal(got, want) {
+			t.Fatalf("%s read other bytes with node-2 down", m.id)
+		}
+	}
+}
+
+// testTLS returns a member's server and client TLS configurations (a CA
+// and one certificate for the test).
+func testTLS(t *testing.T) (*tls.Config, *tls.Config) {
+	t.Helper()
+	ca, cert, key := group.NewTestPKI(t)
+	s, c, err := group.TLSConfigs(cert, key, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, c
+}

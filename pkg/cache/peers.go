@@ -1,0 +1,96 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// A cache group (pkg/cache/group) makes the caches of several nodes one:
+// each block of a dataset in the group has one owner, which fetches it
+// from the source once and stores it; the other members ask the owner and
+// serve what it sends without storing it, so the group's capacity is the
+// sum of its members'.
+
+// Peers is a cache group as the engine sees it.
+type Peers interface {
+	// Block returns block index of file name at version object of the
+	// group's dataset from the member that owns it. owned: this member
+	// owns it (or is the one left to fetch it), and reads the source
+	// and stores the block itself.
+	Block(ctx context.Context, dataset, name, object string, index int64) (b []byte, owned bool, err error)
+}
+
+// group is a dataset's membership of a cache group.
+type group struct {
+	key   string // the dataset's key in the group
+	peers Peers
+}
+
+// JoinGroup makes the dataset's misses ask the group's members (peers)
+// before the source; key is the dataset's key in the group. A nil peers
+// leaves the group.
+func (d *Dataset) JoinGroup(key string, peers Peers) {
+	d.c.mu.Lock()
+	ct := d.c.countersLocked(d.key)
+	d.c.mu.Unlock()
+	if peers == nil {
+		ct.group.Store(nil)
+		return
+	}
+	ct.group.Store(&group{key: key, peers: peers})
+}
+
+// ErrVersion: the file is not at the version a peer asked for.
+var ErrVersion = errors.New("the file is at another version")
+
+// PeerBlock returns block index of name at version object for a member
+// of the dataset's group that asked this one, its owner: from the cache,
+// or read from the source once (however many ask at once) and stored.
+// It never asks the group in turn, nor reads ahead.
+func (d *Dataset) PeerBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
+	a, err := d.src.Stat(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if a.Fingerprint() != object {
+		return nil, ErrVersion
+	}
+	bs := d.c.opts.BlockSize
+	off := index * bs
+	if index < 0 || off >= a.Size {
+		return nil, io.EOF
+	}
+	it, err := d.c.item(d.key, name, a)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, min(bs, a.Size-off))
+	n, err := it.readBlock(ctx, fileRef{src: d.src, name: name, fromPeer: true}, index, buf, 0)
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// fromGroup fills call with block b from the group, if the item's dataset
+// is in one, another member owns the block and it answers: true. The
+// block is not stored (its owner keeps it).
+func (it *Item) fromGroup(ref fileRef, b int64, fingerprint string, call *fetchCall) bool {
+	g := it.ctr.group.Load()
+	if g == nil || ref.fromPeer {
+		return false
+	}
+	data, owned, err := g.peers.Block(it.env.fetch.ctx, g.key, ref.name, fingerprint, b)
+	if owned || err != nil || len(data) != len(call.buf) {
+		if err != nil {
+			it.env.log.V(3).Info("No peer served a block; reading the source", "path", ref.name, "block", b, "err", err.Error())
+		}
+		return false
+	}
+	copy(call.buf, data)
+	call.progress(len(data))
+	it.env.total.peerBytes.Add(int64(len(data)))
+	it.ctr.peerBytes.Add(int64(len(data)))
+	return true
+}

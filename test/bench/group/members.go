@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache"
+	"github.com/cistern-csi/cistern/pkg/cache/group"
+	"github.com/cistern-csi/cistern/pkg/cache/source"
+	"github.com/cistern-csi/cistern/pkg/cache/source/posix"
+)
+
+// countingSource counts a source's reads and bytes.
+type countingSource struct {
+	*posix.Source
+	reads, bytes atomic.Int64
+}
+
+func (s *countingSource) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	n, err := s.Source.ReadAt(ctx, name, p, off)
+	s.reads.Add(1)
+	s.bytes.Add(int64(n))
+	return n, err
+}
+
+// member is one cache of an in-process group: its own tier, a peer server
+// on loopback TLS, the shared source.
+type member struct {
+	id    string
+	cache *cache.Cache
+	ds    *cache.Dataset
+	lis   net.Listener
+}
+
+// startMembers starts n members (cache tiers of quota bytes under dir)
+// serving src as one group; stop ends them.
+func startMembers(n int, dir string, src source.Source, key string, quota, blockSize int64) (ms []*member, stop func(), err error) {
+	ca, cert, pkey, err := group.NewPKI("bench")
+	if err != nil {
+		return nil, nil, err
+	}
+	stc, ctc, err := group.TLSConfigs(cert, pkey, ca)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop = func() {
+		for _, m := range ms {
+			m.lis.Close()
+			m.cache.Close()
+		}
+	}
+	var ring []group.Member
+	var nodes []*group.Node
+	for i := range n {
+		c, err := cache.New(cache.Options{Tiers: []cache.TierOptions{{Name: "disk", Dir: filepath.Join(dir, fmt.Sprint("member-", i)), Quota: quota}}, BlockSize: blockSize})
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			c.Close()
+			stop()
+			return nil, nil, err
+		}
+		m := &member{id: fmt.Sprint("node-", i), cache: c, ds: c.Dataset("local", src), lis: lis}
+		ms = append(ms, m)
+		srv := group.NewServer()
+		srv.Serve(key, group.BlockSourceFunc(func(ctx context.Context, name, object string, index int64) ([]byte, error) {
+			b, err := m.ds.PeerBlock(ctx, name, object, index)
+			if errors.Is(err, cache.ErrVersion) {
+				err = group.ErrVersion
+			}
+			return b, err
+		}))
+		go http.Serve(tls.NewListener(lis, stc), srv)
+		ring = append(ring, group.Member{ID: m.id, Addr: lis.Addr().String(), Weight: 1})
+		node := &group.Node{Self: m.id, Client: &group.Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: ctc, MaxIdleConnsPerHost: 64}},
+			Deadline: 30 * time.Second}}
+		nodes = append(nodes, node)
+		m.ds.JoinGroup(key, node)
+	}
+	r, err := group.NewRing(ring)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	for _, node := range nodes {
+		node.SetRing(r)
+	}
+	return ms, stop, nil
+}
+
+// readFile reads name whole through ds with 1 MiB reads.
+func readFile(ds *cache.Dataset, src source.Source, name string) error {
+	a, err := src.Stat(context.Background(), name)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < a.Size; off += int64(len(buf)) {
+		n, err := ds.ReadAt(context.Background(), name, a, buf, off)
+		if err != nil && err != io.EOF {
+			return err
+		}
+		if want := min(int64(len(buf)), a.Size-off); int64(n) != want {
+			return fmt.Errorf("%s at %d: read %d bytes, want %d", name, off, n, want)
+		}
+	}
+	return nil
+}
+
+// writeFile writes size random-looking bytes to path.
+func writeFile(path string, size int64, seed uint64) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	x := seed*0x9e3779b97f4a7c15 + 1
+	for done := int64(0); done < size; done += int64(len(buf)) {
+		for i := 0; i+8 <= len(buf); i += 8 {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			buf[i], buf[i+1], buf[i+2], buf[i+3] = byte(x), byte(x>>8), byte(x>>16), byte(x>>24)
+			buf[i+4], buf[i+5], buf[i+6], buf[i+7] = byte(x>>32), byte(x>>40), byte(x>>48), byte(x>>56)
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), size-done)]); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// readAll has every member read every name at once (one goroutine per
+// member) and returns the first error.
+func readAll(ms []*member, src source.Source, names []string) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ms))
+	for _, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, name := range names {
+				if err := readFile(m.ds, src, name); err != nil {
+					errs <- fmt.Errorf("%s: %w", m.id, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
