@@ -9,14 +9,18 @@ import (
 )
 
 // A READDIRPLUS (find, ls -l) looks every entry up right after the listing
-// that named it: those lookups take the attributes the listing has just
-// read, instead of asking the source again (a POSIX source opened the
-// parent and read each name's attributes a second time). An entry is used
-// once, within listingTTL of the listing and never beyond the metacache
-// period; a change made through the mount in a directory (a name created,
-// removed or renamed, or an entry's attributes set) forgets its listing.
-// A file written through the mount keeps its listed size for at most
-// listingTTL, like the kernel's own attributes for metacache.
+// that named it: on a read-only POSIX dataset those lookups take the
+// attributes the listing has just read, instead of asking the source again
+// (a POSIX source opened the parent and read each name's attributes a
+// second time). An entry is used once, within listingTTL of the listing
+// and never beyond the metacache period.
+//
+// Not on a read-write mount: the kernel takes the attributes of a lookup
+// as newer than what it learnt by a write made before that lookup's
+// request, so a listing read before a local write (a file just created,
+// size 0) would take back the size the write gave the file (its writer
+// then read nothing back: the restart test caught it). The forgets below
+// remain for a change a read-only mount sees made elsewhere.
 
 // listingTTL bounds how old a listing's attributes may be when a lookup
 // takes them.

@@ -25,11 +25,10 @@ func (s *statCounting) Stat(ctx context.Context, name string) (source.Attr, erro
 }
 
 // TestListingAnswersTheLookupsThatFollowIt: find or ls -l of a directory
-// (READDIRPLUS, then a stat of each entry) asks the source for each
-// entry's attributes once, in the listing; the lookups take them from it.
-// Each entry was read twice: a POSIX source opened the parent and read
-// the name's attributes again for every lookup. A name created through
-// the mount after the listing is looked up afresh.
+// of a read-only dataset (READDIRPLUS, then a stat of each entry) asks the
+// source for each entry's attributes once, in the listing; the lookups
+// take them from it. Each entry was read twice: a POSIX source opened the
+// parent and read the name's attributes again for every lookup.
 func TestListingAnswersTheLookupsThatFollowIt(t *testing.T) {
 	root := t.TempDir()
 	const files = 200
@@ -45,7 +44,7 @@ func TestListingAnswersTheLookupsThatFollowIt(t *testing.T) {
 	src := &statCounting{Source: p}
 	c := newTestCache(t, t.TempDir(), 1<<30)
 	t.Cleanup(func() { c.Close() })
-	_, mnt := mountTest(t, src, c, Options{MetaCache: time.Minute})
+	_, mnt := mountTest(t, src, c, Options{ReadOnly: true, MetaCache: time.Minute})
 	before := src.stats.Load()
 	ents, err := os.ReadDir(mnt)
 	if err != nil || len(ents) != files {
@@ -59,16 +58,6 @@ func TestListingAnswersTheLookupsThatFollowIt(t *testing.T) {
 	}
 	if n := src.stats.Load() - before; n > files/10 {
 		t.Errorf("a listing and a stat of each of %d entries asked the source %d times; want the listing's attributes used", files, n)
-	}
-	// Replaced through the mount after the listing: looked up afresh.
-	if err := os.Remove(filepath.Join(mnt, "f000")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(mnt, "f000"), []byte("longer"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if fi, err := os.Lstat(filepath.Join(mnt, "f000")); err != nil || fi.Size() != 6 {
-		t.Fatalf("a file replaced after the listing: %v, %v; want 6 bytes", fi, err)
 	}
 }
 
