@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,7 +86,9 @@ func startMembers(n int, dir string, src source.Source, key string, quota, block
 			}
 			return b, err
 		}))
-		go http.Serve(tls.NewListener(lis, stc), srv)
+		// (A refused client's handshake error is the expected answer.)
+		hs := &http.Server{Handler: srv, ErrorLog: log.New(io.Discard, "", 0)}
+		go hs.Serve(tls.NewListener(lis, stc))
 		ring = append(ring, group.Member{ID: m.id, Addr: lis.Addr().String(), Weight: 1})
 		node := &group.Node{Self: m.id, Client: &group.Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: ctc, MaxIdleConnsPerHost: 64}},
 			Deadline: 30 * time.Second}}
@@ -167,4 +172,33 @@ func readAll(ms []*member, src source.Source, names []string) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// rogue asks member m for a block as a process without a certificate of
+// the group (it trusts the group's CA, so only the member's refusal stops
+// it) and reports whether it was refused, and how.
+func rogue(m *member, key string) (bool, string) {
+	ca, _, _, err := group.NewPKI("rogue")
+	if err != nil {
+		return false, err.Error()
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	c := &group.Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		MinVersion: tls.VersionTLS13, ServerName: group.ServerName, InsecureSkipVerify: true}}}, Deadline: 5 * time.Second}
+	_, _, err = c.Fetch(context.Background(), []group.Member{{ID: m.id, Addr: m.lis.Addr().String()}}, key, "cold", "any", 0)
+	if err == nil {
+		return false, "served a block"
+	}
+	return true, "refused (" + lastLine(err.Error()) + ")"
+}
+
+func lastLine(s string) string {
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	if len(s) > 80 {
+		s = s[:80] + "..."
+	}
+	return s
 }
