@@ -14,11 +14,11 @@ import (
 
 // Peers is a cache group as the engine sees it.
 type Peers interface {
-	// Block returns block index of file name at version object of the
-	// group's dataset from the member that owns it. owned: this member
+	// Block returns block index (size bytes) of file name at version
+	// object of the group's dataset from the member that owns it. owned: this member
 	// owns it (or is the one left to fetch it), and reads the source
 	// and stores the block itself.
-	Block(ctx context.Context, dataset, name, object string, index int64) (b []byte, owned bool, err error)
+	Block(ctx context.Context, dataset, name, object string, index int64, size int) (b []byte, owned bool, err error)
 }
 
 // group is a dataset's membership of a cache group.
@@ -81,7 +81,7 @@ func (it *Item) fromGroup(ref fileRef, b int64, fingerprint string, call *fetchC
 	if g == nil || ref.fromPeer {
 		return false
 	}
-	data, owned, err := g.peers.Block(it.env.fetch.ctx, g.key, ref.name, fingerprint, b)
+	data, owned, err := g.peers.Block(it.env.fetch.ctx, g.key, ref.name, fingerprint, b, len(call.buf))
 	if owned || err != nil || len(data) != len(call.buf) {
 		if err != nil {
 			it.env.log.V(3).Info("No peer served a block; reading the source", "path", ref.name, "block", b, "err", err.Error())

@@ -23,11 +23,11 @@ type Node struct {
 // SetRing sets the members (on a join or a leave).
 func (n *Node) SetRing(r *Ring) { n.ring.Store(r) }
 
-// Block asks the members ranked before this one for block index of name
-// at version object of the group's dataset. owned: this member is the
+// Block asks the members ranked before this one for block index (size
+// bytes) of name at version object of the group's dataset. owned: this member is the
 // owner, or the next in line once those before it failed: it reads the
 // source and stores the block.
-func (n *Node) Block(ctx context.Context, dataset, name, object string, index int64) ([]byte, bool, error) {
+func (n *Node) Block(ctx context.Context, dataset, name, object string, index int64, size int) ([]byte, bool, error) {
 	r := n.ring.Load()
 	if r == nil {
 		return nil, true, nil
@@ -48,7 +48,7 @@ func (n *Node) Block(ctx context.Context, dataset, name, object string, index in
 	if len(ask) == 0 {
 		return nil, true, nil
 	}
-	b, _, err := n.Client.Fetch(ctx, ask, dataset, name, object, index)
+	b, _, err := n.Client.Fetch(ctx, ask, dataset, name, object, index, size)
 	if err != nil {
 		// Those before it failed: a member next in line owns the
 		// block now; one further down, or a client-only member,

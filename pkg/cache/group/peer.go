@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -87,10 +88,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	b, err := src.Block(r.Context(), name, object, index)
 	switch {
+	case err == nil:
 	case errors.Is(err, ErrVersion):
 		http.Error(w, err.Error(), http.StatusConflict)
 		return
-	case err != nil:
+	case errors.Is(err, fs.ErrNotExist):
+		// Removed at the source: not the member's fault (a 5xx would
+		// have the asker skip it for every block).
+		http.Error(w, "no such file", http.StatusNotFound)
+		return
+	case errors.Is(err, fs.ErrInvalid), errors.Is(err, io.EOF):
+		http.Error(w, "no such block", http.StatusBadRequest)
+		return
+	default:
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
@@ -146,16 +156,17 @@ type Client struct {
 var ErrNoPeer = errors.New("cache group: no peer has the block")
 
 // Fetch asks the members in order (the block's ranking without the asker)
-// for block index of the dataset's file name at version object, and returns its
+// for block index (size bytes) of the dataset's file name at version
+// object, and returns its
 // bytes and the member that served them. Peers that fail, answer late or
 // send a corrupt block are passed over (and skipped for Cooldown).
-func (c *Client) Fetch(ctx context.Context, peers []Member, dataset, name, object string, index int64) ([]byte, Member, error) {
+func (c *Client) Fetch(ctx context.Context, peers []Member, dataset, name, object string, index int64, size int) ([]byte, Member, error) {
 	var errs []error
 	for _, m := range peers {
 		if c.skipped(m.Addr) {
 			continue
 		}
-		b, err := c.fetchFrom(ctx, m, dataset, name, object, index)
+		b, err := c.fetchFrom(ctx, m, dataset, name, object, index, size)
 		if err == nil {
 			return b, m, nil
 		}
@@ -178,7 +189,7 @@ type statusError struct {
 
 func (e statusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.code, e.msg) }
 
-func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object string, index int64) ([]byte, error) {
+func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object string, index int64, size int) ([]byte, error) {
 	d := c.Deadline
 	if d <= 0 {
 		d = 2 * time.Second
@@ -196,12 +207,18 @@ func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object 
 		return nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20+1))
-	if err != nil {
-		return nil, err
-	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, statusError{resp.StatusCode, string(b)}
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return nil, statusError{resp.StatusCode, string(msg)}
+	}
+	// Exactly the block's length, or nothing: a member cannot make this
+	// one hold more than the block.
+	if resp.ContentLength != int64(size) {
+		return nil, statusError{http.StatusBadGateway, fmt.Sprintf("a block of %d bytes, want %d", resp.ContentLength, size)}
+	}
+	b := make([]byte, size)
+	if _, err := io.ReadFull(resp.Body, b); err != nil {
+		return nil, err
 	}
 	want, err := strconv.ParseUint(resp.Header.Get(crcHeader), 10, 32)
 	if err != nil || uint32(want) != crc32.Checksum(b, castagnoli) {

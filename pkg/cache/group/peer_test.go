@@ -6,8 +6,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"hash/crc32"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -88,6 +91,15 @@ func TestPeersServeBlocks(t *testing.T) {
 		w.Write(bytes.Repeat([]byte{3}, 1000))
 	})
 
+	big := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b := bytes.Repeat([]byte{3}, 64<<10) // more than a block of 1000 bytes
+		w.Header().Set(crcHeader, strconv.FormatUint(uint64(crc32.Checksum(b, castagnoli)), 10))
+		w.Write(b)
+	})
+	gone := NewServer()
+	gone.Serve(key, BlockSourceFunc(func(context.Context, string, string, int64) ([]byte, error) { return nil, fs.ErrNotExist }))
+	mBig := startPeer(t, "big", big, stc)
+	mGone := startPeer(t, "gone", gone, stc)
 	mOwner := startPeer(t, "owner", owner, stc)
 	mEmpty := startPeer(t, "empty", empty, stc)
 	mStale := startPeer(t, "stale", stale, stc)
@@ -97,7 +109,7 @@ func TestPeersServeBlocks(t *testing.T) {
 	ctx := context.Background()
 
 	start := time.Now()
-	b, from, err := c.Fetch(ctx, []Member{mEmpty, mStale, mCorrupt, mSlow, mOwner}, key, "f", "v1", 3)
+	b, from, err := c.Fetch(ctx, []Member{mEmpty, mStale, mGone, mBig, mCorrupt, mSlow, mOwner}, key, "f", "v1", 3, 1000)
 	if err != nil || from.ID != "owner" || !bytes.Equal(b, bytes.Repeat([]byte{3}, 1000)) {
 		t.Fatalf("fetch: from %q, %d bytes, %v; want block 3 from the owner", from.ID, len(b), err)
 	}
@@ -106,22 +118,27 @@ func TestPeersServeBlocks(t *testing.T) {
 	}
 	// The slow and corrupt peers are skipped now: no wait at all.
 	start = time.Now()
-	if _, from, err := c.Fetch(ctx, []Member{mSlow, mCorrupt, mOwner}, key, "f", "v1", 4); err != nil || from.ID != "owner" {
+	if _, from, err := c.Fetch(ctx, []Member{mSlow, mCorrupt, mOwner}, key, "f", "v1", 4, 1000); err != nil || from.ID != "owner" {
 		t.Fatalf("second fetch: from %q, %v", from.ID, err)
 	}
 	if waited := time.Since(start); waited > 200*time.Millisecond {
 		t.Errorf("peers that failed were asked again: the fetch took %s", waited)
 	}
+	// A file removed at the source (404) is no fault of the member's: it
+	// is asked again; one that sent more than a block is skipped.
+	if c.skipped(mGone.Addr) || !c.skipped(mBig.Addr) {
+		t.Errorf("skipped: gone %t (want false), too big %t (want true)", c.skipped(mGone.Addr), c.skipped(mBig.Addr))
+	}
 	if n := good.served.Load(); n != 2 {
 		t.Errorf("the owner served %d blocks; want 2", n)
 	}
 	// No peer has it: the caller reads the source.
-	if _, _, err := c.Fetch(ctx, []Member{mEmpty, mStale}, key, "f", "v1", 5); !errors.Is(err, ErrNoPeer) {
+	if _, _, err := c.Fetch(ctx, []Member{mEmpty, mStale}, key, "f", "v1", 5, 1000); !errors.Is(err, ErrNoPeer) {
 		t.Errorf("no peer has the block: %v; want ErrNoPeer", err)
 	}
 	// Another dataset key (other credentials) gets nothing.
 	other := DatasetKey("s3://bucket/research", []byte("another secret"))
-	if _, _, err := c.Fetch(ctx, []Member{mOwner}, other, "f", "v1", 3); !errors.Is(err, ErrNoPeer) {
+	if _, _, err := c.Fetch(ctx, []Member{mOwner}, other, "f", "v1", 3, 1000); !errors.Is(err, ErrNoPeer) {
 		t.Errorf("a key of other credentials: %v; want ErrNoPeer", err)
 	}
 }
@@ -152,7 +169,7 @@ func TestRogueClientsGetNothing(t *testing.T) {
 	rogueTC.RootCAs = pool
 	noCert := &tls.Config{RootCAs: pool, ServerName: ServerName, MinVersion: tls.VersionTLS13}
 	for name, tc := range map[string]*tls.Config{"another CA's certificate": rogueTC, "no certificate": noCert} {
-		if _, _, err := client(tc).Fetch(context.Background(), []Member{m}, key, "f", "v1", 0); err == nil {
+		if _, _, err := client(tc).Fetch(context.Background(), []Member{m}, key, "f", "v1", 0, 1000); err == nil {
 			t.Errorf("a client with %s got a block", name)
 		}
 	}

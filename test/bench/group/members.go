@@ -186,7 +186,7 @@ func rogue(m *member, key string) (bool, string) {
 	pool.AppendCertsFromPEM(ca)
 	c := &group.Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		MinVersion: tls.VersionTLS13, ServerName: group.ServerName, InsecureSkipVerify: true}}}, Deadline: 5 * time.Second}
-	_, _, err = c.Fetch(context.Background(), []group.Member{{ID: m.id, Addr: m.lis.Addr().String()}}, key, "cold", "any", 0)
+	_, _, err = c.Fetch(context.Background(), []group.Member{{ID: m.id, Addr: m.lis.Addr().String()}}, key, "cold", "any", 0, 1<<20)
 	if err == nil {
 		return false, "served a block"
 	}
