@@ -183,6 +183,7 @@ func New(opts Options) (*Cache, error) {
 		lowWater:  opts.LowWater,
 		readAhead: opts.ReadAhead,
 		fetch:     newFetcher(opts.MaxFetches, opts.MaxFetchBytes),
+		borrowed:  newBorrowed(opts.MaxFetchBytes),
 		files:     newOpenFiles(opts.MaxOpenFiles),
 		kick:      c.clean.kick,
 		markDirty: c.markDirty,

@@ -36,6 +36,7 @@ type itemEnv struct {
 	markDirty func(*Item) // the item's index is behind: the cleaner saves it
 	total     *counters   // node-wide counters
 	log       klog.Logger
+	borrowed  *borrowed // blocks other members of a cache group sent (peers.go)
 }
 
 // Item is the cache of one source file.

@@ -1,9 +1,11 @@
 package cache
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"io"
+	"sync"
 )
 
 // A cache group (pkg/cache/group) makes the caches of several nodes one:
@@ -75,22 +77,88 @@ func (d *Dataset) PeerBlock(ctx context.Context, name, object string, index int6
 
 // fromGroup fills call with block b from the group, if the item's dataset
 // is in one, another member owns the block and it answers: true. The
-// block is not stored (its owner keeps it).
+// block is not stored (its owner keeps it), only borrowed for a while.
 func (it *Item) fromGroup(ref fileRef, b int64, fingerprint string, call *fetchCall) bool {
 	g := it.ctr.group.Load()
 	if g == nil || ref.fromPeer {
 		return false
 	}
-	data, owned, err := g.peers.Block(it.env.fetch.ctx, g.key, ref.name, fingerprint, b, len(call.buf))
-	if owned || err != nil || len(data) != len(call.buf) {
-		if err != nil {
-			it.env.log.V(3).Info("No peer served a block; reading the source", "path", ref.name, "block", b, "err", err.Error())
+	key := borrowKey{dataset: g.key, object: fingerprint, index: b}
+	data := it.env.borrowed.get(key)
+	if data == nil {
+		var owned bool
+		var err error
+		data, owned, err = g.peers.Block(it.env.fetch.ctx, g.key, ref.name, fingerprint, b, len(call.buf))
+		if owned || err != nil || len(data) != len(call.buf) {
+			if err != nil {
+				it.env.log.V(3).Info("No peer served a block; reading the source", "path", ref.name, "block", b, "err", err.Error())
+			}
+			return false
 		}
+		it.env.borrowed.put(key, data)
+		it.env.total.peerBytes.Add(int64(len(data)))
+		it.ctr.peerBytes.Add(int64(len(data)))
+	}
+	if len(data) != len(call.buf) {
 		return false
 	}
 	copy(call.buf, data)
 	call.progress(len(data))
-	it.env.total.peerBytes.Add(int64(len(data)))
-	it.ctr.peerBytes.Add(int64(len(data)))
 	return true
+}
+
+// borrowed keeps the blocks other members sent, the most recently used
+// up to a byte bound: FUSE reads are 128 KiB to 1 MiB and blocks 4 MiB,
+// and a block read ahead is fetched before its reader asks; without it
+// each of them asked the owner for the whole block again.
+type borrowed struct {
+	mu    sync.Mutex
+	max   int64
+	size  int64                       // guarded by mu
+	order *list.List                  // guarded by mu; of *borrowedBlock, most recent first
+	byKey map[borrowKey]*list.Element // guarded by mu
+}
+
+// borrowKey names a block of a version of a file of a group's dataset
+// (two names of one version share it: their bytes are the same).
+type borrowKey struct {
+	dataset, object string
+	index           int64
+}
+
+type borrowedBlock struct {
+	key  borrowKey
+	data []byte
+}
+
+func newBorrowed(max int64) *borrowed {
+	return &borrowed{max: max, order: list.New(), byKey: map[borrowKey]*list.Element{}}
+}
+
+func (b *borrowed) get(k borrowKey) []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.byKey[k]
+	if e == nil {
+		return nil
+	}
+	b.order.MoveToFront(e)
+	return e.Value.(*borrowedBlock).data
+}
+
+func (b *borrowed) put(k borrowKey, data []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e := b.byKey[k]; e != nil || int64(len(data)) > b.max {
+		return
+	}
+	b.byKey[k] = b.order.PushFront(&borrowedBlock{key: k, data: data})
+	b.size += int64(len(data))
+	for b.size > b.max {
+		e := b.order.Back()
+		old := e.Value.(*borrowedBlock)
+		b.order.Remove(e)
+		delete(b.byKey, old.key)
+		b.size -= int64(len(old.data))
+	}
 }

@@ -224,3 +224,33 @@ func testTLS(t *testing.T) (*tls.Config, *tls.Config) {
 	}
 	return s, c
 }
+
+// TestGroupBorrowsWhatPeersSend: a member reading a file in reads smaller
+// than a block (as FUSE does: 128 KiB to 1 MiB of 4 MiB blocks) is sent
+// each block another member owns once. Each read asked the owner for the
+// whole block again: four times the bytes for reads of a quarter block.
+func TestGroupBorrowsWhatPeersSend(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "shard"), 32*cachetest.Block, 11)
+	p, _ := posix.New(root)
+	src := &countingSource{Source: p, reads: map[string]int{}}
+	ms := startGroup(t, 2, src, group.DatasetKey("file://"+root, nil), 1<<30)
+	a, err := src.Stat(context.Background(), "shard")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, a.Size)
+	const chunk = cachetest.Block / 4
+	for off := int64(0); off < a.Size; off += chunk {
+		if n, err := ms[0].ds.ReadAt(context.Background(), "shard", a, got[off:off+chunk], off); n != chunk || (err != nil && err != io.EOF) {
+			t.Fatalf("ReadAt at %d: %d, %v", off, n, err)
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("read other bytes")
+	}
+	sent := ms[0].cache.Stats().PeerBytes
+	if sent == 0 || sent > int64(len(want)) {
+		t.Errorf("the other member sent %d bytes for a file of %d read in quarter blocks; want each block it owns once (at most the file)", sent, len(want))
+	}
+}
