@@ -135,6 +135,7 @@ type fetchCall struct {
 	buf  []byte
 	err  error  // set before done is closed
 	name string // the name of the file the source is read under
+	gen  uint64 // the item's generation (version) it fetches
 
 	mu     sync.Mutex
 	filled int           // guarded by mu; buf[:filled] is final

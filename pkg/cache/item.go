@@ -249,7 +249,7 @@ func (it *Item) verify(b int64) bool {
 		// Open first: a data file that is not the one the blocks were
 		// verified in loses its verification as it opens.
 		it.mu.Unlock()
-		if _, err := it.openFile(); err != nil {
+		if _, err := it.openFile(0); err != nil {
 			return false
 		}
 		it.mu.Lock()
@@ -320,13 +320,20 @@ func (it *Item) fetchTry(ctx context.Context, ref fileRef, b int64, need int, re
 		it.mu.Lock()
 	}
 	call := it.inflight[b]
+	if call != nil && call.gen != it.gen {
+		// A fetch of the version before a reset: its bytes are not
+		// this version's. A fetch of its own replaces it in the map
+		// (the old one finishes for its own readers and stores
+		// nothing).
+		call = nil
+	}
 	if call == nil {
 		if err := it.env.fetch.closed(); err != nil {
 			it.mu.Unlock()
 			return nil, fmt.Errorf("cache closed: %w", err)
 		}
 		call = newFetchCall(it.blockLenLocked(b))
-		call.name = ref.name
+		call.name, call.gen = ref.name, it.gen
 		if it.inflight == nil {
 			it.inflight = map[int64]*fetchCall{}
 		}
@@ -398,7 +405,7 @@ func (it *Item) store(b int64, buf []byte, gen uint64) error {
 		it.env.kick()
 		return errTierFull
 	}
-	if err := it.pwrite(buf, b*it.env.blockSize); err != nil {
+	if err := it.pwrite(gen, buf, b*it.env.blockSize); err != nil {
 		return err
 	}
 	sum := crc32.Checksum(buf, castagnoli)

@@ -58,8 +58,8 @@ func (o *openFiles) forget(it *Item) {
 
 // openFile returns the item's data file, opening it if needed, and closes
 // the files the open-file bound pushes out.
-func (it *Item) openFile() (*os.File, error) {
-	f, err := it.ensureOpen()
+func (it *Item) openFile(gen uint64) (*os.File, error) {
+	f, err := it.ensureOpen(gen)
 	if err != nil {
 		return nil, err
 	}
@@ -78,15 +78,17 @@ func (it *Item) openFile() (*os.File, error) {
 	return f, nil
 }
 
-// errRemoved: the item was evicted or put to sleep; nothing is stored
-// through it.
+// errRemoved: the item was evicted or put to sleep, or a fetch's version
+// was reset; nothing is stored through it.
 var errRemoved = errors.New("cache item evicted or asleep")
 
-// ensureOpen opens the data file unless it is open; it takes it.mu.
-func (it *Item) ensureOpen() (*os.File, error) {
+// ensureOpen opens the data file unless it is open; it takes it.mu. A gen
+// other than 0 must be the item's generation: a fetch of a version before
+// a reset never writes into the next version's file.
+func (it *Item) ensureOpen(gen uint64) (*os.File, error) {
 	it.mu.Lock()
 	defer it.mu.Unlock()
-	if it.removed {
+	if it.removed || (gen != 0 && gen != it.gen) {
 		return nil, errRemoved
 	}
 	if it.file != nil {
@@ -122,7 +124,7 @@ func (it *Item) ensureOpen() (*os.File, error) {
 // meanwhile is reopened.
 func (it *Item) pread(dst []byte, off int64) (int, error) {
 	for range 3 {
-		f, err := it.openFile()
+		f, err := it.openFile(0)
 		if err != nil {
 			return 0, err
 		}
@@ -137,11 +139,11 @@ func (it *Item) pread(dst []byte, off int64) (int, error) {
 
 // pwrite writes the data file at off, as pread reads it. A full file
 // system kicks the cleaner.
-func (it *Item) pwrite(buf []byte, off int64) error {
+func (it *Item) pwrite(gen uint64, buf []byte, off int64) error {
 	var err error
 	for range 3 {
 		var f *os.File
-		if f, err = it.openFile(); err != nil {
+		if f, err = it.openFile(gen); err != nil {
 			return err
 		}
 		if _, err = f.WriteAt(buf, off); !errors.Is(err, os.ErrClosed) {

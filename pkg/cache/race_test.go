@@ -216,3 +216,73 @@ func TestJoinedFetchUnderAnotherName(t *testing.T) {
 		t.Fatalf("the reader of g that joined f's fetch: %v (bytes equal: %t)", err, bytes.Equal(buf, want[:100]))
 	}
 }
+
+// stallSource reads the first block of name at once, then holds the answer
+// until gate opens: a fetch of the version it read, still in flight.
+type stallSource struct {
+	source.Source
+	name    string
+	started chan struct{}
+	gate    chan struct{}
+	once    sync.Once
+}
+
+func (s *stallSource) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	n, err := s.Source.ReadAt(ctx, name, p, off)
+	first := false
+	if name == s.name && off == 0 {
+		s.once.Do(func() { first = true })
+	}
+	if first {
+		close(s.started)
+		<-s.gate
+	}
+	return n, err
+}
+
+// TestNewVersionDoesNotJoinAnOldFetch: a reader of a file's new version
+// does not take the bytes of a fetch of the old version still in flight.
+// It joined it (the reset kept the fetches in flight) and read the old
+// version's bytes.
+func TestNewVersionDoesNotJoinAnOldFetch(t *testing.T) {
+	root := t.TempDir()
+	name := filepath.Join(root, "f")
+	cachetest.WriteRandom(t, name, 2*cachetest.Block, 71)
+	p, _ := posix.New(root)
+	src := &stallSource{Source: p, name: "f", started: make(chan struct{}), gate: make(chan struct{})}
+	c := newTestCache(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	ds := c.Dataset("ds", src)
+	ctx := context.Background()
+	a1, _ := src.Stat(ctx, "f")
+	old := make(chan error, 1)
+	go func() {
+		_, err := ds.ReadAt(ctx, "f", a1, make([]byte, 100), 0)
+		old <- err
+	}()
+	<-src.started
+	v2 := cachetest.WriteRandom(t, name, 2*cachetest.Block, 72)
+	if err := os.Chtimes(name, time.Now(), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	a2, _ := src.Stat(ctx, "f")
+	if a2.Fingerprint() == a1.Fingerprint() {
+		t.Fatal("the rewrite kept the fingerprint")
+	}
+	got := make(chan error, 1)
+	buf := make([]byte, 100)
+	go func() {
+		_, err := ds.ReadAt(ctx, "f", a2, buf, 0)
+		got <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let it join the old fetch, were it to
+	close(src.gate)
+	if err := <-old; err != nil {
+		t.Errorf("the reader of the old version: %v", err)
+	}
+	if err := <-got; err != nil || !bytes.Equal(buf, v2[:100]) {
+		t.Fatalf("the reader of the new version: %v; got the new version's bytes: %t", err, bytes.Equal(buf, v2[:100]))
+	}
+	settle(t, c)
+	checkInvariants(t, c)
+}

@@ -161,9 +161,11 @@ func TestGroupFetchesEachBlockOnce(t *testing.T) {
 	}
 }
 
-// TestGroupCapacityAddsUp: four members whose caches each hold a third of
-// a dataset hold it all between them: a second pass reads nothing from the
-// source.
+// TestGroupCapacityAddsUp: four members whose caches hold just their own
+// share of a dataset (about a third of it each) hold it all between them:
+// each stores exactly the blocks it owns, and a second pass reads nothing
+// from the source. (The quota is the largest share plus two blocks: how
+// evenly the blocks fall is the placement's test, not this one.)
 func TestGroupCapacityAddsUp(t *testing.T) {
 	root := t.TempDir()
 	var names []string
@@ -173,10 +175,30 @@ func TestGroupCapacityAddsUp(t *testing.T) {
 		want[name] = cachetest.WriteRandom(t, filepath.Join(root, name), 8*cachetest.Block, uint64(20+i))
 		names = append(names, name)
 	}
-	total := int64(24 * 8 * cachetest.Block)
 	p, _ := posix.New(root)
 	src := &countingSource{Source: p, reads: map[string]int{}}
-	ms := startGroup(t, 4, src, group.DatasetKey("file://"+root, nil), total/3)
+	key := group.DatasetKey("file://"+root, nil)
+	var ids []group.Member
+	for i := range 4 {
+		ids = append(ids, group.Member{ID: fmt.Sprintf("node-%d", i), Weight: 1})
+	}
+	ring, err := group.NewRing(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned := map[string]int64{}
+	for _, name := range names {
+		a, _ := src.Stat(context.Background(), name)
+		for b := range int64(8) {
+			o, _ := ring.Owner(group.Block{Dataset: key, Object: a.Fingerprint(), Index: b})
+			owned[o.ID] += cachetest.Block
+		}
+	}
+	var most int64
+	for _, n := range owned {
+		most = max(most, n)
+	}
+	ms := startGroup(t, 4, src, key, most+2*cachetest.Block)
 	for pass := range 2 {
 		before := src.total.Load()
 		for _, m := range ms {
@@ -187,11 +209,12 @@ func TestGroupCapacityAddsUp(t *testing.T) {
 			}
 		}
 		if reads := src.total.Load() - before; pass == 1 && reads != 0 {
-			var held []int64
-			for _, m := range ms {
-				held = append(held, m.cache.Stats().TierBytes["disk"]/cachetest.Block)
-			}
-			t.Errorf("second pass: %d source reads; want 0 (the group holds the dataset, each member a third of it; blocks held %v of %d each)", reads, held, total/3/cachetest.Block)
+			t.Errorf("second pass: %d source reads; want 0 (the group holds the dataset)", reads)
+		}
+	}
+	for _, m := range ms {
+		if held := m.cache.Stats().TierBytes["disk"]; held != owned[m.id] {
+			t.Errorf("%s holds %d bytes; it owns %d (of %d in all, at most %d in its cache)", m.id, held, owned[m.id], 24*8*cachetest.Block, most+2*cachetest.Block)
 		}
 	}
 }
