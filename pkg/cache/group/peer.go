@@ -23,8 +23,8 @@ import (
 //	GET /v1/blocks/<dataset>/<index>?name=<path>&object=<version>
 //
 // The dataset is its key in the group (DatasetKey): derived from the
-// dataset's source and credentials, it proves the asker holds the same
-// credentials without sending them; the path names the file in it (the
+// dataset's source and credentials, which never travel (see DatasetKey
+// for what it does not prove yet); the path names the file in it (the
 // owner reads it from its own source, with its own credentials). The answer
 // carries the block's CRC-32C (Castagnoli), checked by the asker: a block
 // corrupt on the way or on the owner's disk is never used.

@@ -44,8 +44,11 @@ func TLSConfigs(certPEM, keyPEM, caPEM []byte) (server, client *tls.Config, err 
 // DatasetKey is a dataset's key in the group: the same on every member
 // that holds the dataset (source) with the same credentials (secret: the
 // secret key, empty for a dataset without credentials), and not
-// computable without them, so asking for a block by it proves holding
-// them; no credential ever travels between members.
+// computable without them. No credential travels between members. Not
+// yet a proof of holding them: the key travels in each request, so a
+// member that is asked learns it and could ask others with it; before the
+// daemon serves groups, a request must prove the key bound to its TLS
+// connection instead of carrying it (issue 16).
 func DatasetKey(source string, secret []byte) string {
 	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("cistern-group-dataset\x00"))
