@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"net/http"
@@ -15,27 +14,35 @@ import (
 	"time"
 )
 
-// The peer protocol: a member asks a block's owner for it over HTTPS with
-// mutual TLS (every member holds a certificate of the group's CA; a
-// process without one gets no data), and the owner answers from its cache
-// or fetches the block from the source once, whoever else asks meanwhile.
+// The peer protocol: a member asks a block's owner over HTTPS with mutual
+// TLS (every member holds a certificate of the group's CA; a process
+// without one gets no data), and the owner answers from its cache or
+// fetches the block from the source once, whoever else asks meanwhile.
 //
-//	GET /v1/blocks/<dataset>/<index>?name=<path>&object=<version>
+//	GET /v1/blocks/<dataset ID>/<index>?q=<sealed name and version>
 //
-// The dataset is its key in the group (DatasetKey): derived from the
-// dataset's source and credentials, which never travel (see DatasetKey
-// for what it does not prove yet); the path names the file in it (the
-// owner reads it from its own source, with its own credentials). The answer
-// carries the block's CRC-32C (Castagnoli), checked by the asker: a block
-// corrupt on the way or on the owner's disk is never used.
+// The dataset is named by a public ID of its key in the group
+// (DatasetKey, derived from its source and credentials, which never
+// travel); the file's path and version ride sealed with that key (the
+// owner reads the file from its own source, with its own credentials),
+// and the block comes back sealed (seal.go): a member without the
+// credentials learns nothing from a request it is sent and cannot read a
+// block it is answered. The seal also checks the block end to end.
 //
-//	200: the block; 404: the owner does not serve that dataset; 409: the
-//	owner sees another version of the file; 503: the owner is busy.
+//	200: the sealed block; 403: the request does not open with the
+//	owner's key; 404: the owner does not serve that dataset, or the file
+//	is gone; 409: the owner sees another version of the file; 400: no
+//	such block; 503: the owner cannot serve it now.
 
 // Server answers peers' block requests from the datasets it serves.
 type Server struct {
 	mu       sync.RWMutex
-	datasets map[string]BlockSource // guarded by mu; by dataset key
+	datasets map[string]served // guarded by mu; by dataset ID
+}
+
+type served struct {
+	src  BlockSource
+	seal *sealer
 }
 
 // BlockSource serves one dataset's blocks: from the cache, or fetched
@@ -49,24 +56,25 @@ type BlockSource interface {
 var ErrVersion = errors.New("cache group: the file is at another version")
 
 // NewServer returns a server of no datasets.
-func NewServer() *Server { return &Server{datasets: map[string]BlockSource{}} }
+func NewServer() *Server { return &Server{datasets: map[string]served{}} }
 
-// Serve registers the dataset of key; Withdraw removes it.
-func (s *Server) Serve(key string, src BlockSource) {
+// Serve registers the dataset of group key key; Withdraw removes it.
+func (s *Server) Serve(key string, src BlockSource) error {
+	seal, err := newSealer(key)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
-	s.datasets[key] = src
+	s.datasets[seal.id] = served{src: src, seal: seal}
 	s.mu.Unlock()
+	return nil
 }
 
 func (s *Server) Withdraw(key string) {
 	s.mu.Lock()
-	delete(s.datasets, key)
+	delete(s.datasets, DatasetID(key))
 	s.mu.Unlock()
 }
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-const crcHeader = "X-Cistern-Crc32c"
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -74,18 +82,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "GET only", http.StatusMethodNotAllowed)
 		return
 	}
-	key, index, name, object, err := parseBlockPath(r.URL)
+	id, index, q, err := parseBlockPath(r.URL)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	s.mu.RLock()
-	src := s.datasets[key]
+	ds, ok := s.datasets[id]
 	s.mu.RUnlock()
-	if src == nil {
+	if !ok {
 		http.Error(w, "dataset not served here", http.StatusNotFound)
 		return
 	}
+	name, object, err := ds.seal.openRequest(q, index)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
+	src := ds.src
 	b, err := src.Block(r.Context(), name, object, index)
 	switch {
 	case err == nil:
@@ -104,36 +118,28 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	w.Header().Set(crcHeader, strconv.FormatUint(uint64(crc32.Checksum(b, castagnoli)), 10))
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	_, _ = w.Write(b)
+	sealed := ds.seal.sealBlock(b, object, index)
+	w.Header().Set("Content-Length", strconv.Itoa(len(sealed)))
+	_, _ = w.Write(sealed)
 }
 
-// parseBlockPath parses /v1/blocks/<dataset>/<index>?name=&object=.
-func parseBlockPath(u *url.URL) (key string, index int64, name, object string, err error) {
+// parseBlockPath parses /v1/blocks/<dataset ID>/<index>?q=<sealed>.
+func parseBlockPath(u *url.URL) (id string, index int64, q string, err error) {
 	const prefix = "/v1/blocks/"
 	rest, ok := strings.CutPrefix(u.Path, prefix)
-	if !ok {
-		return "", 0, "", "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
-	}
 	i := strings.LastIndexByte(rest, '/')
-	if i <= 0 {
-		return "", 0, "", "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
+	if !ok || i <= 0 || strings.Contains(rest[:i], "/") {
+		return "", 0, "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
 	}
-	key, ix := rest[:i], rest[i+1:]
-	if strings.Contains(key, "/") {
-		return "", 0, "", "", fmt.Errorf("path %q: want %s<dataset>/<index>", u.Path, prefix)
-	}
+	id, ix := rest[:i], rest[i+1:]
 	index, err = strconv.ParseInt(ix, 10, 64)
 	if err != nil || index < 0 {
-		return "", 0, "", "", fmt.Errorf("block index %q: want a number >= 0", ix)
+		return "", 0, "", fmt.Errorf("block index %q: want a number >= 0", ix)
 	}
-	q := u.Query()
-	name, object = q.Get("name"), q.Get("object")
-	if name == "" || object == "" {
-		return "", 0, "", "", errors.New("a block needs its file's name and version (?name=&object=)")
+	if q = u.Query().Get("q"); q == "" {
+		return "", 0, "", errors.New("no sealed file name and version (?q=)")
 	}
-	return key, index, name, object, nil
+	return id, index, q, nil
 }
 
 // Client asks peers for blocks.
@@ -147,8 +153,27 @@ type Client struct {
 	// Cooldown is how long a peer that failed is skipped (default 5s).
 	Cooldown time.Duration
 
-	mu     sync.Mutex
-	broken map[string]time.Time // guarded by mu; peer address -> skipped until
+	mu      sync.Mutex
+	broken  map[string]time.Time // guarded by mu; peer address -> skipped until
+	sealers map[string]*sealer   // guarded by mu; by dataset key
+}
+
+// sealer returns the sealer of the dataset of group key key.
+func (c *Client) sealer(key string) (*sealer, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.sealers[key]; s != nil {
+		return s, nil
+	}
+	s, err := newSealer(key)
+	if err != nil {
+		return nil, err
+	}
+	if c.sealers == nil {
+		c.sealers = map[string]*sealer{}
+	}
+	c.sealers[key] = s
+	return s, nil
 }
 
 // ErrNoPeer: no peer answered with the block; the caller reads the
@@ -194,10 +219,14 @@ func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object 
 	if d <= 0 {
 		d = 2 * time.Second
 	}
+	seal, err := c.sealer(dataset)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	u := url.URL{Scheme: "https", Host: m.Addr, Path: "/v1/blocks/" + dataset + "/" + strconv.FormatInt(index, 10),
-		RawQuery: url.Values{"name": {name}, "object": {object}}.Encode()}
+	u := url.URL{Scheme: "https", Host: m.Addr, Path: "/v1/blocks/" + seal.id + "/" + strconv.FormatInt(index, 10),
+		RawQuery: url.Values{"q": {seal.sealRequest(name, object, index)}}.Encode()}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
@@ -211,18 +240,19 @@ func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object 
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		return nil, statusError{resp.StatusCode, string(msg)}
 	}
-	// Exactly the block's length, or nothing: a member cannot make this
-	// one hold more than the block.
-	if resp.ContentLength != int64(size) {
-		return nil, statusError{http.StatusBadGateway, fmt.Sprintf("a block of %d bytes, want %d", resp.ContentLength, size)}
+	// Exactly the sealed block's length, or nothing: a member cannot
+	// make this one hold more than the block.
+	want := seal.sealedLen(size)
+	if resp.ContentLength != int64(want) {
+		return nil, statusError{http.StatusBadGateway, fmt.Sprintf("a sealed block of %d bytes, want %d", resp.ContentLength, want)}
 	}
-	b := make([]byte, size)
-	if _, err := io.ReadFull(resp.Body, b); err != nil {
+	sealed := make([]byte, want)
+	if _, err := io.ReadFull(resp.Body, sealed); err != nil {
 		return nil, err
 	}
-	want, err := strconv.ParseUint(resp.Header.Get(crcHeader), 10, 32)
-	if err != nil || uint32(want) != crc32.Checksum(b, castagnoli) {
-		return nil, statusError{http.StatusBadGateway, "the block failed its checksum"}
+	b, err := seal.openBlock(sealed, object, index)
+	if err != nil {
+		return nil, statusError{http.StatusBadGateway, "the block does not open with the dataset's key: corrupt, or another dataset's"}
 	}
 	return b, nil
 }

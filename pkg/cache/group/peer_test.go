@@ -6,11 +6,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"hash/crc32"
+	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -87,14 +86,11 @@ func TestPeersServeBlocks(t *testing.T) {
 	slowSrc := &blocksOf{version: "v1", delay: 2 * time.Second}
 	slow.Serve(key, slowSrc)
 	corrupt := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set(crcHeader, "12345")
-		w.Write(bytes.Repeat([]byte{3}, 1000))
+		w.Write(bytes.Repeat([]byte{3}, 12+1000+16)) // a sealed block's length, not one
 	})
 
 	big := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b := bytes.Repeat([]byte{3}, 64<<10) // more than a block of 1000 bytes
-		w.Header().Set(crcHeader, strconv.FormatUint(uint64(crc32.Checksum(b, castagnoli)), 10))
-		w.Write(b)
+		w.Write(bytes.Repeat([]byte{3}, 64<<10)) // more than a block of 1000 bytes
 	})
 	gone := NewServer()
 	gone.Serve(key, BlockSourceFunc(func(context.Context, string, string, int64) ([]byte, error) { return nil, fs.ErrNotExist }))
@@ -175,5 +171,52 @@ func TestRogueClientsGetNothing(t *testing.T) {
 	}
 	if n := src.served.Load(); n != 0 {
 		t.Errorf("the member served %d blocks to rogue clients", n)
+	}
+}
+
+// TestOutsidersLearnNothing: a request names the dataset by a public ID
+// and carries the file's name sealed; a request sealed with another key
+// is refused (403), and a block answered to a replayed request does not
+// open without the dataset's key.
+func TestOutsidersLearnNothing(t *testing.T) {
+	p := newPKI(t, "group")
+	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := DatasetKey("s3://bucket/research", []byte("secret"))
+	srv := NewServer()
+	if err := srv.Serve(key, &blocksOf{version: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	m := startPeer(t, "owner", srv, stc)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ctc}}
+	own, _ := newSealer(key)
+	other, _ := newSealer(DatasetKey("s3://bucket/research", []byte("guess")))
+	get := func(q string) (int, []byte) {
+		resp, err := hc.Get("https://" + m.Addr + "/v1/blocks/" + own.id + "/3?q=" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	q := own.sealRequest("secret/plans.csv", "v1", 3)
+	if strings.Contains(q, "plans") {
+		t.Errorf("the request shows the file's name: %s", q)
+	}
+	if code, _ := get(other.sealRequest("secret/plans.csv", "v1", 3)); code != http.StatusForbidden {
+		t.Errorf("a request sealed with another key: HTTP %d, want 403", code)
+	}
+	code, sealed := get(q) // a member that was sent q replays it
+	if code != http.StatusOK {
+		t.Fatalf("the replayed request: HTTP %d", code)
+	}
+	if _, err := other.openBlock(sealed, "v1", 3); err == nil {
+		t.Error("the answer opened without the dataset's key")
+	}
+	if b, err := own.openBlock(sealed, "v1", 3); err != nil || !bytes.Equal(b, bytes.Repeat([]byte{3}, 1000)) {
+		t.Errorf("the answer with the key: %v", err)
 	}
 }

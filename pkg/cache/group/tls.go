@@ -44,11 +44,10 @@ func TLSConfigs(certPEM, keyPEM, caPEM []byte) (server, client *tls.Config, err 
 // DatasetKey is a dataset's key in the group: the same on every member
 // that holds the dataset (source) with the same credentials (secret: the
 // secret key, empty for a dataset without credentials), and not
-// computable without them. No credential travels between members. Not
-// yet a proof of holding them: the key travels in each request, so a
-// member that is asked learns it and could ask others with it; before the
-// daemon serves groups, a request must prove the key bound to its TLS
-// connection instead of carrying it (issue 16).
+// computable without them. It never travels: requests name the dataset by
+// DatasetID and are sealed with keys derived from it, and so are the
+// blocks answered (seal.go). (A dataset without credentials, a POSIX
+// share, has a key any member can compute from its source.)
 func DatasetKey(source string, secret []byte) string {
 	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("cistern-group-dataset\x00"))
