@@ -253,20 +253,7 @@ func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
 	id := itemID(name, a)
 	key := itemKey(dataset, id)
 	c.mu.Lock()
-	it := c.items[key]
-	for it == nil {
-		// Its index only on disk (not loaded yet since the start, or
-		// asleep): load it rather than start a second item of the
-		// same file.
-		h, onDisk := c.onDiskLocked(dataset, id)
-		if !onDisk {
-			break
-		}
-		c.mu.Unlock()
-		c.loadFromDisk(h)
-		c.mu.Lock()
-		it = c.items[key]
-	}
+	it := c.findLocked(dataset, id, key)
 	if it == nil {
 		it = newItem(c.env, c.placement(a.Size), dataset, id, name, c.countersLocked(dataset))
 		it.resetLocked(a) // not yet shared, and nothing to retire
@@ -290,6 +277,25 @@ func (c *Cache) item(dataset, name string, a source.Attr) (*Item, error) {
 	return it, nil
 }
 
+// findLocked returns the item of dataset's file id (map key key), loading
+// its index first if it is only on disk (not loaded yet since the start,
+// or asleep) rather than let the caller start a second item of the same
+// file; nil if there is none. c.mu is held, and released while loading.
+func (c *Cache) findLocked(dataset, id, key string) *Item {
+	it := c.items[key]
+	for it == nil {
+		h, onDisk := c.onDiskLocked(dataset, id)
+		if !onDisk {
+			break
+		}
+		c.mu.Unlock()
+		c.loadFromDisk(h)
+		c.mu.Lock()
+		it = c.items[key]
+	}
+	return it
+}
+
 func (c *Cache) placement(size int64) *tier {
 	for _, t := range c.tiers {
 		if size*4 <= t.Quota {
@@ -307,17 +313,7 @@ func (c *Cache) placement(size int64) *tier {
 func (c *Cache) evictName(dataset, name string) int {
 	key := itemKey(dataset, name)
 	c.mu.Lock()
-	it := c.items[key]
-	for it == nil {
-		h, onDisk := c.onDiskLocked(dataset, name)
-		if !onDisk {
-			break
-		}
-		c.mu.Unlock()
-		c.loadFromDisk(h)
-		c.mu.Lock()
-		it = c.items[key]
-	}
+	it := c.findLocked(dataset, name, key)
 	if it != nil {
 		delete(c.items, key)
 		it.ctr.files.Add(-1)

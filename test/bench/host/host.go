@@ -6,8 +6,11 @@ package host
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // RSSKiB is a process's resident memory in KiB (0 if it cannot be read).
@@ -66,4 +69,22 @@ func DropCaches() error {
 		return fmt.Errorf("drop the page cache: %w", err)
 	}
 	return nil
+}
+
+// Stop ends a process the benchmark started: SIGTERM, then SIGKILL if it
+// has not exited within grace. A process never started or already waited
+// for is left alone.
+func Stop(cmd *exec.Cmd, grace time.Duration) {
+	if cmd == nil || cmd.Process == nil || cmd.ProcessState != nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = cmd.Process.Kill()
+		<-done
+	}
 }

@@ -76,23 +76,7 @@ func (p *procs) start(log, bin string, env []string, args ...string) (*exec.Cmd,
 }
 
 // stop sends SIGTERM and waits up to 10 s, then kills.
-func stop(cmd *exec.Cmd) {
-	if cmd == nil || cmd.Process == nil || cmd.ProcessState != nil {
-		return
-	}
-	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
-		return // already reaped
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
+func stop(cmd *exec.Cmd) { host.Stop(cmd, 10*time.Second) }
 
 func (p *procs) stopAll() {
 	for i := len(p.list) - 1; i >= 0; i-- {

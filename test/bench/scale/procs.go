@@ -7,12 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/test/bench/host"
 )
 
 // daemon is a cistern-cache process of the benchmark's.
@@ -102,19 +102,5 @@ func unmountUnder(dir string) int {
 	return n
 }
 
-// stopProcess sends SIGTERM, waits up to 30 s, then kills; it does nothing
-// for a process already waited for.
-func stopProcess(cmd *exec.Cmd) {
-	if cmd.ProcessState != nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
+// stopProcess stops a process of the benchmark's (30 s to exit).
+func stopProcess(cmd *exec.Cmd) { host.Stop(cmd, 30*time.Second) }
