@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 )
 
 // A cache group (pkg/cache/group) makes the caches of several nodes one:
@@ -50,29 +51,54 @@ var ErrVersion = errors.New("the file is at another version")
 // of the dataset's group that asked this one, its owner: from the cache,
 // or read from the source once (however many ask at once) and stored.
 // It never asks the group in turn, nor reads ahead.
+//
+// A file known by its path (an object's) whose item in memory is at that
+// version is served without asking the source for its attributes again
+// (on S3 a request of its own); the asker named the version it wants.
 func (d *Dataset) PeerBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
-	a, err := d.src.Stat(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	if a.Fingerprint() != object {
-		return nil, ErrVersion
+	it, size := d.c.itemAtVersion(d.key, name, object)
+	if it == nil {
+		a, err := d.src.Stat(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if a.Fingerprint() != object {
+			return nil, ErrVersion
+		}
+		if it, err = d.c.item(d.key, name, a); err != nil {
+			return nil, err
+		}
+		size = a.Size
 	}
 	bs := d.c.opts.BlockSize
 	off := index * bs
-	if index < 0 || off >= a.Size {
+	if index < 0 || off >= size {
 		return nil, io.EOF
 	}
-	it, err := d.c.item(d.key, name, a)
-	if err != nil {
-		return nil, err
-	}
-	buf := make([]byte, min(bs, a.Size-off))
+	buf := make([]byte, min(bs, size-off))
 	n, err := it.readBlock(ctx, fileRef{src: d.src, name: name, fromPeer: true}, index, buf, 0)
 	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
 		return nil, err
 	}
 	return buf[:n], nil
+}
+
+// itemAtVersion returns the item in memory of dataset's file known by
+// path name (not by inode), if it is at version fingerprint, and its size.
+func (c *Cache) itemAtVersion(dataset, name, fingerprint string) (*Item, int64) {
+	c.mu.Lock()
+	it := c.items[itemKey(dataset, name)]
+	c.mu.Unlock()
+	if it == nil {
+		return nil, 0
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if it.fingerprint != fingerprint || it.removed {
+		return nil, 0
+	}
+	it.atime.Store(time.Now().UnixNano())
+	return it, it.size
 }
 
 // fromGroup fills call with block b from the group, if the item's dataset

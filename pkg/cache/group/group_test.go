@@ -277,3 +277,40 @@ func TestGroupBorrowsWhatPeersSend(t *testing.T) {
 		t.Errorf("the other member sent %d bytes for a file of %d read in quarter blocks; want each block it owns once (at most the file)", sent, len(want))
 	}
 }
+
+// byPath is a source whose files have no inode numbers (as an object
+// store's): cached by path. It counts Stat calls.
+type byPath struct {
+	*countingSource
+	stats atomic.Int64
+}
+
+func (s *byPath) Stat(ctx context.Context, name string) (source.Attr, error) {
+	s.stats.Add(1)
+	a, err := s.countingSource.Stat(ctx, name)
+	a.Ino, a.Dev = 0, 0
+	return a, err
+}
+
+// TestOwnerAsksTheSourceOncePerFile: an owner serving the blocks of a
+// file known by its path (an object) asks the source for its attributes
+// once, not for every block a peer asks for (on S3 each is a request).
+func TestOwnerAsksTheSourceOncePerFile(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "shard"), 32*cachetest.Block, 13)
+	p, _ := posix.New(root)
+	src := &byPath{countingSource: &countingSource{Source: p, reads: map[string]int{}}}
+	ms := startGroup(t, 2, src, group.DatasetKey("file://"+root, nil), 1<<30)
+	if got := readAll(t, ms[0].ds, src, "shard"); !bytes.Equal(got, want) {
+		t.Fatal("read other bytes")
+	}
+	if ms[0].cache.Stats().PeerBytes == 0 {
+		t.Fatal("no block came from the other member")
+	}
+	// One Stat by the reader, one by the owner for its first block (or
+	// a few, for the read-ahead's first requests arriving at once); it
+	// was one per block the owner served.
+	if n := src.stats.Load(); n > 5 {
+		t.Errorf("%d Stat calls to read a file of 32 blocks, about half of them owned by the other member; want 2 to 5", n)
+	}
+}
