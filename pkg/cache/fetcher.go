@@ -2,6 +2,9 @@ package cache
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,6 +139,9 @@ type fetchCall struct {
 	err  error  // set before done is closed
 	name string // the name of the file the source is read under
 	gen  uint64 // the item's generation (version) it fetches
+	// asking: the fetch is asking the cache group (a peer's request
+	// does not join it: see fetchTry).
+	asking atomic.Bool
 
 	mu     sync.Mutex
 	filled int           // guarded by mu; buf[:filled] is final
@@ -174,4 +180,24 @@ func (c *fetchCall) wait(ctx context.Context, need int) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// readSource reads block b of version gen (fingerprint) from the source
+// into buf and stores it.
+func (it *Item) readSource(ref fileRef, b int64, gen uint64, fingerprint string, buf []byte, progress func(int)) error {
+	n, err := it.env.fetch.read(ref.src, ref.name, fingerprint, buf, b*it.env.blockSize, progress)
+	it.env.total.sourceBytes.Add(int64(n))
+	it.ctr.sourceBytes.Add(int64(n))
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+		return fmt.Errorf("read %s block %d from source: %w", ref.name, b, err)
+	}
+	it.env.total.misses.Add(1)
+	it.ctr.misses.Add(1)
+	if err := it.store(b, buf, gen); err != nil {
+		it.env.total.readThrough.Add(1)
+		if !errors.Is(err, errTierFull) && !errors.Is(err, errRemoved) {
+			it.tier.writeFailed(it.env.log, err)
+		}
+	}
+	return nil
 }

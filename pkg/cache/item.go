@@ -320,6 +320,18 @@ func (it *Item) fetchTry(ctx context.Context, ref fileRef, b int64, need int, re
 		it.mu.Lock()
 	}
 	call := it.inflight[b]
+	if call != nil && ref.fromPeer && call.asking.Load() {
+		// A member asking this one must not wait on a local fetch
+		// that is itself asking the group (their rings disagree
+		// during a join, or a breaker sent each to the other): each
+		// would wait out the other's deadline. It reads the source.
+		gen, fp, buf := it.gen, it.fingerprint, make([]byte, it.blockLenLocked(b))
+		it.mu.Unlock()
+		if err := it.readSource(ref, b, gen, fp, buf, func(int) {}); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	}
 	if call != nil && call.gen != it.gen {
 		// A fetch of the version before a reset: its bytes are not
 		// this version's. A fetch of its own replaces it in the map
@@ -377,24 +389,13 @@ func (it *Item) runFetch(ref fileRef, b int64, gen uint64, fingerprint string, c
 		call.err = io.EOF
 		return
 	}
-	if it.fromGroup(ref, b, fingerprint, call) {
+	call.asking.Store(true)
+	fromGroup := it.fromGroup(ref, b, fingerprint, call)
+	call.asking.Store(false)
+	if fromGroup {
 		return
 	}
-	n, err := it.env.fetch.read(ref.src, ref.name, fingerprint, call.buf, b*it.env.blockSize, call.progress)
-	it.env.total.sourceBytes.Add(int64(n))
-	it.ctr.sourceBytes.Add(int64(n))
-	if err != nil && !(errors.Is(err, io.EOF) && int64(n) == bl) {
-		call.err = fmt.Errorf("read %s block %d from source: %w", ref.name, b, err)
-		return
-	}
-	it.env.total.misses.Add(1)
-	it.ctr.misses.Add(1)
-	if err := it.store(b, call.buf, gen); err != nil {
-		it.env.total.readThrough.Add(1)
-		if !errors.Is(err, errTierFull) && !errors.Is(err, errRemoved) {
-			it.tier.writeFailed(it.env.log, err)
-		}
-	}
+	call.err = it.readSource(ref, b, gen, fingerprint, call.buf, call.progress)
 }
 
 // store writes block b to the tier and marks it present.

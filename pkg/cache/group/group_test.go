@@ -314,3 +314,41 @@ func TestOwnerAsksTheSourceOncePerFile(t *testing.T) {
 		t.Errorf("%d Stat calls to read a file of 32 blocks, about half of them owned by the other member; want 2 to 5", n)
 	}
 }
+
+// TestGroupRingsDisagree: two members that each believe the other owns a
+// file (their views of the group differ for a moment during a join) and
+// both read it answer each other at once: a member asked for a block does
+// not wait on its own reader's request to the asker. Each waited out the
+// other's deadline (a minute here).
+func TestGroupRingsDisagree(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "shard"), 16*cachetest.Block, 17)
+	p, _ := posix.New(root)
+	src := &countingSource{Source: p, reads: map[string]int{}}
+	ms := startGroup(t, 2, src, group.DatasetKey("file://"+root, nil), 1<<30)
+	addr := func(m *member) string { return strings.TrimPrefix(m.srv.URL, "https://") }
+	only := func(owner *member, other *member) *group.Ring {
+		r, err := group.NewRing([]group.Member{{ID: owner.id, Addr: addr(owner), Weight: 1}, {ID: other.id, Addr: addr(other), Weight: 0}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	ms[0].node.SetRing(only(ms[1], ms[0])) // node-0 believes node-1 owns every block,
+	ms[1].node.SetRing(only(ms[0], ms[1])) // and node-1 the other way round
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got := readAll(t, m.ds, src, "shard"); !bytes.Equal(got, want) {
+				t.Errorf("%s read other bytes", m.id)
+			}
+		}()
+	}
+	wg.Wait()
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("reading took %s: the members waited on each other", took)
+	}
+}
