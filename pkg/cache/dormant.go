@@ -38,7 +38,7 @@ func hashKey(hash string) ([16]byte, bool) {
 	return k, err == nil && n == len(k)
 }
 
-// dormant returns it's record; it.mu is held (or it is not shared).
+// dormant returns the item's record; it.mu is held (or it is not shared).
 func (it *Item) dormant() dormant {
 	return dormant{ctr: it.ctr, tier: it.tier, gen: it.fileGen, bytes: it.bytes.Load(), atime: it.atime.Load()}
 }
