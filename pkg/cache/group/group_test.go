@@ -111,6 +111,22 @@ func readAll(t *testing.T, ds *cache.Dataset, src source.Source, name string) []
 	return out
 }
 
+// readAtOnce has every member read name at once and checks the bytes.
+func readAtOnce(t *testing.T, ms []*member, src source.Source, name string, want []byte) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got := readAll(t, m.ds, src, name); !bytes.Equal(got, want) {
+				t.Errorf("%s read other bytes of %s", m.id, name)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // TestGroupFetchesEachBlockOnce: members reading the same cold file at
 // once read each block from the source once (its owner's read), and each
 // member stores only what it owns: the group holds the file once.
@@ -123,17 +139,7 @@ func TestGroupFetchesEachBlockOnce(t *testing.T) {
 	key := group.DatasetKey("file://"+root, nil)
 	ms := startGroup(t, 4, src, key, 1<<30)
 
-	var wg sync.WaitGroup
-	for _, m := range ms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if got := readAll(t, m.ds, src, "shard"); !bytes.Equal(got, want) {
-				t.Errorf("%s read other bytes", m.id)
-			}
-		}()
-	}
-	wg.Wait()
+	readAtOnce(t, ms, src, "shard", want)
 	src.mu.Lock()
 	for k, n := range src.reads {
 		if n != 1 {
@@ -337,17 +343,7 @@ func TestGroupRingsDisagree(t *testing.T) {
 	ms[0].node.SetRing(only(ms[1], ms[0])) // node-0 believes node-1 owns every block,
 	ms[1].node.SetRing(only(ms[0], ms[1])) // and node-1 the other way round
 	start := time.Now()
-	var wg sync.WaitGroup
-	for _, m := range ms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if got := readAll(t, m.ds, src, "shard"); !bytes.Equal(got, want) {
-				t.Errorf("%s read other bytes", m.id)
-			}
-		}()
-	}
-	wg.Wait()
+	readAtOnce(t, ms, src, "shard", want)
 	if took := time.Since(start); took > 20*time.Second {
 		t.Errorf("reading took %s: the members waited on each other", took)
 	}
