@@ -390,7 +390,7 @@ func (it *Item) runFetch(ref fileRef, b int64, gen uint64, fingerprint string, c
 		return
 	}
 	call.asking.Store(true)
-	fromGroup := it.fromGroup(ref, b, fingerprint, call)
+	fromGroup := it.fromGroup(ref, b, gen, fingerprint, call)
 	call.asking.Store(false)
 	if fromGroup {
 		return

@@ -103,25 +103,29 @@ func (c *Cache) itemAtVersion(dataset, name, fingerprint string) (*Item, int64) 
 
 // fromGroup fills call with block b from the group, if the item's dataset
 // is in one, another member owns the block and it answers: true. The
-// block is not stored (its owner keeps it), only borrowed for a while.
-func (it *Item) fromGroup(ref fileRef, b int64, fingerprint string, call *fetchCall) bool {
+// block is not stored (its owner keeps it), only borrowed for a while;
+// unless this member owns it and its previous owner sent it (a change of
+// members): then it is stored as if read from the source.
+func (it *Item) fromGroup(ref fileRef, b int64, gen uint64, fingerprint string, call *fetchCall) bool {
 	g := it.ctr.group.Load()
 	if g == nil || ref.fromPeer {
 		return false
 	}
 	key := borrowKey{dataset: g.key, object: fingerprint, index: b}
 	data := it.env.borrowed.get(key)
+	owned := false
 	if data == nil {
-		var owned bool
 		var err error
 		data, owned, err = g.peers.Block(it.env.fetch.ctx, g.key, ref.name, fingerprint, b, len(call.buf))
-		if owned || err != nil || len(data) != len(call.buf) {
+		if err != nil || len(data) != len(call.buf) {
 			if err != nil {
 				it.env.log.V(3).Info("No peer served a block; reading the source", "path", ref.name, "block", b, "err", err.Error())
 			}
 			return false
 		}
-		it.env.borrowed.put(key, data)
+		if !owned {
+			it.env.borrowed.put(key, data)
+		}
 		it.env.total.peerBytes.Add(int64(len(data)))
 		it.ctr.peerBytes.Add(int64(len(data)))
 	}
@@ -130,6 +134,11 @@ func (it *Item) fromGroup(ref fileRef, b int64, fingerprint string, call *fetchC
 	}
 	copy(call.buf, data)
 	call.progress(len(data))
+	if owned {
+		if err := it.store(b, call.buf, gen); err != nil && !errors.Is(err, errTierFull) && !errors.Is(err, errRemoved) {
+			it.tier.writeFailed(it.env.log, err)
+		}
+	}
 	return true
 }
 

@@ -348,3 +348,56 @@ func TestGroupRingsDisagree(t *testing.T) {
 		t.Errorf("reading took %s: the members waited on each other", took)
 	}
 }
+
+// TestJoinTakesBlocksFromTheirPreviousOwners: a member that joins owns
+// about a third of the blocks of a file two members had read; it takes
+// them from their previous owners, not the source, and keeps them: after
+// the join no block is read from the source again, whoever reads.
+func TestJoinTakesBlocksFromTheirPreviousOwners(t *testing.T) {
+	root := t.TempDir()
+	want := cachetest.WriteRandom(t, filepath.Join(root, "shard"), 48*cachetest.Block, 19)
+	p, _ := posix.New(root)
+	src := &countingSource{Source: p, reads: map[string]int{}}
+	key := group.DatasetKey("file://"+root, nil)
+	ms := startGroup(t, 3, src, key, 1<<30)
+	ringOf := func(ms []*member) *group.Ring {
+		var list []group.Member
+		for _, m := range ms {
+			list = append(list, group.Member{ID: m.id, Addr: strings.TrimPrefix(m.srv.URL, "https://"), Weight: 1})
+		}
+		r, err := group.NewRing(list)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// Two members first (fresh nodes: no earlier ring to hand off from).
+	for _, m := range ms {
+		m.node = &group.Node{Self: m.id, Client: m.node.Client}
+		m.node.SetRing(ringOf(ms[:2]))
+		m.ds.JoinGroup(key, m.node)
+	}
+	readAtOnce(t, ms[:2], src, "shard", want)
+	before := src.total.Load()
+	if before != 48 {
+		t.Fatalf("two members read the source %d times for 48 blocks, want 48", before)
+	}
+	for _, m := range ms {
+		m.node.SetRing(ringOf(ms))
+	}
+	if got := readAll(t, ms[2].ds, src, "shard"); !bytes.Equal(got, want) {
+		t.Fatal("the member that joined read other bytes")
+	}
+	readAtOnce(t, ms[:2], src, "shard", want)
+	if n := src.total.Load() - before; n != 0 {
+		t.Errorf("after the join the source was read %d more times, want 0", n)
+	}
+	st := ms[2].cache.Stats()
+	var stored int64
+	for _, b := range st.TierBytes {
+		stored += b
+	}
+	if stored == 0 || stored >= 48*cachetest.Block {
+		t.Errorf("the member that joined stored %d bytes of 48 blocks of %d; want its share (about a third)", stored, cachetest.Block)
+	}
+}

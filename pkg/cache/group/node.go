@@ -2,7 +2,8 @@ package group
 
 import (
 	"context"
-	"sync/atomic"
+	"sync"
+	"time"
 )
 
 // Node is a member as its cache sees the group: it places each block and
@@ -16,19 +17,56 @@ type Node struct {
 	// Fallbacks is how many members after the owner are asked when it
 	// fails, before the source (default 1).
 	Fallbacks int
+	// Handoff is how long after a change of members a block's new owner
+	// asks its previous owner before the source (default 2m): a member
+	// that joins takes over its blocks from those that held them, not
+	// from the store.
+	Handoff time.Duration
 
-	ring atomic.Pointer[Ring]
+	mu    sync.Mutex
+	ring  *Ring     // guarded by mu
+	prev  *Ring     // guarded by mu; the ring before the last change
+	until time.Time // guarded by mu; prev is asked until then
 }
 
 // SetRing sets the members (on a join or a leave).
-func (n *Node) SetRing(r *Ring) { n.ring.Store(r) }
+func (n *Node) SetRing(r *Ring) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ring != nil {
+		handoff := n.Handoff
+		if handoff <= 0 {
+			handoff = 2 * time.Minute
+		}
+		n.prev, n.until = n.ring, time.Now().Add(handoff)
+	}
+	n.ring = r
+}
+
+// Ring returns the members' placement (nil before SetRing).
+func (n *Node) Ring() *Ring {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ring
+}
+
+// rings returns the ring and, within the hand-off period, the previous one.
+func (n *Node) rings() (cur, prev *Ring) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.prev != nil && time.Now().After(n.until) {
+		n.prev = nil
+	}
+	return n.ring, n.prev
+}
 
 // Block asks the members ranked before this one for block index (size
-// bytes) of name at version object of the group's dataset. owned: this member is the
-// owner, or the next in line once those before it failed: it reads the
-// source and stores the block.
+// bytes) of name at version object of the group's dataset. owned: this
+// member is the owner, or the next in line once those before it failed:
+// it stores the block, which it reads from the source unless b holds it
+// (sent by the block's owner before the last change of members).
 func (n *Node) Block(ctx context.Context, dataset, name, object string, index int64, size int) ([]byte, bool, error) {
-	r := n.ring.Load()
+	r, prev := n.rings()
 	if r == nil {
 		return nil, true, nil
 	}
@@ -36,9 +74,10 @@ func (n *Node) Block(ctx context.Context, dataset, name, object string, index in
 	if fallbacks <= 0 {
 		fallbacks = 1
 	}
+	blk := Block{Dataset: dataset, Object: object, Index: index}
 	var ask []Member
 	self := false
-	for _, m := range r.Rank(Block{Dataset: dataset, Object: object, Index: index}, fallbacks+1) {
+	for _, m := range r.Rank(blk, fallbacks+1) {
 		if m.ID == n.Self {
 			self = true
 			break
@@ -46,6 +85,14 @@ func (n *Node) Block(ctx context.Context, dataset, name, object string, index in
 		ask = append(ask, m)
 	}
 	if len(ask) == 0 {
+		// This member owns the block: its previous owner may hold it.
+		if prev != nil {
+			if was, ok := prev.Owner(blk); ok && was.ID != n.Self {
+				if b, _, err := n.Client.Fetch(ctx, []Member{was}, dataset, name, object, index, size); err == nil {
+					return b, true, nil
+				}
+			}
+		}
 		return nil, true, nil
 	}
 	b, _, err := n.Client.Fetch(ctx, ask, dataset, name, object, index, size)
