@@ -303,6 +303,7 @@ func (d *Driver) datasetMount(ctx context.Context, holder string, p *Params, rea
 	req := api.MountRequest{
 		Holder: holder, Dataset: p.Dataset, Source: p.Source.String(), ReadOnly: readOnly,
 		MetaCache: mc, Warmup: p.Warmup, Secrets: secrets, AccessPattern: p.AccessPattern,
+		CacheGroup: p.CacheGroup,
 	}
 	if p.Source.IsS3() {
 		// An object store has no owners: the parameters and the

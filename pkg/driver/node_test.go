@@ -248,3 +248,24 @@ func TestNodeGetInfoTopology(t *testing.T) {
 		t.Fatalf("topology = %v, want %v", got, want)
 	}
 }
+
+// A volume of a dataset read through a cache group asks the daemon for the
+// group with the mount (the daemon joins the dataset to its group).
+func TestNodeStageNamesTheCacheGroup(t *testing.T) {
+	d, _ := newTestDriver(t)
+	d.opts.CacheGroup = "research-groups"
+	vol := createTestVolume(t, d, t.TempDir(), "cacheGroup", "research-groups")
+	staging := filepath.Join(t.TempDir(), "staging")
+	if _, err := d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: rwCap, VolumeContext: vol.VolumeContext}); err != nil {
+		t.Fatalf("NodeStageVolume: %v", err)
+	}
+	t.Cleanup(func() {
+		d.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging})
+	})
+	fc := d.cache.(*fakeCache)
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.last.CacheGroup != "research-groups" {
+		t.Fatalf("the mount request names cache group %q, want research-groups", fc.last.CacheGroup)
+	}
+}

@@ -54,8 +54,13 @@ type MountRequest struct {
 	// Warmup are paths prefetched in the background when the dataset is
 	// first mounted ("" = all of it). They do not change what is served,
 	// so they are not part of the key.
-	Warmup  []string          `json:"warmup,omitempty"`
-	Secrets map[string]string `json:"secrets,omitempty"` // never logged
+	Warmup []string `json:"warmup,omitempty"`
+	// CacheGroup is the cache group the dataset is read through (the
+	// cacheGroup parameter): when it is the daemon's group, the
+	// dataset's misses ask the group's members before the source. It
+	// does not change what is served, so it is not part of the key.
+	CacheGroup string            `json:"cacheGroup,omitempty"`
+	Secrets    map[string]string `json:"secrets,omitempty"` // never logged
 }
 
 // Key returns the dataset key of a request: it hashes the source, the
