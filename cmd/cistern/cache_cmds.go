@@ -42,6 +42,17 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 	for t, b := range c.TierBytes {
 		fmt.Fprintf(out, "tier %-5s holds %s, served %s\n", t, human(b), human(c.TierServed[t]))
 	}
+	if g := st.Group; g != nil {
+		role := "owner"
+		if !g.Owner {
+			role = "client-only (not among the members, or weight 0)"
+		}
+		fmt.Fprintf(out, "cache group %s: member %s (%s) on %s, %d members, %d datasets; from peers %s, to peers %s in %d blocks\n",
+			g.Name, g.Self, role, g.Listen, len(g.Members), g.Datasets, human(g.PeerBytesIn), human(g.PeerBytesOut), g.BlocksOut)
+		if g.MembersError != "" {
+			fmt.Fprintf(out, "cache group members: last read failed (%s); the list before is used\n", g.MembersError)
+		}
+	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nDATASET\tKEY\tMODE\tVOLUMES\tFILES\tINODES\tCACHED\tHITS\tMISSES\tWARM-UP\tSOURCE")
 	for _, d := range st.Datasets {

@@ -179,6 +179,29 @@ type HealthResponse struct {
 type StatsResponse struct {
 	Cache    CacheStats    `json:"cache"`
 	Datasets []DatasetInfo `json:"datasets"`
+	// Group is the daemon's cache group, if it is in one.
+	Group *GroupStats `json:"group,omitempty"`
+}
+
+// GroupStats describe the daemon's membership of its cache group.
+type GroupStats struct {
+	Name   string `json:"name"`
+	Self   string `json:"self"`
+	Listen string `json:"listen"`
+	// Members are the IDs of the group's members as last read; Owner is
+	// true when this member owns blocks (it is among them, weight > 0).
+	Members []string `json:"members"`
+	Owner   bool     `json:"owner"`
+	// MembersError is the last failure to read the members ("" = none;
+	// the last list read is kept).
+	MembersError string `json:"membersError,omitempty"`
+	// Datasets counts the datasets read through the group.
+	Datasets int `json:"datasets"`
+	// PeerBytesIn are block bytes other members sent; BlocksOut and
+	// PeerBytesOut the blocks and bytes this member sent them.
+	PeerBytesIn  int64 `json:"peerBytesIn"`
+	BlocksOut    int64 `json:"blocksOut"`
+	PeerBytesOut int64 `json:"peerBytesOut"`
 }
 
 // DatasetInfo describes a mounted dataset.

@@ -45,6 +45,7 @@ type Daemon struct {
 	metricsAddr atomic.Value // string: where metrics are served, once listening
 
 	keeper *keeper.Client // holds the FUSE connections across restarts, or nil
+	group  *groupMember   // the daemon's cache group, or nil
 
 	// freeSoon: a large prune freed memory the next pass returns to the
 	// system (prune.go).
@@ -82,6 +83,12 @@ func New(opts Options) (*Daemon, error) {
 	d.cache, err = cache.New(cache.Options{Tiers: tiers, BlockSize: opts.BlockSize, MaxFetches: opts.MaxFetches, LowWater: opts.LowWater, FreeSpaceRatio: opts.FreeRatio, SleepAfter: opts.SleepAfter,
 		Logger: d.log.WithName("cache")})
 	if err != nil {
+		d.unmountTmpfs()
+		return nil, err
+	}
+	if err := d.startGroup(); err != nil {
+		d.stop()
+		d.cache.Close()
 		d.unmountTmpfs()
 		return nil, err
 	}
@@ -151,6 +158,7 @@ func (d *Daemon) Close() error {
 			_ = unix.Unmount(m.mnt, unix.MNT_DETACH)
 		}
 	}
+	d.stopGroup()
 	errs = append(errs, d.cache.Close())
 	d.unmountTmpfs()
 	return errors.Join(errs...)

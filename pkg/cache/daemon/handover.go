@@ -143,9 +143,11 @@ func (d *Daemon) resume(e keeper.Entry) error {
 	// no-open mode); an entry of an older daemon has the request's only.
 	m := &mounted{key: e.Key, req: req, secrets: secrets, mnt: mnt, log: log, holders: map[string]bool{}, pattern: cmp.Or(e.Pattern, req.AccessPattern)}
 	m.ds = d.cache.Dataset(e.Key, src)
+	d.joinGroup(m)
 	started := time.Now()
 	m.fs, err = fusefs.Resume(mnt, m.ds, d.fsOptions(e.Key, req, m), session.Conn{Dev: e.Dev, Init: e.Init, Epoch: e.Epoch})
 	if err != nil {
+		d.leaveGroup(m)
 		return err
 	}
 	d.mu.Lock()

@@ -22,6 +22,10 @@ var (
 	descServed      = prometheus.NewDesc("cistern_cache_served_bytes_total", "Bytes the daemon served from a tier (passthrough reads go to the kernel and are not counted).", []string{"tier"}, nil)
 	descLatency     = prometheus.NewDesc("cistern_cache_source_fetch_seconds", "Latency of block fetches from sources.", nil, nil)
 	descMounted     = prometheus.NewDesc("cistern_cache_mounted_datasets", "Datasets mounted on this node.", nil, nil)
+	descGroupBytes  = prometheus.NewDesc("cistern_group_peer_bytes_total", "Block bytes exchanged with the cache group's other members: in (sent by them) and out (sent to them).", []string{"group", "direction"}, nil)
+	descGroupBlocks = prometheus.NewDesc("cistern_group_blocks_served_total", "Blocks this member sent to the cache group's other members.", []string{"group"}, nil)
+	descGroupSize   = prometheus.NewDesc("cistern_group_members", "Members of the cache group as last read.", []string{"group"}, nil)
+	descGroupOwner  = prometheus.NewDesc("cistern_group_owner", "1 when this member owns blocks of its cache group (0: client-only, or not listed yet).", []string{"group"}, nil)
 	descNodes       = prometheus.NewDesc("cistern_cache_inodes", "Files and directories the mounts hold in memory for the kernel (bounded by --max-inodes).", nil, nil)
 )
 
@@ -29,7 +33,7 @@ var (
 type collector struct{ stats func() api.StatsResponse }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency, descNodes} {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency, descNodes, descGroupBytes, descGroupBlocks, descGroupSize, descGroupOwner} {
 		ch <- d
 	}
 }
@@ -72,6 +76,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for t, b := range s.Cache.TierServed {
 		counter(descServed, b, t)
+	}
+	if g := s.Group; g != nil {
+		counter(descGroupBytes, g.PeerBytesIn, g.Name, "in")
+		counter(descGroupBytes, g.PeerBytesOut, g.Name, "out")
+		counter(descGroupBlocks, g.BlocksOut, g.Name)
+		gauge(descGroupSize, int64(len(g.Members)), g.Name)
+		owner := int64(0)
+		if g.Owner {
+			owner = 1
+		}
+		gauge(descGroupOwner, owner, g.Name)
 	}
 	h := s.Cache.SourceLatency
 	buckets := map[float64]uint64{}

@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
@@ -36,6 +39,26 @@ type Options struct {
 	// SleepAfter is how long a cached file stays in memory unused before
 	// only a small record of it is kept (its index is read back on use).
 	SleepAfter time.Duration
+
+	// Group is the cache group this daemon is a member of ("" = none):
+	// the datasets whose volumes name it are read through the group.
+	Group string
+	// GroupListen is where the peer server listens (host:port).
+	GroupListen string
+	// GroupID names this member in the group (stable across restarts).
+	GroupID string
+	// GroupTLSDir holds ca.crt, tls.crt and tls.key: the group's CA and
+	// this member's certificate (a Secret mounted as a directory).
+	GroupTLSDir string
+	// GroupMembers is a static member list (ParseMembers), or @FILE for
+	// one read from a file (one member per line or comma-separated, read
+	// again when it changes).
+	GroupMembers string
+	// GroupService is NAMESPACE/NAME of the Service whose EndpointSlices
+	// list the members (its port named "group").
+	GroupService string
+	// GroupDeadline bounds each peer's answer.
+	GroupDeadline time.Duration
 }
 
 // AddFlags registers the options' flags.
@@ -52,6 +75,13 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxFetches, "max-fetches", 64, "concurrent reads from sources (besides, at most 16 blocks' bytes are read at once)")
 	fs.DurationVar(&o.SleepAfter, "cache-sleep-after", time.Minute, "how long a cached file stays in memory unused before only a small record of it is kept (about 60 bytes; its index is read back from disk on use)")
 	fs.IntVar(&o.MaxInodes, "max-inodes", 500000, "files and directories the mounts keep for the kernel (about 0.7 KiB of memory each); beyond it the least recently used idle ones are forgotten and looked up again when used (0: no bound)")
+	fs.StringVar(&o.Group, "group", "", "cache group this daemon is a member of (the node's cistern.csi.dev/cache-group); volumes whose cacheGroup names it read each block through the member that owns it (empty: none)")
+	fs.StringVar(&o.GroupListen, "group-listen", ":7480", "host:port the group's peer server listens on (mutual TLS)")
+	fs.StringVar(&o.GroupID, "group-id", defaultGroupID(), "this member's ID in the group, stable across restarts (default: $NODE_NAME, else the host name)")
+	fs.StringVar(&o.GroupTLSDir, "group-tls-dir", "/etc/cistern/group-tls", "directory with ca.crt (the group's CA), tls.crt and tls.key (this member's certificate, signed by the CA)")
+	fs.StringVar(&o.GroupMembers, "group-members", "", "static members: ID=HOST:PORT[/WEIGHT],... or @FILE (one per line, read again every 2 s)")
+	fs.StringVar(&o.GroupService, "group-service", "", "NAMESPACE/NAME of the Service whose EndpointSlices list the members (port named \"group\"; members by node name)")
+	fs.DurationVar(&o.GroupDeadline, "group-peer-deadline", 2*time.Second, "longest wait for a peer's block before the next member or the source")
 	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3store.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")
 }
 
@@ -85,6 +115,7 @@ func (o *Options) Validate() error {
 	if o.Grace < 0 {
 		errs = append(errs, fmt.Errorf("--grace %s must not be negative", o.Grace))
 	}
+	errs = append(errs, o.validateGroup()...)
 	if o.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
 			errs = append(errs, fmt.Errorf("--metrics-address %q: %w", o.MetricsAddr, err))
@@ -98,4 +129,51 @@ func (o *Options) tiers() string {
 		return "disk:" + filepath.Join(o.StateDir, "cache") + ":10Gi"
 	}
 	return o.Tiers
+}
+
+// validateGroup checks the cache group's options.
+func (o *Options) validateGroup() []error {
+	if o.Group == "" {
+		if o.GroupMembers != "" || o.GroupService != "" {
+			return []error{errors.New("--group-members and --group-service need --group")}
+		}
+		return nil
+	}
+	var errs []error
+	if !dnsLabel.MatchString(o.Group) {
+		errs = append(errs, fmt.Errorf("--group %q must be a DNS label", o.Group))
+	}
+	if o.GroupID == "" {
+		errs = append(errs, errors.New("--group-id is empty (and neither $NODE_NAME nor the host name gives one)"))
+	}
+	if _, _, err := net.SplitHostPort(o.GroupListen); err != nil {
+		errs = append(errs, fmt.Errorf("--group-listen %q: %w", o.GroupListen, err))
+	}
+	switch {
+	case (o.GroupMembers == "") == (o.GroupService == ""):
+		errs = append(errs, errors.New("--group needs one of --group-members and --group-service"))
+	case o.GroupService != "":
+		if ns, name, ok := strings.Cut(o.GroupService, "/"); !ok || !dnsLabel.MatchString(ns) || !dnsLabel.MatchString(name) {
+			errs = append(errs, fmt.Errorf("--group-service %q: want NAMESPACE/NAME", o.GroupService))
+		}
+	case !strings.HasPrefix(o.GroupMembers, "@"):
+		if _, err := ParseMembers(o.GroupMembers); err != nil {
+			errs = append(errs, fmt.Errorf("--group-members: %w", err))
+		}
+	}
+	if o.GroupDeadline <= 0 {
+		errs = append(errs, fmt.Errorf("--group-peer-deadline %s must be positive", o.GroupDeadline))
+	}
+	return errs
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// defaultGroupID is $NODE_NAME (the chart sets it), else the host name.
+func defaultGroupID() string {
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n
+	}
+	h, _ := os.Hostname()
+	return h
 }

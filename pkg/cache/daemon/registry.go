@@ -28,6 +28,9 @@ type mounted struct {
 	ds      *cache.Dataset
 	log     klog.Logger
 	pattern string // the access pattern served (see pattern.go)
+	// groupKey is the dataset's key in the daemon's cache group, or ""
+	// (set before the mount is published: immutable after).
+	groupKey string
 
 	handMu  sync.Mutex          // orders hand-overs to the keeper
 	dropped bool                // guarded by handMu; dropped from the keeper: never handed over again
@@ -128,11 +131,13 @@ func (d *Daemon) mountDataset(ctx context.Context, key string, req api.MountRequ
 	m := &mounted{key: key, req: req, secrets: secrets, mnt: mnt, log: log, holders: map[string]bool{}}
 	m.pattern = choosePatternOf(ctx, req, src, log)
 	m.ds = d.cache.Dataset(key, src)
+	d.joinGroup(m)
 	mount := fusefs.Mount
 	if d.keeper != nil {
 		mount = fusefs.MountSession // a connection the keeper can hold
 	}
 	if m.fs, err = mount(mnt, m.ds, d.fsOptions(key, req, m)); err != nil {
+		d.leaveGroup(m)
 		return nil, fmt.Errorf("mount dataset %s: %w", req.Dataset, err)
 	}
 	log.Info("Dataset mounted", "source", req.Source, "readOnly", req.ReadOnly, "accessPattern", m.pattern, "mountPath", mnt)
@@ -172,6 +177,7 @@ func (d *Daemon) expire(m *mounted) {
 		cancel()
 	}
 	d.dropFromKeeper(m)
+	d.leaveGroup(m)
 	if err := m.fs.Unmount(); err != nil {
 		m.log.Error(err, "Unmounting a released dataset failed; detaching")
 		_ = unix.Unmount(m.mnt, unix.MNT_DETACH)

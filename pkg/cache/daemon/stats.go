@@ -24,7 +24,8 @@ func (d *Daemon) Stats() api.StatsResponse {
 		}
 	}
 	d.mu.Unlock()
-	resp := api.StatsResponse{Cache: cacheStats(d.cache.Stats())}
+	cs := d.cache.Stats()
+	resp := api.StatsResponse{Cache: cacheStats(cs), Group: d.groupStats(cs.PeerBytes)}
 	for _, m := range ms {
 		s := m.ds.Stats()
 		resp.Datasets = append(resp.Datasets, api.DatasetInfo{Key: m.key, Dataset: m.req.Dataset, Source: m.req.Source, ReadOnly: m.req.ReadOnly,

@@ -24,40 +24,67 @@ type Node struct {
 	Handoff time.Duration
 
 	mu    sync.Mutex
-	ring  *Ring     // guarded by mu
-	prev  *Ring     // guarded by mu; the ring before the last change
-	until time.Time // guarded by mu; prev is asked until then
+	cur   *placement // guarded by mu
+	prev  *placement // guarded by mu; the placement before the last change
+	until time.Time  // guarded by mu; prev is asked until then
+	ids   sync.Map   // dataset key -> its ID
 }
 
-// SetRing sets the members (on a join or a leave).
-func (n *Node) SetRing(r *Ring) {
+// placement is where blocks go: one ring for every dataset, or one per
+// dataset (by its ID) over the members that serve it.
+type placement struct {
+	all *Ring
+	by  map[string]*Ring
+}
+
+func (p *placement) ring(id func() string) *Ring {
+	switch {
+	case p == nil:
+		return nil
+	case p.by != nil:
+		return p.by[id()]
+	}
+	return p.all
+}
+
+// SetRing places every dataset's blocks over the ring's members.
+func (n *Node) SetRing(r *Ring) { n.set(&placement{all: r}) }
+
+// SetRings places each dataset's blocks over its own ring (by dataset
+// ID, Rings); a dataset without one is read from the source.
+func (n *Node) SetRings(by map[string]*Ring) { n.set(&placement{by: by}) }
+
+func (n *Node) set(p *placement) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.ring != nil {
+	if n.cur != nil {
 		handoff := n.Handoff
 		if handoff <= 0 {
 			handoff = 2 * time.Minute
 		}
-		n.prev, n.until = n.ring, time.Now().Add(handoff)
+		n.prev, n.until = n.cur, time.Now().Add(handoff)
 	}
-	n.ring = r
+	n.cur = p
 }
 
-// Ring returns the members' placement (nil before SetRing).
-func (n *Node) Ring() *Ring {
+// rings returns the dataset's ring and, within the hand-off period, its
+// ring before the last change.
+func (n *Node) rings(dataset string) (cur, prev *Ring) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.ring
-}
-
-// rings returns the ring and, within the hand-off period, the previous one.
-func (n *Node) rings() (cur, prev *Ring) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.prev != nil && time.Now().After(n.until) {
-		n.prev = nil
+	c, p := n.cur, n.prev
+	if p != nil && time.Now().After(n.until) {
+		n.prev, p = nil, nil
 	}
-	return n.ring, n.prev
+	n.mu.Unlock()
+	id := func() string {
+		if v, ok := n.ids.Load(dataset); ok {
+			return v.(string)
+		}
+		v := DatasetID(dataset)
+		n.ids.Store(dataset, v)
+		return v
+	}
+	return c.ring(id), p.ring(id)
 }
 
 // Block asks the members ranked before this one for block index (size
@@ -66,7 +93,7 @@ func (n *Node) rings() (cur, prev *Ring) {
 // it stores the block, which it reads from the source unless b holds it
 // (sent by the block's owner before the last change of members).
 func (n *Node) Block(ctx context.Context, dataset, name, object string, index int64, size int) ([]byte, bool, error) {
-	r, prev := n.rings()
+	r, prev := n.rings(dataset)
 	if r == nil {
 		return nil, true, nil
 	}

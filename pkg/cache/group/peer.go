@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,6 +37,9 @@ import (
 
 // Server answers peers' block requests from the datasets it serves.
 type Server struct {
+	// Blocks and Bytes count the blocks served to peers and their bytes.
+	Blocks, Bytes atomic.Int64
+
 	mu       sync.RWMutex
 	datasets map[string]served // guarded by mu; by dataset ID
 }
@@ -82,6 +86,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "GET only", http.StatusMethodNotAllowed)
 		return
 	}
+	if r.URL.Path == datasetsPath {
+		s.serveDatasets(w)
+		return
+	}
 	id, index, q, err := parseBlockPath(r.URL)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -120,7 +128,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sealed := ds.seal.sealBlock(b, object, index)
 	w.Header().Set("Content-Length", strconv.Itoa(len(sealed)))
-	_, _ = w.Write(sealed)
+	if _, err := w.Write(sealed); err == nil {
+		s.Blocks.Add(1)
+		s.Bytes.Add(int64(len(b)))
+	}
 }
 
 // parseBlockPath parses /v1/blocks/<dataset ID>/<index>?q=<sealed>.

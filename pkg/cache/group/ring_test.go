@@ -3,6 +3,7 @@ package group
 import (
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 )
 
@@ -176,5 +177,24 @@ func TestBadMembers(t *testing.T) {
 	r := mustRing(t, []Member{{ID: "client", Weight: 0}})
 	if _, ok := r.Owner(Block{}); ok {
 		t.Error("a ring of client-only members has an owner")
+	}
+}
+
+// TestRingsPerDataset: a dataset's blocks go only to the members that
+// serve it.
+func TestRingsPerDataset(t *testing.T) {
+	ms := []Member{{ID: "a", Addr: "a:1", Weight: 1}, {ID: "b", Addr: "b:1", Weight: 1}, {ID: "c", Addr: "c:1", Weight: 1}}
+	rings, err := Rings(ms, map[string][]string{"a": {"d1"}, "b": {"d1", "d2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := func(r *Ring) (out []string) {
+		for _, m := range r.Owners() {
+			out = append(out, m.ID)
+		}
+		return out
+	}
+	if len(rings) != 2 || !slices.Equal(ids(rings["d1"]), []string{"a", "b"}) || !slices.Equal(ids(rings["d2"]), []string{"b"}) {
+		t.Fatalf("rings: %d, d1 %v, d2 %v", len(rings), ids(rings["d1"]), ids(rings["d2"]))
 	}
 }
