@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
-	"time"
 )
 
 // A member owns blocks only of the datasets it serves (it has the
@@ -43,26 +43,14 @@ func (s *Server) serveDatasets(w http.ResponseWriter) {
 // Datasets asks member m which datasets it serves (their IDs), waiting at
 // most the client's Deadline.
 func (c *Client) Datasets(ctx context.Context, m Member) ([]string, error) {
-	d := c.Deadline
-	if d <= 0 {
-		d = 2 * time.Second
+	resp, cancel, err := c.get(ctx, "https://"+m.Addr+datasetsPath)
+	if err != nil {
+		return nil, fmt.Errorf("member %s: datasets: %w", m.ID, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+m.Addr+datasetsPath, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return nil, err
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("member %s: datasets: HTTP %d", m.ID, resp.StatusCode)
-	}
 	var l datasetList
-	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&l); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&l); err != nil {
 		return nil, fmt.Errorf("member %s: datasets: %w", m.ID, err)
 	}
 	return l.Datasets, nil

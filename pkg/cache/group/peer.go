@@ -225,32 +225,46 @@ type statusError struct {
 
 func (e statusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.code, e.msg) }
 
-func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object string, index int64, size int) ([]byte, error) {
+// get sends GET u to a peer and returns its answer if it is 200, within
+// the client's Deadline (cancel ends it once the body is read).
+func (c *Client) get(ctx context.Context, u string) (*http.Response, context.CancelFunc, error) {
 	d := c.Deadline
 	if d <= 0 {
 		d = 2 * time.Second
 	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+		cancel()
+		return nil, nil, statusError{resp.StatusCode, string(msg)}
+	}
+	return resp, cancel, nil
+}
+
+func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object string, index int64, size int) ([]byte, error) {
 	seal, err := c.sealer(dataset)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
 	u := url.URL{Scheme: "https", Host: m.Addr, Path: "/v1/blocks/" + seal.id + "/" + strconv.FormatInt(index, 10),
 		RawQuery: url.Values{"q": {seal.sealRequest(name, object, index)}}.Encode()}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	resp, cancel, err := c.get(ctx, u.String())
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return nil, err
-	}
+	defer cancel()
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		return nil, statusError{resp.StatusCode, string(msg)}
-	}
 	// Exactly the sealed block's length, or nothing: a member cannot
 	// make this one hold more than the block.
 	want := seal.sealedLen(size)
