@@ -389,10 +389,7 @@ func (it *Item) runFetch(ref fileRef, b int64, gen uint64, fingerprint string, c
 		call.err = io.EOF
 		return
 	}
-	call.asking.Store(true)
-	fromGroup := it.fromGroup(ref, b, gen, fingerprint, call)
-	call.asking.Store(false)
-	if fromGroup {
+	if it.fromGroup(ref, b, gen, fingerprint, call) {
 		return
 	}
 	call.err = it.readSource(ref, b, gen, fingerprint, call.buf, call.progress)

@@ -22,6 +22,13 @@ type Peers interface {
 	// owns it (or is the one left to fetch it), and reads the source
 	// and stores the block itself.
 	Block(ctx context.Context, dataset, name, object string, index int64, size int) (b []byte, owned bool, err error)
+	// FromPrevious returns the block from the member that owned it
+	// before the last change of members, if this member owns it now:
+	// for a block a peer asked for, which the owner reads from no other
+	// member (an error: read the source).
+	FromPrevious(ctx context.Context, dataset, name, object string, index int64, size int) ([]byte, error)
+	// Owns tells whether this member owns the block now.
+	Owns(dataset, object string, index int64) bool
 }
 
 // group is a dataset's membership of a cache group.
@@ -108,15 +115,32 @@ func (c *Cache) itemAtVersion(dataset, name, fingerprint string) (*Item, int64) 
 // members): then it is stored as if read from the source.
 func (it *Item) fromGroup(ref fileRef, b int64, gen uint64, fingerprint string, call *fetchCall) bool {
 	g := it.ctr.group.Load()
-	if g == nil || ref.fromPeer {
+	if g == nil {
 		return false
+	}
+	if ref.fromPeer {
+		data, err := g.peers.FromPrevious(it.env.fetch.ctx, g.key, ref.name, fingerprint, b, len(call.buf))
+		if err != nil || len(data) != len(call.buf) {
+			return false
+		}
+		it.env.total.peerBytes.Add(int64(len(data)))
+		it.ctr.peerBytes.Add(int64(len(data)))
+		copy(call.buf, data)
+		call.progress(len(data))
+		it.keep(b, call.buf, gen)
+		return true
 	}
 	key := borrowKey{dataset: g.key, object: fingerprint, index: b}
 	data := it.env.borrowed.get(key)
 	owned := false
 	if data == nil {
 		var err error
+		// Asking the owner, peers' requests for the block must not wait
+		// on this fetch (fetchTry); an owner asks only the block's
+		// previous owner, which asks no one: they may.
+		call.asking.Store(!g.peers.Owns(g.key, fingerprint, b))
 		data, owned, err = g.peers.Block(it.env.fetch.ctx, g.key, ref.name, fingerprint, b, len(call.buf))
+		call.asking.Store(false)
 		if err != nil || len(data) != len(call.buf) {
 			if err != nil {
 				it.env.log.V(3).Info("No peer served a block; reading the source", "path", ref.name, "block", b, "err", err.Error())
@@ -135,11 +159,16 @@ func (it *Item) fromGroup(ref fileRef, b int64, gen uint64, fingerprint string, 
 	copy(call.buf, data)
 	call.progress(len(data))
 	if owned {
-		if err := it.store(b, call.buf, gen); err != nil && !errors.Is(err, errTierFull) && !errors.Is(err, errRemoved) {
-			it.tier.writeFailed(it.env.log, err)
-		}
+		it.keep(b, call.buf, gen)
 	}
 	return true
+}
+
+// keep stores block b, which this member owns, sent by its previous owner.
+func (it *Item) keep(b int64, buf []byte, gen uint64) {
+	if err := it.store(b, buf, gen); err != nil && !errors.Is(err, errTierFull) && !errors.Is(err, errRemoved) {
+		it.tier.writeFailed(it.env.log, err)
+	}
 }
 
 // borrowed keeps the blocks other members sent, the most recently used

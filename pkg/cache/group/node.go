@@ -113,14 +113,8 @@ func (n *Node) Block(ctx context.Context, dataset, name, object string, index in
 	}
 	if len(ask) == 0 {
 		// This member owns the block: its previous owner may hold it.
-		if prev != nil {
-			if was, ok := prev.Owner(blk); ok && was.ID != n.Self {
-				if b, _, err := n.Client.Fetch(ctx, []Member{was}, dataset, name, object, index, size); err == nil {
-					return b, true, nil
-				}
-			}
-		}
-		return nil, true, nil
+		b, _ := n.fromPrevious(ctx, prev, blk, name, size)
+		return b, true, nil
 	}
 	b, _, err := n.Client.Fetch(ctx, ask, dataset, name, object, index, size)
 	if err != nil {
@@ -130,4 +124,45 @@ func (n *Node) Block(ctx context.Context, dataset, name, object string, index in
 		return nil, self, err
 	}
 	return b, false, nil
+}
+
+// FromPrevious returns the block from the member that owned it before the
+// last change of members, if this member owns it now and the hand-off
+// period runs: for a block a peer asked this member for (the owner does
+// not ask the group in turn, but takes over what was its predecessor's).
+func (n *Node) FromPrevious(ctx context.Context, dataset, name, object string, index int64, size int) ([]byte, error) {
+	r, prev := n.rings(dataset)
+	blk := Block{Dataset: dataset, Object: object, Index: index}
+	if r == nil || prev == nil {
+		return nil, ErrNoPeer
+	}
+	if owner, ok := r.Owner(blk); !ok || owner.ID != n.Self {
+		return nil, ErrNoPeer
+	}
+	return n.fromPrevious(ctx, prev, blk, name, size)
+}
+
+// fromPrevious asks the block's owner in the previous placement (if any,
+// and not this member) for it.
+func (n *Node) fromPrevious(ctx context.Context, prev *Ring, blk Block, name string, size int) ([]byte, error) {
+	if prev == nil {
+		return nil, ErrNoPeer
+	}
+	was, ok := prev.Owner(blk)
+	if !ok || was.ID == n.Self {
+		return nil, ErrNoPeer
+	}
+	b, _, err := n.Client.Fetch(ctx, []Member{was}, blk.Dataset, name, blk.Object, blk.Index, size)
+	return b, err
+}
+
+// Owns tells whether this member owns the block (or the dataset has no
+// ring: it reads the source itself).
+func (n *Node) Owns(dataset, object string, index int64) bool {
+	r, _ := n.rings(dataset)
+	if r == nil {
+		return true
+	}
+	owner, ok := r.Owner(Block{Dataset: dataset, Object: object, Index: index})
+	return !ok || owner.ID == n.Self
 }

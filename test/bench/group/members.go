@@ -43,11 +43,15 @@ type member struct {
 	cache *cache.Cache
 	ds    *cache.Dataset
 	lis   net.Listener
+	node  *group.Node
+	addr  string
 }
 
 // startMembers starts n members (cache tiers of quota bytes under dir)
-// serving src as one group; stop ends them.
-func startMembers(n int, dir string, src source.Source, key string, quota, blockSize int64) (ms []*member, stop func(), err error) {
+// serving src as one group; stop ends them. The first placement is over
+// the first owners members (the others use the group as clients until
+// setRing places blocks on them too).
+func startMembers(n, owners int, dir string, src source.Source, key string, quota, blockSize int64) (ms []*member, stop func(), err error) {
 	ca, cert, pkey, err := group.NewPKI("bench")
 	if err != nil {
 		return nil, nil, err
@@ -89,10 +93,14 @@ func startMembers(n int, dir string, src source.Source, key string, quota, block
 		// (A refused client's handshake error is the expected answer.)
 		hs := &http.Server{Handler: srv, ErrorLog: log.New(io.Discard, "", 0)}
 		go hs.Serve(tls.NewListener(lis, stc))
-		ring = append(ring, group.Member{ID: m.id, Addr: lis.Addr().String(), Weight: 1})
+		if i < owners {
+			ring = append(ring, group.Member{ID: m.id, Addr: lis.Addr().String(), Weight: 1})
+		}
+		m.addr = lis.Addr().String()
 		node := &group.Node{Self: m.id, Client: &group.Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: ctc, MaxIdleConnsPerHost: 64}},
 			Deadline: 30 * time.Second}}
 		nodes = append(nodes, node)
+		m.node = node
 		m.ds.JoinGroup(key, node)
 	}
 	r, err := group.NewRing(ring)
@@ -104,6 +112,22 @@ func startMembers(n int, dir string, src source.Source, key string, quota, block
 		node.SetRing(r)
 	}
 	return ms, stop, nil
+}
+
+// setRing places blocks over all of ms, on every member.
+func setRing(ms []*member) error {
+	var list []group.Member
+	for _, m := range ms {
+		list = append(list, group.Member{ID: m.id, Addr: m.addr, Weight: 1})
+	}
+	r, err := group.NewRing(list)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		m.node.SetRing(r)
+	}
+	return nil
 }
 
 // readFile reads name whole through ds with 1 MiB reads.
