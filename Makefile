@@ -101,8 +101,10 @@ bench-scale-smoke: build
 	@echo "bench-scale smoke: ok ($$(grep -c ' (goal ' $(OUT)/bench-scale-smoke.log) goals printed)"
 
 ## bench-group: the cache group's figures (issue 16), one per line, as
-## `<figure>: <value> (goal <goal>) pass|fail`; today the placement's
-## (balance, weights, join and leave), the rest printed as not measured.
+## `<figure>: <value> (goal <goal>) pass|fail`: source GETs per block,
+## re-fetches after a join, capacity and a rogue client on members in this
+## process, and placement (balance, weights, join, leave); latency and
+## churn are printed as not measured.
 bench-group:
 	$(GO) run ./test/bench/group
 
