@@ -321,6 +321,24 @@ func TestOwnerAsksTheSourceOncePerFile(t *testing.T) {
 	}
 }
 
+// ringOf places blocks over ms with the given weights (1 when none).
+func ringOf(t *testing.T, ms []*member, weights ...float64) *group.Ring {
+	t.Helper()
+	var list []group.Member
+	for i, m := range ms {
+		w := 1.0
+		if i < len(weights) {
+			w = weights[i]
+		}
+		list = append(list, group.Member{ID: m.id, Addr: strings.TrimPrefix(m.srv.URL, "https://"), Weight: w})
+	}
+	r, err := group.NewRing(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // TestGroupRingsDisagree: two members that each believe the other owns a
 // file (their views of the group differ for a moment during a join) and
 // both read it answer each other at once: a member asked for a block does
@@ -332,16 +350,8 @@ func TestGroupRingsDisagree(t *testing.T) {
 	p, _ := posix.New(root)
 	src := &countingSource{Source: p, reads: map[string]int{}}
 	ms := startGroup(t, 2, src, group.DatasetKey("file://"+root, nil), 1<<30)
-	addr := func(m *member) string { return strings.TrimPrefix(m.srv.URL, "https://") }
-	only := func(owner *member, other *member) *group.Ring {
-		r, err := group.NewRing([]group.Member{{ID: owner.id, Addr: addr(owner), Weight: 1}, {ID: other.id, Addr: addr(other), Weight: 0}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
-	ms[0].node.SetRing(only(ms[1], ms[0])) // node-0 believes node-1 owns every block,
-	ms[1].node.SetRing(only(ms[0], ms[1])) // and node-1 the other way round
+	ms[0].node.SetRing(ringOf(t, []*member{ms[1], ms[0]}, 1, 0)) // node-0 believes node-1 owns every block,
+	ms[1].node.SetRing(ringOf(t, []*member{ms[0], ms[1]}, 1, 0)) // and node-1 the other way round
 	start := time.Now()
 	readAtOnce(t, ms, src, "shard", want)
 	if took := time.Since(start); took > 20*time.Second {
@@ -360,21 +370,10 @@ func TestJoinTakesBlocksFromTheirPreviousOwners(t *testing.T) {
 	src := &countingSource{Source: p, reads: map[string]int{}}
 	key := group.DatasetKey("file://"+root, nil)
 	ms := startGroup(t, 3, src, key, 1<<30)
-	ringOf := func(ms []*member) *group.Ring {
-		var list []group.Member
-		for _, m := range ms {
-			list = append(list, group.Member{ID: m.id, Addr: strings.TrimPrefix(m.srv.URL, "https://"), Weight: 1})
-		}
-		r, err := group.NewRing(list)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
 	// Two members first (fresh nodes: no earlier ring to hand off from).
 	for _, m := range ms {
 		m.node = &group.Node{Self: m.id, Client: m.node.Client}
-		m.node.SetRing(ringOf(ms[:2]))
+		m.node.SetRing(ringOf(t, ms[:2]))
 		m.ds.JoinGroup(key, m.node)
 	}
 	readAtOnce(t, ms[:2], src, "shard", want)
@@ -383,7 +382,7 @@ func TestJoinTakesBlocksFromTheirPreviousOwners(t *testing.T) {
 		t.Fatalf("two members read the source %d times for 48 blocks, want 48", before)
 	}
 	for _, m := range ms {
-		m.node.SetRing(ringOf(ms))
+		m.node.SetRing(ringOf(t, ms))
 	}
 	if got := readAll(t, ms[2].ds, src, "shard"); !bytes.Equal(got, want) {
 		t.Fatal("the member that joined read other bytes")
