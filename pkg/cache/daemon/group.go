@@ -47,14 +47,16 @@ type groupMember struct {
 	log    klog.Logger
 	list   func(context.Context) ([]group.Member, error)
 
-	refreshMu sync.Mutex // one refresh at a time
+	// kick asks the membership loop for a refresh now (a dataset was
+	// joined or left: what this member serves changed).
+	kick chan struct{}
 
 	mu      sync.Mutex
-	served  map[string]int      // guarded by mu; group key -> datasets serving it
-	members []group.Member      // guarded by mu; the last list read
-	serving map[string][]string // guarded by mu; member ID -> IDs of the datasets it serves
-	sig     string              // guarded by mu; what the placement was built of
-	listErr string              // guarded by mu; the last membership error, or ""
+	served  map[string][]*cache.Dataset // guarded by mu; group key -> mounted datasets of it, the first serves peers
+	members []group.Member              // guarded by mu; the last list read
+	serving map[string][]string         // guarded by mu; member ID -> IDs of the datasets it serves
+	sig     string                      // guarded by mu; what the placement was built of
+	listErr string                      // guarded by mu; the last membership error, or ""
 }
 
 // startGroup starts the peer server and the membership loop, if the
@@ -81,7 +83,7 @@ func (d *Daemon) startGroup() error {
 	if err != nil {
 		return fmt.Errorf("--group-tls-dir %s: %w", o.GroupTLSDir, err)
 	}
-	g := &groupMember{name: o.Group, server: group.NewServer(), served: map[string]int{}, log: d.log.WithName("group").WithValues("group", o.Group, "member", o.GroupID)}
+	g := &groupMember{name: o.Group, server: group.NewServer(), served: map[string][]*cache.Dataset{}, kick: make(chan struct{}, 1), log: d.log.WithName("group").WithValues("group", o.Group, "member", o.GroupID)}
 	g.node = &group.Node{Self: o.GroupID, Client: &group.Client{
 		HTTP:     &http.Client{Transport: &http.Transport{TLSClientConfig: ctls, MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}},
 		Deadline: o.GroupDeadline}}
@@ -111,8 +113,9 @@ func (d *Daemon) startGroup() error {
 			case <-d.ctx.Done():
 				return
 			case <-t.C:
-				g.refresh(d.ctx)
+			case <-g.kick:
 			}
+			g.refresh(d.ctx)
 		}
 	}()
 	g.log.Info("Serving the cache group", "listen", g.addr)
@@ -140,8 +143,6 @@ func (d *Daemon) stopGroup() {
 // refresh reads the members and which datasets each serves, and places
 // each dataset's blocks over the members that serve it when that changed.
 func (g *groupMember) refresh(ctx context.Context) {
-	g.refreshMu.Lock()
-	defer g.refreshMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ms, err := g.list(ctx)
@@ -238,48 +239,68 @@ func (d *Daemon) joinGroup(m *mounted) {
 		return
 	}
 	key := groupKey(m.req.Source, m.secrets)
-	ds := m.ds
 	g.mu.Lock()
-	first := g.served[key] == 0
-	g.served[key]++
+	g.served[key] = append(g.served[key], m.ds)
+	if len(g.served[key]) == 1 {
+		g.serveLocked(key, m.log)
+	}
 	g.mu.Unlock()
-	if first {
-		if err := g.server.Serve(key, group.BlockSourceFunc(func(ctx context.Context, name, object string, index int64) ([]byte, error) {
-			b, err := ds.PeerBlock(ctx, name, object, index)
-			if errors.Is(err, cache.ErrVersion) {
-				err = group.ErrVersion
-			}
-			return b, err
-		})); err != nil {
-			m.log.Error(err, "Serving the dataset to the cache group failed")
-		}
-	}
-	ds.JoinGroup(key, g.node)
+	m.ds.JoinGroup(key, g.node)
 	m.groupKey = key
-	if first {
-		go g.refresh(d.ctx) // this member now owns a share of the dataset
-	}
+	g.refreshSoon() // this member may own a share of the dataset now
 	m.log.Info("Dataset reads through the cache group", "cacheGroup", g.name)
 }
 
-// leaveGroup stops serving m's dataset to the group (it is unmounted).
+// leaveGroup stops serving m's dataset to the group (it is unmounted);
+// another mount of the same dataset, if any, serves it from then on.
 func (d *Daemon) leaveGroup(m *mounted) {
 	g := d.group
 	if g == nil || m.groupKey == "" {
 		return
 	}
-	g.mu.Lock()
-	g.served[m.groupKey]--
-	last := g.served[m.groupKey] <= 0
-	if last {
-		delete(g.served, m.groupKey)
-	}
-	g.mu.Unlock()
-	if last {
-		g.server.Withdraw(m.groupKey)
-		go g.refresh(d.ctx)
-	}
 	m.ds.JoinGroup("", nil)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	dss := g.served[m.groupKey]
+	i := slices.Index(dss, m.ds)
+	if i < 0 {
+		return
+	}
+	dss = slices.Delete(dss, i, i+1)
+	switch {
+	case len(dss) == 0:
+		delete(g.served, m.groupKey)
+		g.server.Withdraw(m.groupKey)
+		g.refreshSoon()
+	case i == 0:
+		g.served[m.groupKey] = dss
+		g.serveLocked(m.groupKey, m.log)
+	default:
+		g.served[m.groupKey] = dss
+	}
+}
+
+// serveLocked answers peers' requests for the dataset of group key key
+// from its first mounted dataset.
+func (g *groupMember) serveLocked(key string, log klog.Logger) {
+	ds := g.served[key][0]
+	if err := g.server.Serve(key, group.BlockSourceFunc(func(ctx context.Context, name, object string, index int64) ([]byte, error) {
+		b, err := ds.PeerBlock(ctx, name, object, index)
+		if errors.Is(err, cache.ErrVersion) {
+			err = group.ErrVersion
+		}
+		return b, err
+	})); err != nil {
+		log.Error(err, "Serving the dataset to the cache group failed")
+	}
+}
+
+// refreshSoon has the membership loop refresh now.
+func (g *groupMember) refreshSoon() {
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
 }
 
 // groupKey is a dataset's key in the group: the same on every member
