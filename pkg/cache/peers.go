@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"sync"
 	"time"
 )
@@ -63,31 +64,61 @@ var ErrVersion = errors.New("the file is at another version")
 // version is served without asking the source for its attributes again
 // (on S3 a request of its own); the asker named the version it wants.
 func (d *Dataset) PeerBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
+	it, buf, err := d.peerItem(ctx, name, object, index)
+	if err != nil {
+		return nil, err
+	}
+	n, err := it.readBlock(ctx, fileRef{src: d.src, name: name, fromPeer: true}, index, buf, 0)
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// CachedBlock is PeerBlock from the cache only: fs.ErrNotExist when the
+// block is not stored here. The previous owner of a block answers its new
+// owner so during a hand-off: it neither fetches a block it no longer
+// owns nor asks anyone (two members whose views of the group differ
+// would otherwise ask each other).
+func (d *Dataset) CachedBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
+	it, buf, err := d.peerItem(ctx, name, object, index)
+	if err != nil {
+		return nil, err
+	}
+	if !it.verify(index) {
+		return nil, fs.ErrNotExist
+	}
+	if n, err := it.pread(buf, index*d.c.opts.BlockSize); n != len(buf) || (err != nil && !errors.Is(err, io.EOF)) {
+		return nil, fs.ErrNotExist
+	}
+	it.env.total.hits.Add(1)
+	it.ctr.hits.Add(1)
+	return buf, nil
+}
+
+// peerItem returns the item of name at version object and a buffer the
+// size of block index.
+func (d *Dataset) peerItem(ctx context.Context, name, object string, index int64) (*Item, []byte, error) {
 	it, size := d.c.itemAtVersion(d.key, name, object)
 	if it == nil {
 		a, err := d.src.Stat(ctx, name)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if a.Fingerprint() != object {
-			return nil, ErrVersion
+			return nil, nil, ErrVersion
 		}
 		if it, err = d.c.item(d.key, name, a); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		size = a.Size
 	}
 	bs := d.c.opts.BlockSize
 	off := index * bs
 	if index < 0 || off >= size {
-		return nil, io.EOF
+		return nil, nil, io.EOF
 	}
-	buf := make([]byte, min(bs, size-off))
-	n, err := it.readBlock(ctx, fileRef{src: d.src, name: name, fromPeer: true}, index, buf, 0)
-	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
-		return nil, err
-	}
-	return buf[:n], nil
+	return it, make([]byte, min(bs, size-off)), nil
 }
 
 // itemAtVersion returns the item in memory of dataset's file known by

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -283,14 +284,7 @@ func (d *Daemon) leaveGroup(m *mounted) {
 // serveLocked answers peers' requests for the dataset of group key key
 // from its first mounted dataset.
 func (g *groupMember) serveLocked(key string, log klog.Logger) {
-	ds := g.served[key][0]
-	if err := g.server.Serve(key, group.BlockSourceFunc(func(ctx context.Context, name, object string, index int64) ([]byte, error) {
-		b, err := ds.PeerBlock(ctx, name, object, index)
-		if errors.Is(err, cache.ErrVersion) {
-			err = group.ErrVersion
-		}
-		return b, err
-	})); err != nil {
+	if err := g.server.Serve(key, group.DatasetSource(g.served[key][0])); err != nil {
 		log.Error(err, "Serving the dataset to the cache group failed")
 	}
 }
@@ -373,28 +367,40 @@ func (o *Options) membership() (func(context.Context) ([]group.Member, error), e
 
 // endpointMembers are the members of the group's EndpointSlices: every
 // serving endpoint that is not terminating, by node name (a DaemonSet's
-// pod keeps its blocks across restarts and upgrades) or pod name (a
-// cache-only member's StatefulSet pod), weight 1. A terminating member
+// pod keeps its blocks across restarts and upgrades), by pod name when
+// a node has two or none, weight 1. A terminating member
 // leaves the placement at once; the blocks it owned are asked of it by
 // their new owners for the hand-off period while it still answers.
 func endpointMembers(eps []kube.Endpoint) []group.Member {
-	var out []group.Member
+	// One endpoint may be listed in two slices (while they are updated,
+	// or an IPv4 and an IPv6 slice): one member per pod (or address).
+	type ep struct {
+		kube.Endpoint
+		who string
+	}
+	var live []ep
 	seen := map[string]bool{}
+	pods := map[string]map[string]bool{} // node -> its pods
 	for _, e := range eps {
-		if !e.Serving || e.Terminating {
+		who := cmp.Or(e.Pod, e.Address)
+		if !e.Serving || e.Terminating || seen[who] {
 			continue
 		}
+		seen[who] = true
+		live = append(live, ep{e, who})
+		if e.NodeName != "" {
+			if pods[e.NodeName] == nil {
+				pods[e.NodeName] = map[string]bool{}
+			}
+			pods[e.NodeName][who] = true
+		}
+	}
+	var out []group.Member
+	for _, e := range live {
 		id := e.NodeName
-		if id == "" || seen[id] { // two pods on one node: by pod
-			id = e.Pod
+		if id == "" || len(pods[id]) > 1 { // two pods on one node: by pod
+			id = e.who
 		}
-		if id == "" {
-			id = e.Address
-		}
-		if seen[id] {
-			continue
-		}
-		seen[id] = true
 		out = append(out, group.Member{ID: id, Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Weight: 1})
 	}
 	return out

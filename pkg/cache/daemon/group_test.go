@@ -134,7 +134,7 @@ func TestDaemonsFormACacheGroup(t *testing.T) {
 
 // TestGroupMemberJoinsLate: a member that mounts a dataset the group's
 // other member has read takes its share from that member (the previous
-// owner of every block), not from the store.
+// owner of every block), not from the store, and keeps it.
 func TestGroupMemberJoinsLate(t *testing.T) {
 	old := membersEvery
 	membersEvery = 20 * time.Millisecond
@@ -162,25 +162,53 @@ func TestGroupMemberJoinsLate(t *testing.T) {
 	ctx := context.Background()
 	req := api.MountRequest{Holder: "volume:a", Dataset: "objects", Source: e.Loc.String(), ReadOnly: true, MetaCache: time.Hour,
 		Secrets: e.Srv.Secrets(), CacheGroup: "research"}
-	for i, d := range ds {
+	var mnts []string
+	for i := range ds {
 		resp, err := cls[i].Mount(ctx, req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cls[i].Release(ctx, req.Holder) })
+		mnts = append(mnts, resp.MountPath)
+		if i > 0 {
+			break
+		}
 		got, err := os.ReadFile(filepath.Join(resp.MountPath, "shards/late.bin"))
 		if err != nil || !bytes.Equal(got, big) {
-			t.Fatalf("node-%d read %d bytes, %v", i, len(got), err)
+			t.Fatalf("node-0 read %d bytes, %v", len(got), err)
 		}
-		if i == 0 {
-			if n := d.Stats().Cache.SourceBytes; n != int64(len(big)) {
-				t.Fatalf("node-0 alone read %d bytes from the store, want %d", n, len(big))
-			}
-			continue
+		if n := ds[0].Stats().Cache.SourceBytes; n != int64(len(big)) {
+			t.Fatalf("node-0 alone read %d bytes from the store, want %d", n, len(big))
 		}
-		if n := d.Stats().Cache.SourceBytes; n != 0 {
-			t.Errorf("node-1 read %d bytes from the store, want 0: node-0 had every block", n)
+	}
+	// node-1 places the dataset over both members now: it owns about
+	// half the blocks, which node-0 held.
+	g := ds[1].group
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		g.mu.Lock()
+		both := len(g.serving["node-0"]) == 1 && len(g.serving["node-1"]) == 1
+		g.mu.Unlock()
+		if both {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Fatal("node-1 did not place the dataset over both members")
+		}
+	}
+	got, err := os.ReadFile(filepath.Join(mnts[1], "shards/late.bin"))
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("node-1 read %d bytes, %v", len(got), err)
+	}
+	st := ds[1].Stats()
+	if st.Cache.SourceBytes != 0 {
+		t.Errorf("node-1 read %d bytes from the store, want 0: node-0 had every block", st.Cache.SourceBytes)
+	}
+	var kept int64
+	for _, b := range st.Cache.TierBytes {
+		kept += b
+	}
+	if kept == 0 || kept >= int64(len(big)) {
+		t.Errorf("node-1 keeps %d bytes of a file of %d; want its share, taken from node-0", kept, len(big))
 	}
 }
 
@@ -213,8 +241,8 @@ func TestGroupOptions(t *testing.T) {
 	}
 }
 
-// TestEndpointMembers: serving endpoints that are not terminating, by node
-// name (by pod when two share a node), weight 1.
+// TestEndpointMembers: serving endpoints that are not terminating, once
+// each, by node name (by pod when two share a node), weight 1.
 func TestEndpointMembers(t *testing.T) {
 	got := endpointMembers([]kube.Endpoint{
 		{Address: "10.0.0.1", Port: 7480, NodeName: "node-a", Pod: "p1", Ready: true, Serving: true},
@@ -222,8 +250,13 @@ func TestEndpointMembers(t *testing.T) {
 		{Address: "10.0.0.3", Port: 7480, NodeName: "node-c", Pod: "p3"},
 		{Address: "10.0.0.4", Port: 7480, NodeName: "node-a", Pod: "cache-0", Ready: true, Serving: true},
 		{Address: "fd00::5", Port: 7480, Pod: "cache-1", Ready: true, Serving: true},
+		{Address: "10.0.0.6", Port: 7480, NodeName: "node-d", Pod: "p6", Ready: true, Serving: true},
+		// The same pod again, in a second slice (an update, or the
+		// IPv6 slice of a dual-stack Service): not a second member.
+		{Address: "fd00::6", Port: 7480, NodeName: "node-d", Pod: "p6", Ready: true, Serving: true},
 	})
-	want := []group.Member{{ID: "node-a", Addr: "10.0.0.1:7480", Weight: 1}, {ID: "cache-0", Addr: "10.0.0.4:7480", Weight: 1}, {ID: "cache-1", Addr: "[fd00::5]:7480", Weight: 1}}
+	want := []group.Member{{ID: "p1", Addr: "10.0.0.1:7480", Weight: 1}, {ID: "cache-0", Addr: "10.0.0.4:7480", Weight: 1},
+		{ID: "cache-1", Addr: "[fd00::5]:7480", Weight: 1}, {ID: "node-d", Addr: "10.0.0.6:7480", Weight: 1}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("members:\n got %+v\nwant %+v", got, want)
 	}

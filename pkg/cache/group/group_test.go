@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -64,13 +63,7 @@ func startGroup(t *testing.T, n int, src source.Source, key string, quota int64)
 		t.Cleanup(func() { c.Close() })
 		m := &member{id: fmt.Sprintf("node-%d", i), cache: c, ds: c.Dataset("local-key", src)}
 		srv := group.NewServer()
-		srv.Serve(key, group.BlockSourceFunc(func(ctx context.Context, name, object string, index int64) ([]byte, error) {
-			b, err := m.ds.PeerBlock(ctx, name, object, index)
-			if errors.Is(err, cache.ErrVersion) {
-				err = group.ErrVersion
-			}
-			return b, err
-		}))
+		srv.Serve(key, group.DatasetSource(m.ds))
 		hs := httptest.NewUnstartedServer(srv)
 		hs.TLS = server
 		hs.StartTLS()

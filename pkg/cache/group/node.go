@@ -2,6 +2,7 @@ package group
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 )
@@ -23,11 +24,10 @@ type Node struct {
 	// from the store.
 	Handoff time.Duration
 
-	mu    sync.Mutex
-	cur   *placement // guarded by mu
-	prev  *placement // guarded by mu; the placement before the last change
-	until time.Time  // guarded by mu; prev is asked until then
-	ids   sync.Map   // dataset key -> its ID
+	mu   sync.Mutex
+	cur  *placement         // guarded by mu
+	prev map[string]handoff // guarded by mu; by dataset ID ("" under SetRing): its ring before it last changed
+	ids  sync.Map           // dataset key -> its ID
 }
 
 // placement is where blocks go: one ring for every dataset, or one per
@@ -37,14 +37,28 @@ type placement struct {
 	by  map[string]*Ring
 }
 
-func (p *placement) ring(id func() string) *Ring {
+// key is the dataset's key in the placement and in Node.prev.
+func (p *placement) key(id func() string) string {
+	if p == nil || p.by == nil {
+		return ""
+	}
+	return id()
+}
+
+func (p *placement) ring(key string) *Ring {
 	switch {
 	case p == nil:
 		return nil
 	case p.by != nil:
-		return p.by[id()]
+		return p.by[key]
 	}
 	return p.all
+}
+
+// handoff is a dataset's ring before its last change, asked until then.
+type handoff struct {
+	ring  *Ring
+	until time.Time
 }
 
 // SetRing places every dataset's blocks over the ring's members.
@@ -54,28 +68,50 @@ func (n *Node) SetRing(r *Ring) { n.set(&placement{all: r}) }
 // ID, Rings); a dataset without one is read from the source.
 func (n *Node) SetRings(by map[string]*Ring) { n.set(&placement{by: by}) }
 
+// set changes the placement; each dataset whose ring changed hands off
+// from its ring before (the others keep the hand-off they were in).
 func (n *Node) set(p *placement) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.cur != nil {
-		handoff := n.Handoff
-		if handoff <= 0 {
-			handoff = 2 * time.Minute
+	now := time.Now()
+	for k, h := range n.prev {
+		if now.After(h.until) {
+			delete(n.prev, k)
 		}
-		n.prev, n.until = n.cur, time.Now().Add(handoff)
+	}
+	if old := n.cur; old != nil {
+		period := n.Handoff
+		if period <= 0 {
+			period = 2 * time.Minute
+		}
+		keys := []string{""}
+		if old.by != nil {
+			keys = nil
+			for k := range old.by {
+				keys = append(keys, k)
+			}
+		}
+		for _, k := range keys {
+			was := old.ring(k)
+			if was != nil && !sameRing(was, p.ring(k)) {
+				if n.prev == nil {
+					n.prev = map[string]handoff{}
+				}
+				n.prev[k] = handoff{ring: was, until: now.Add(period)}
+			}
+		}
 	}
 	n.cur = p
 }
 
-// rings returns the dataset's ring and, within the hand-off period, its
-// ring before the last change.
+// sameRing: a and b have the same owners with the same weights.
+func sameRing(a, b *Ring) bool {
+	return a != nil && b != nil && slices.Equal(a.owners, b.owners)
+}
+
+// rings returns the dataset's ring and, within the hand-off period after
+// it changed, its ring before.
 func (n *Node) rings(dataset string) (cur, prev *Ring) {
-	n.mu.Lock()
-	c, p := n.cur, n.prev
-	if p != nil && time.Now().After(n.until) {
-		n.prev, p = nil, nil
-	}
-	n.mu.Unlock()
 	id := func() string {
 		if v, ok := n.ids.Load(dataset); ok {
 			return v.(string)
@@ -84,7 +120,13 @@ func (n *Node) rings(dataset string) (cur, prev *Ring) {
 		n.ids.Store(dataset, v)
 		return v
 	}
-	return c.ring(id), p.ring(id)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k := n.cur.key(id)
+	if h, ok := n.prev[k]; ok && time.Now().Before(h.until) {
+		prev = h.ring
+	}
+	return n.cur.ring(k), prev
 }
 
 // Block asks the members ranked before this one for block index (size
@@ -152,7 +194,7 @@ func (n *Node) fromPrevious(ctx context.Context, prev *Ring, blk Block, name str
 	if !ok || was.ID == n.Self {
 		return nil, ErrNoPeer
 	}
-	b, _, err := n.Client.Fetch(ctx, []Member{was}, blk.Dataset, name, blk.Object, blk.Index, size)
+	b, _, err := n.Client.FetchCached(ctx, []Member{was}, blk.Dataset, name, blk.Object, blk.Index, size)
 	return b, err
 }
 

@@ -20,7 +20,7 @@ import (
 // without one gets no data), and the owner answers from its cache or
 // fetches the block from the source once, whoever else asks meanwhile.
 //
-//	GET /v1/blocks/<dataset ID>/<index>?q=<sealed name and version>
+//	GET /v1/blocks/<dataset ID>/<index>?q=<sealed name and version>[&cached=1]
 //
 // The dataset is named by a public ID of its key in the group
 // (DatasetKey, derived from its source and credentials, which never
@@ -54,6 +54,14 @@ type served struct {
 // file is not at that version (any more).
 type BlockSource interface {
 	Block(ctx context.Context, name, object string, index int64) ([]byte, error)
+}
+
+// CachedSource is a BlockSource that can answer from what it holds only
+// (fs.ErrNotExist when it does not hold the block): a block's previous
+// owner answers its new owner so during a hand-off.
+type CachedSource interface {
+	BlockSource
+	CachedBlock(ctx context.Context, name, object string, index int64) ([]byte, error)
 }
 
 // ErrVersion is a BlockSource's answer for a block of another version.
@@ -107,8 +115,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusForbidden)
 		return
 	}
-	src := ds.src
-	b, err := src.Block(r.Context(), name, object, index)
+	var b []byte
+	if r.URL.Query().Get("cached") == "1" {
+		// A hand-off: from what this member holds, or not at all.
+		if cs, ok := ds.src.(CachedSource); ok {
+			b, err = cs.CachedBlock(r.Context(), name, object, index)
+		} else {
+			err = fs.ErrNotExist
+		}
+	} else {
+		b, err = ds.src.Block(r.Context(), name, object, index)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrVersion):
@@ -197,12 +214,22 @@ var ErrNoPeer = errors.New("cache group: no peer has the block")
 // bytes and the member that served them. Peers that fail, answer late or
 // send a corrupt block are passed over (and skipped for Cooldown).
 func (c *Client) Fetch(ctx context.Context, peers []Member, dataset, name, object string, index int64, size int) ([]byte, Member, error) {
+	return c.fetch(ctx, peers, false, dataset, name, object, index, size)
+}
+
+// FetchCached is Fetch of a block the peers answer from their caches only
+// (a hand-off: they neither fetch it nor ask anyone).
+func (c *Client) FetchCached(ctx context.Context, peers []Member, dataset, name, object string, index int64, size int) ([]byte, Member, error) {
+	return c.fetch(ctx, peers, true, dataset, name, object, index, size)
+}
+
+func (c *Client) fetch(ctx context.Context, peers []Member, cached bool, dataset, name, object string, index int64, size int) ([]byte, Member, error) {
 	var errs []error
 	for _, m := range peers {
 		if c.skipped(m.Addr) {
 			continue
 		}
-		b, err := c.fetchFrom(ctx, m, dataset, name, object, index, size)
+		b, err := c.fetchFrom(ctx, m, cached, dataset, name, object, index, size)
 		if err == nil {
 			return b, m, nil
 		}
@@ -252,13 +279,16 @@ func (c *Client) get(ctx context.Context, u string) (*http.Response, context.Can
 	return resp, cancel, nil
 }
 
-func (c *Client) fetchFrom(ctx context.Context, m Member, dataset, name, object string, index int64, size int) ([]byte, error) {
+func (c *Client) fetchFrom(ctx context.Context, m Member, cached bool, dataset, name, object string, index int64, size int) ([]byte, error) {
 	seal, err := c.sealer(dataset)
 	if err != nil {
 		return nil, err
 	}
-	u := url.URL{Scheme: "https", Host: m.Addr, Path: "/v1/blocks/" + seal.id + "/" + strconv.FormatInt(index, 10),
-		RawQuery: url.Values{"q": {seal.sealRequest(name, object, index)}}.Encode()}
+	q := url.Values{"q": {seal.sealRequest(name, object, index)}}
+	if cached {
+		q.Set("cached", "1")
+	}
+	u := url.URL{Scheme: "https", Host: m.Addr, Path: "/v1/blocks/" + seal.id + "/" + strconv.FormatInt(index, 10), RawQuery: q.Encode()}
 	resp, cancel, err := c.get(ctx, u.String())
 	if err != nil {
 		return nil, err

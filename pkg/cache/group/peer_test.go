@@ -220,3 +220,55 @@ func TestOutsidersLearnNothing(t *testing.T) {
 		t.Errorf("the answer with the key: %v", err)
 	}
 }
+
+// cachedOf is blocksOf that holds only the blocks in held.
+type cachedOf struct {
+	blocksOf
+	held map[int64]bool
+}
+
+func (s *cachedOf) CachedBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
+	if !s.held[index] {
+		return nil, fs.ErrNotExist
+	}
+	return bytes.Repeat([]byte{byte(index)}, 1000), nil
+}
+
+// TestHandoffAnswersFromTheCacheOnly: a block asked in a hand-off
+// (FetchCached) is answered from what the peer holds, or not at all: the
+// peer never fetches it (nor asks anyone; two members whose views differ
+// asked each other, each waiting out the other's deadline). A peer that
+// cannot tell what it holds answers no.
+func TestHandoffAnswersFromTheCacheOnly(t *testing.T) {
+	p := newPKI(t, "group")
+	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := DatasetKey("s3://bucket/research", []byte("secret"))
+	src := &cachedOf{blocksOf: blocksOf{version: "v1"}, held: map[int64]bool{1: true}}
+	srv := NewServer()
+	srv.Serve(key, src)
+	m := startPeer(t, "prev", srv, stc)
+	plain := NewServer()
+	plainSrc := &blocksOf{version: "v1"}
+	plain.Serve(key, plainSrc)
+	mPlain := startPeer(t, "plain", plain, stc)
+	c := client(ctc)
+	ctx := context.Background()
+	if b, _, err := c.FetchCached(ctx, []Member{m}, key, "f", "v1", 1, 1000); err != nil || b[0] != 1 {
+		t.Fatalf("a held block in a hand-off: %v", err)
+	}
+	if _, _, err := c.FetchCached(ctx, []Member{m}, key, "f", "v1", 2, 1000); !errors.Is(err, ErrNoPeer) {
+		t.Fatalf("a block not held, in a hand-off: %v, want ErrNoPeer", err)
+	}
+	if _, _, err := c.FetchCached(ctx, []Member{mPlain}, key, "f", "v1", 2, 1000); !errors.Is(err, ErrNoPeer) {
+		t.Fatalf("a peer without CachedBlock, in a hand-off: %v, want ErrNoPeer", err)
+	}
+	if n := src.served.Load() + plainSrc.served.Load(); n != 0 {
+		t.Fatalf("hand-off requests fetched %d blocks, want 0", n)
+	}
+	if _, _, err := c.Fetch(ctx, []Member{m}, key, "f", "v1", 2, 1000); err != nil || src.served.Load() != 1 {
+		t.Fatalf("an ordinary request for a block not held: %v, %d fetched; want it fetched", err, src.served.Load())
+	}
+}

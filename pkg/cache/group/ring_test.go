@@ -198,3 +198,36 @@ func TestRingsPerDataset(t *testing.T) {
 		t.Fatalf("rings: %d, d1 %v, d2 %v", len(rings), ids(rings["d1"]), ids(rings["d2"]))
 	}
 }
+
+// TestHandoffPerDataset: a change of one dataset's ring starts its
+// hand-off; a later change of another dataset's ring leaves it running
+// (a member that joined one dataset then another fetched its share of
+// the first from the store).
+func TestHandoffPerDataset(t *testing.T) {
+	ring := func(ids ...string) *Ring {
+		var ms []Member
+		for _, id := range ids {
+			ms = append(ms, Member{ID: id, Addr: id + ":1", Weight: 1})
+		}
+		r, err := NewRing(ms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	d1, d2 := DatasetKey("s3://b/one", nil), DatasetKey("s3://b/two", nil)
+	n := &Node{Self: "b"}
+	n.SetRings(map[string]*Ring{DatasetID(d1): ring("a")})
+	if _, prev := n.rings(d1); prev != nil {
+		t.Fatal("a hand-off before any change")
+	}
+	n.SetRings(map[string]*Ring{DatasetID(d1): ring("a", "b")}) // b joins d1
+	n.SetRings(map[string]*Ring{DatasetID(d1): ring("a", "b"), DatasetID(d2): ring("b")})
+	cur, prev := n.rings(d1)
+	if cur == nil || len(cur.Owners()) != 2 || prev == nil || len(prev.Owners()) != 1 || prev.Owners()[0].ID != "a" {
+		t.Fatalf("d1 after d2 was added: ring %v, previous %v; want previous [a]", cur, prev)
+	}
+	if _, prev := n.rings(d2); prev != nil {
+		t.Fatal("d2 is new: nothing to hand off from")
+	}
+}

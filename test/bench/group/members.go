@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -83,13 +82,7 @@ func startMembers(n, owners int, dir string, src source.Source, key string, quot
 		m := &member{id: fmt.Sprint("node-", i), cache: c, ds: c.Dataset("local", src), lis: lis}
 		ms = append(ms, m)
 		srv := group.NewServer()
-		srv.Serve(key, group.BlockSourceFunc(func(ctx context.Context, name, object string, index int64) ([]byte, error) {
-			b, err := m.ds.PeerBlock(ctx, name, object, index)
-			if errors.Is(err, cache.ErrVersion) {
-				err = group.ErrVersion
-			}
-			return b, err
-		}))
+		srv.Serve(key, group.DatasetSource(m.ds))
 		// (A refused client's handshake error is the expected answer.)
 		hs := &http.Server{Handler: srv, ErrorLog: log.New(io.Discard, "", 0)}
 		go hs.Serve(tls.NewListener(lis, stc))
