@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"time"
+
+	"github.com/cistern-csi/cistern/test/bench/storemodel"
 )
 
 // The cold sequential step: one reader reads a whole large file, cold, in
@@ -14,7 +16,7 @@ import (
 
 // measureColdSeq reads the first large file once through every system
 // with a cold phase, and through direct.
-func measureColdSeq(ctx context.Context, systems []*system, ds dataset, px *proxy) ([]result, error) {
+func measureColdSeq(ctx context.Context, systems []*system, ds dataset, px *storemodel.Proxy) ([]result, error) {
 	p := plan{kind: "large", readers: 1, ranges: []span{{ds.large[0], 0, ds.largeSize}}, unique: ds.largeSize}
 	var out []result
 	for _, sys := range systems {

@@ -29,6 +29,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/cistern-csi/cistern/pkg/mounter"
+	"github.com/cistern-csi/cistern/test/bench/storemodel"
 	"github.com/cistern-csi/cistern/test/s3server"
 )
 
@@ -131,7 +132,7 @@ type bench struct {
 	work    string
 	procs   procs
 	srv     *s3server.Server
-	px      *proxy
+	px      *storemodel.Proxy
 	cistern *cisternStack
 	mounts  []*fuseMount
 	mu      sync.Mutex
@@ -231,7 +232,7 @@ func runBench(c config) (err error) {
 	if err := upload(ctx, b.srv, native); err != nil {
 		return err
 	}
-	if b.px, err = startProxy(b.srv.Addr, c.latency, c.bandwidth); err != nil {
+	if b.px, err = storemodel.Start(b.srv.Addr, c.latency, c.bandwidth); err != nil {
 		return err
 	}
 	st := store{endpoint: "http://" + b.px.Addr, bucket: "bench", prefix: "ds", ak: b.srv.AccessKey, sk: b.srv.SecretKey}

@@ -1,4 +1,8 @@
-package main
+// Package storemodel models a remote object store in front of a loopback S3
+// server: a TCP proxy that delays every chunk of every connection by a
+// latency in each direction and caps each direction at a bandwidth shared
+// by all connections (netem is not in every kernel; this needs none).
+package storemodel
 
 import (
 	"net"
@@ -7,11 +11,8 @@ import (
 	"time"
 )
 
-// proxy models a remote store in front of a loopback S3 server: every chunk
-// of every connection is delayed by latency in each direction, and each
-// direction is capped at a bandwidth shared by all connections (netem is not
-// in every kernel; this needs none).
-type proxy struct {
+// Proxy is a running model of a remote store.
+type Proxy struct {
 	Addr      string
 	latency   time.Duration
 	down, up  *bucket
@@ -49,21 +50,28 @@ func (b *bucket) take(n int) {
 	}
 }
 
-// startProxy listens on a loopback port and forwards to target.
-func startProxy(target string, latency time.Duration, bitsPerSecond int64) (*proxy, error) {
+// Start listens on a loopback port and forwards to target, adding latency
+// each way within bitsPerSecond per direction (0: unlimited).
+func Start(target string, latency time.Duration, bitsPerSecond int64) (*Proxy, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
+	return Serve(lis, target, latency, bitsPerSecond), nil
+}
+
+// Serve is Start on a listener of the caller's (one in another network
+// namespace); Close closes it.
+func Serve(lis net.Listener, target string, latency time.Duration, bitsPerSecond int64) *Proxy {
 	rate := float64(bitsPerSecond) / 8
-	p := &proxy{Addr: lis.Addr().String(), latency: latency, lis: lis, target: target,
+	p := &Proxy{Addr: lis.Addr().String(), latency: latency, lis: lis, target: target,
 		down: &bucket{rate: rate}, up: &bucket{rate: rate}, conns: map[net.Conn]bool{}}
 	p.wg.Add(1)
 	go p.serve()
-	return p, nil
+	return p
 }
 
-func (p *proxy) serve() {
+func (p *Proxy) serve() {
 	defer p.wg.Done()
 	for {
 		c, err := p.lis.Accept()
@@ -91,7 +99,7 @@ type chunk struct {
 
 // pipe copies src to dst, each chunk delivered latency after it was read,
 // within the direction's bandwidth.
-func (p *proxy) pipe(dst, src net.Conn, lim *bucket, count *atomic.Int64) {
+func (p *Proxy) pipe(dst, src net.Conn, lim *bucket, count *atomic.Int64) {
 	defer p.wg.Done()
 	q := make(chan chunk, 4096)
 	go func() {
@@ -132,7 +140,7 @@ func (p *proxy) pipe(dst, src net.Conn, lim *bucket, count *atomic.Int64) {
 }
 
 // Close stops accepting and closes every connection.
-func (p *proxy) Close() {
+func (p *Proxy) Close() {
 	p.lis.Close()
 	p.mu.Lock()
 	for c := range p.conns {
