@@ -103,15 +103,16 @@ bench-scale-smoke: build
 ## bench-group: the cache group's figures (issue 16), one per line, as
 ## `<figure>: <value> (goal <goal>) pass|fail`: source GETs per block,
 ## re-fetches after a join, capacity and a rogue client on members in this
-## process, and placement (balance, weights, join, leave); latency and
-## churn are printed as not measured.
-bench-group:
-	$(GO) run ./test/bench/group
+## process; placement (balance, weights, join, leave); latency and churn on
+## real cistern-cache daemons, each in a network namespace of its own
+## (needs root and versitygw; about 2 minutes).
+bench-group: build
+	$(GO) run ./test/bench/group --bin-dir $(BIN)
 
-## bench-group-smoke: the same on fewer blocks (in make test).
-bench-group-smoke:
+## bench-group-smoke: the same on fewer and smaller blocks (in make test).
+bench-group-smoke: build
 	@mkdir -p $(OUT)
-	@$(GO) run ./test/bench/group --smoke > $(OUT)/bench-group-smoke.log 2>&1 || { cat $(OUT)/bench-group-smoke.log; exit 1; }
+	@$(GO) run ./test/bench/group --bin-dir $(BIN) --smoke > $(OUT)/bench-group-smoke.log 2>&1 || { cat $(OUT)/bench-group-smoke.log; exit 1; }
 	@echo "bench-group smoke: ok ($$(grep -c ' pass$$' $(OUT)/bench-group-smoke.log) of $$(grep -c ' (goal ' $(OUT)/bench-group-smoke.log) figures pass)"
 
 ## bench: the research-platform benchmark (a remote-store model in front of a

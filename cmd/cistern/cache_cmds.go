@@ -49,6 +49,13 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "cache group %s: member %s (%s) on %s, %d members, %d datasets; from peers %s, to peers %s in %d blocks\n",
 			g.Name, g.Self, role, g.Listen, len(g.Members), g.Datasets, human(g.PeerBytesIn), human(g.PeerBytesOut), g.BlocksOut)
+		if len(g.Members) > 0 {
+			var ms []string
+			for _, m := range g.Members {
+				ms = append(ms, fmt.Sprintf("%s (serves %d)", m, len(g.Serving[m])))
+			}
+			fmt.Fprintf(out, "cache group members: %s\n", strings.Join(ms, ", "))
+		}
 		if g.MembersError != "" {
 			fmt.Fprintf(out, "cache group members: last read failed (%s); the list before is used\n", g.MembersError)
 		}

@@ -192,6 +192,10 @@ type GroupStats struct {
 	// true when this member owns blocks (it is among them, weight > 0).
 	Members []string `json:"members"`
 	Owner   bool     `json:"owner"`
+	// Serving are, by member ID, the public IDs of the datasets each
+	// member serves as last read: a dataset's blocks are placed over
+	// the members serving it.
+	Serving map[string][]string `json:"serving,omitempty"`
 	// MembersError is the last failure to read the members ("" = none;
 	// the last list read is kept).
 	MembersError string `json:"membersError,omitempty"`

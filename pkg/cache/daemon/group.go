@@ -324,6 +324,12 @@ func (d *Daemon) groupStats(peerBytesIn int64) *api.GroupStats {
 		BlocksOut: g.server.Blocks.Load(), PeerBytesOut: g.server.Bytes.Load(), MembersError: g.listErr, Datasets: len(g.served)}
 	for _, m := range g.members {
 		st.Members = append(st.Members, m.ID)
+		if ids := g.serving[m.ID]; len(ids) > 0 {
+			if st.Serving == nil {
+				st.Serving = map[string][]string{}
+			}
+			st.Serving[m.ID] = slices.Clone(ids)
+		}
 		if m.ID == g.node.Self && m.Weight > 0 {
 			st.Owner = true
 		}

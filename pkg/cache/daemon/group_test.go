@@ -100,16 +100,15 @@ func TestDaemonsFormACacheGroup(t *testing.T) {
 	mnt0, mnt1 := mount(nodes[0]), mount(nodes[1])
 	// Each member learns that the other serves the dataset too (a
 	// member owns blocks only of the datasets it can fetch).
+	// (Stats show it: what the members serve, by member.)
 	for _, n := range nodes {
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			n.d.group.mu.Lock()
-			both := len(n.d.group.serving["node-0"]) == 1 && len(n.d.group.serving["node-1"]) == 1
-			n.d.group.mu.Unlock()
-			if both {
+			sv := n.d.Stats().Group.Serving
+			if len(sv["node-0"]) == 1 && len(sv["node-1"]) == 1 && sv["node-0"][0] == sv["node-1"][0] {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatal("the members did not learn that both serve the dataset")
+				t.Fatalf("the members did not learn that both serve the dataset: %v", sv)
 			}
 		}
 	}

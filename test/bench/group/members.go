@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log"
@@ -142,31 +143,25 @@ func readFile(ds *cache.Dataset, src source.Source, name string) error {
 	return nil
 }
 
-// writeFile writes size random-looking bytes to path.
+// writeFile writes size random-looking bytes (pattern) to path.
 func writeFile(path string, size int64, seed uint64) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 1<<20)
+	return os.WriteFile(path, pattern(size, seed), 0o644)
+}
+
+// pattern returns size random-looking bytes made from seed.
+func pattern(size int64, seed uint64) []byte {
+	b := make([]byte, size+7)
 	x := seed*0x9e3779b97f4a7c15 + 1
-	for done := int64(0); done < size; done += int64(len(buf)) {
-		for i := 0; i+8 <= len(buf); i += 8 {
-			x ^= x << 13
-			x ^= x >> 7
-			x ^= x << 17
-			buf[i], buf[i+1], buf[i+2], buf[i+3] = byte(x), byte(x>>8), byte(x>>16), byte(x>>24)
-			buf[i+4], buf[i+5], buf[i+6], buf[i+7] = byte(x>>32), byte(x>>40), byte(x>>48), byte(x>>56)
-		}
-		if _, err := f.Write(buf[:min(int64(len(buf)), size-done)]); err != nil {
-			f.Close()
-			return err
-		}
+	for i := 0; i+8 <= len(b); i += 8 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		binary.LittleEndian.PutUint64(b[i:], x)
 	}
-	return f.Close()
+	return b[:size]
 }
 
 // readAll has every member read every name at once (one goroutine per

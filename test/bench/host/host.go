@@ -88,3 +88,23 @@ func Stop(cmd *exec.Cmd, grace time.Duration) {
 		<-done
 	}
 }
+
+// UnmountUnder detaches every mount at or under dir (what a failed run
+// left: a daemon stopped with a keeper hands its mounts over rather than
+// unmounting them) and returns how many.
+func UnmountUnder(dir string) int {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
+			if syscall.Unmount(f[1], syscall.MNT_DETACH) == nil {
+				n++
+			}
+		}
+	}
+	return n
+}

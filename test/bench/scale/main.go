@@ -121,7 +121,7 @@ func run(c config) error {
 	defer func() {
 		// Stopped processes first (deferred in measure), then what they
 		// may have left mounted, then the files.
-		if n := unmountUnder(c.work); n > 0 {
+		if n := host.UnmountUnder(c.work); n > 0 {
 			say("detached %d mounts left under %s", n, c.work)
 		}
 		if !c.keep {

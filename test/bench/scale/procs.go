@@ -6,10 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/test/bench/host"
@@ -80,26 +77,6 @@ func start(logPath, bin string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	return cmd, cmd.Start()
-}
-
-// unmountUnder detaches every mount at or under dir (what a failed run
-// left: a daemon stopped with a keeper hands its mounts over rather than
-// unmounting them) and returns how many.
-func unmountUnder(dir string) int {
-	b, err := os.ReadFile("/proc/mounts")
-	if err != nil {
-		return 0
-	}
-	n := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
-			if unix.Unmount(f[1], unix.MNT_DETACH) == nil {
-				n++
-			}
-		}
-	}
-	return n
 }
 
 // stopProcess stops a process of the benchmark's (30 s to exit).
