@@ -25,10 +25,10 @@ const (
 	ParamMetaCache  = "metacache"
 	ParamWarmup     = "warmup"
 	// S3 connection keys (s3:// sources only).
-	ParamEndpoint   = "endpoint"
-	ParamRegion     = "region"
-	ParamAddressing = "addressing"
-	ParamAnonymous  = "anonymous"
+	ParamEndpoint   = api.OptEndpoint
+	ParamRegion     = api.OptRegion
+	ParamAddressing = api.OptAddressing
+	ParamAnonymous  = api.OptAnonymous
 	// S3 ownership keys: who owns the files of an object store, which has
 	// no owners of its own (s3:// sources only).
 	ParamUID      = "uid"
@@ -158,7 +158,7 @@ func ParseParams(m map[string]string, inline bool) (*Params, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parameter %w", err)
 	}
-	if err := applyS3Params(&src, m); err != nil {
+	if err := src.ApplyOptions(m); err != nil {
 		return nil, err
 	}
 	if p.Owner, err = parseOwner(src, m); err != nil {
@@ -307,32 +307,6 @@ func (p *Params) Context() map[string]string {
 		m[ParamWarmup] = strings.Join(ws, ",")
 	}
 	return m
-}
-
-// applyS3Params sets an S3 source's connection options from their
-// parameters; they are refused for any other source.
-func applyS3Params(src *api.Source, m map[string]string) error {
-	for _, k := range []string{ParamEndpoint, ParamRegion, ParamAddressing, ParamAnonymous} {
-		if _, ok := m[k]; ok && !src.IsS3() {
-			return fmt.Errorf("parameter %s applies to s3:// sources only", k)
-		}
-	}
-	if !src.IsS3() {
-		return nil
-	}
-	l := &src.S3
-	l.Endpoint, l.Region, l.Addressing = m[ParamEndpoint], m[ParamRegion], m[ParamAddressing]
-	if v, ok := m[ParamAnonymous]; ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return fmt.Errorf("parameter %s %q must be true or false", ParamAnonymous, v)
-		}
-		l.Anonymous = b
-	}
-	if err := l.CheckOptions(); err != nil {
-		return fmt.Errorf("parameter %w", err)
-	}
-	return nil
 }
 
 // Owner is who owns an S3 dataset's files and with which modes (zero:

@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"path"
+	"strconv"
 	"strings"
 
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
@@ -80,4 +81,39 @@ func ParseSource(raw string) (Source, error) {
 		return Source{}, fmt.Errorf("source %q: the path must be absolute, clean (no '..', '.', '//' or trailing '/') and not '/'", raw)
 	}
 	return Source{Scheme: scheme, Path: p}, nil
+}
+
+// An S3 source's connection options, as dataset parameters name them.
+const (
+	OptEndpoint   = "endpoint"
+	OptRegion     = "region"
+	OptAddressing = "addressing"
+	OptAnonymous  = "anonymous"
+)
+
+// ApplyOptions sets an S3 source's connection options from the dataset
+// parameters m (other keys are not looked at); they are refused for any
+// other source.
+func (s *Source) ApplyOptions(m map[string]string) error {
+	for _, k := range []string{OptEndpoint, OptRegion, OptAddressing, OptAnonymous} {
+		if _, ok := m[k]; ok && !s.IsS3() {
+			return fmt.Errorf("parameter %s applies to s3:// sources only", k)
+		}
+	}
+	if !s.IsS3() {
+		return nil
+	}
+	l := &s.S3
+	l.Endpoint, l.Region, l.Addressing = m[OptEndpoint], m[OptRegion], m[OptAddressing]
+	if v, ok := m[OptAnonymous]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("parameter %s %q must be true or false", OptAnonymous, v)
+		}
+		l.Anonymous = b
+	}
+	if err := l.CheckOptions(); err != nil {
+		return fmt.Errorf("parameter %w", err)
+	}
+	return nil
 }
