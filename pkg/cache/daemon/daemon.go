@@ -92,6 +92,13 @@ func New(opts Options) (*Daemon, error) {
 		d.unmountTmpfs()
 		return nil, err
 	}
+	if err := d.serveGroupDatasets(); err != nil {
+		d.stopGroup()
+		d.stop()
+		d.cache.Close()
+		d.unmountTmpfs()
+		return nil, err
+	}
 	if opts.Keeper != "" {
 		d.keeper = keeper.NewClient(opts.Keeper)
 		d.resumeAll()

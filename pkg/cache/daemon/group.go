@@ -340,18 +340,28 @@ func (d *Daemon) groupStats(peerBytesIn int64) *api.GroupStats {
 // membership returns the function that lists the group's members.
 func (o *Options) membership() (func(context.Context) ([]group.Member, error), error) {
 	switch {
-	case o.GroupService != "":
-		ns, svc, _ := strings.Cut(o.GroupService, "/")
+	case o.GroupService != "" || o.GroupCacheService != "":
 		kc, err := kube.InCluster(kube.ServiceAccountDir)
 		if err != nil {
 			return nil, fmt.Errorf("--group-service: %w", err)
 		}
 		return func(ctx context.Context) ([]group.Member, error) {
-			eps, err := kc.ListEndpoints(ctx, ns, svc, groupPortName)
-			if err != nil {
-				return nil, err
+			var out []group.Member
+			for _, s := range []struct {
+				svc   string
+				byPod bool
+			}{{o.GroupService, false}, {o.GroupCacheService, true}} {
+				if s.svc == "" {
+					continue
+				}
+				ns, name, _ := strings.Cut(s.svc, "/")
+				eps, err := kc.ListEndpoints(ctx, ns, name, groupPortName)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, endpointMembers(eps, s.byPod)...)
 			}
-			return endpointMembers(eps), nil
+			return out, nil
 		}, nil
 	case strings.HasPrefix(o.GroupMembers, "@"):
 		path := o.GroupMembers[1:]
@@ -374,10 +384,10 @@ func (o *Options) membership() (func(context.Context) ([]group.Member, error), e
 // endpointMembers are the members of the group's EndpointSlices: every
 // serving endpoint that is not terminating, by node name (a DaemonSet's
 // pod keeps its blocks across restarts and upgrades), by pod name when
-// a node has two or none, weight 1. A terminating member
+// a node has two or none or byPod (cache-only members), weight 1. A terminating member
 // leaves the placement at once; the blocks it owned are asked of it by
 // their new owners for the hand-off period while it still answers.
-func endpointMembers(eps []kube.Endpoint) []group.Member {
+func endpointMembers(eps []kube.Endpoint, byPod bool) []group.Member {
 	// One endpoint may be listed in two slices (while they are updated,
 	// or an IPv4 and an IPv6 slice): one member per pod (or address).
 	type ep struct {
@@ -404,7 +414,7 @@ func endpointMembers(eps []kube.Endpoint) []group.Member {
 	var out []group.Member
 	for _, e := range live {
 		id := e.NodeName
-		if id == "" || len(pods[id]) > 1 { // two pods on one node: by pod
+		if byPod || id == "" || len(pods[id]) > 1 { // two pods on one node: by pod
 			id = e.who
 		}
 		out = append(out, group.Member{ID: id, Addr: net.JoinHostPort(e.Address, strconv.Itoa(e.Port)), Weight: 1})

@@ -219,8 +219,11 @@ func TestGroupOptions(t *testing.T) {
 		want string
 	}{
 		{"members without a group", func(o *Options) { o.GroupMembers = "a=127.0.0.1:1" }, "need --group"},
-		{"no membership", func(o *Options) { o.Group = "research" }, "one of --group-members and --group-service"},
-		{"both memberships", func(o *Options) { o.Group, o.GroupMembers, o.GroupService = "research", "a=127.0.0.1:1", "ns/svc" }, "one of"},
+		{"datasets without a group", func(o *Options) { o.GroupDatasets = "/etc/cistern/group-datasets" }, "need --group"},
+		{"no membership", func(o *Options) { o.Group = "research" }, "either --group-members or the Services"},
+		{"both memberships", func(o *Options) { o.Group, o.GroupMembers, o.GroupService = "research", "a=127.0.0.1:1", "ns/svc" }, "either"},
+		{"list and cache-only service", func(o *Options) { o.Group, o.GroupMembers, o.GroupCacheService = "research", "a=127.0.0.1:1", "ns/svc" }, "either"},
+		{"bad cache-only service", func(o *Options) { o.Group, o.GroupService, o.GroupCacheService = "research", "ns/svc", "ns/" }, "--group-cache-service"},
 		{"bad group", func(o *Options) { o.Group, o.GroupMembers = "Research", "a=127.0.0.1:1" }, "DNS label"},
 		{"bad service", func(o *Options) { o.Group, o.GroupService = "research", "svc" }, "NAMESPACE/NAME"},
 		{"bad member", func(o *Options) { o.Group, o.GroupMembers = "research", "a=nowhere" }, `member "a=nowhere"`},
@@ -241,9 +244,10 @@ func TestGroupOptions(t *testing.T) {
 }
 
 // TestEndpointMembers: serving endpoints that are not terminating, once
-// each, by node name (by pod when two share a node), weight 1.
+// each, by node name (by pod when two share a node, and for the cache-only
+// members' Service), weight 1.
 func TestEndpointMembers(t *testing.T) {
-	got := endpointMembers([]kube.Endpoint{
+	eps := []kube.Endpoint{
 		{Address: "10.0.0.1", Port: 7480, NodeName: "node-a", Pod: "p1", Ready: true, Serving: true},
 		{Address: "10.0.0.2", Port: 7480, NodeName: "node-b", Pod: "p2", Serving: true, Terminating: true},
 		{Address: "10.0.0.3", Port: 7480, NodeName: "node-c", Pod: "p3"},
@@ -253,10 +257,16 @@ func TestEndpointMembers(t *testing.T) {
 		// The same pod again, in a second slice (an update, or the
 		// IPv6 slice of a dual-stack Service): not a second member.
 		{Address: "fd00::6", Port: 7480, NodeName: "node-d", Pod: "p6", Ready: true, Serving: true},
-	})
+	}
+	got := endpointMembers(eps, false)
 	want := []group.Member{{ID: "p1", Addr: "10.0.0.1:7480", Weight: 1}, {ID: "cache-0", Addr: "10.0.0.4:7480", Weight: 1},
 		{ID: "cache-1", Addr: "[fd00::5]:7480", Weight: 1}, {ID: "node-d", Addr: "10.0.0.6:7480", Weight: 1}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("members:\n got %+v\nwant %+v", got, want)
+	}
+	got = endpointMembers(eps, true)
+	want[3].ID = "p6"
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("cache-only members:\n got %+v\nwant %+v", got, want)
 	}
 }

@@ -57,6 +57,12 @@ type Options struct {
 	// GroupService is NAMESPACE/NAME of the Service whose EndpointSlices
 	// list the members (its port named "group").
 	GroupService string
+	// GroupCacheService is NAMESPACE/NAME of the Service of the group's
+	// cache-only members (members by pod name).
+	GroupCacheService string
+	// GroupDatasets is a directory of datasets this member serves to the
+	// group without volumes (a cache-only member; groupserve.go).
+	GroupDatasets string
 	// GroupDeadline bounds each peer's answer.
 	GroupDeadline time.Duration
 }
@@ -81,6 +87,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.GroupTLSDir, "group-tls-dir", "/etc/cistern/group-tls", "directory with ca.crt (the group's CA), tls.crt and tls.key (this member's certificate, signed by the CA)")
 	fs.StringVar(&o.GroupMembers, "group-members", "", "static members: ID=HOST:PORT[/WEIGHT],... or @FILE (one per line, read again every 2 s)")
 	fs.StringVar(&o.GroupService, "group-service", "", "NAMESPACE/NAME of the Service whose EndpointSlices list the members (port named \"group\"; members by node name)")
+	fs.StringVar(&o.GroupCacheService, "group-cache-service", "", "NAMESPACE/NAME of the Service of the group's cache-only members (port named \"group\"; members by pod name)")
+	fs.StringVar(&o.GroupDatasets, "group-datasets", "", "directory of <dataset>.json files: datasets served to the group without volumes (a cache-only member)")
 	fs.DurationVar(&o.GroupDeadline, "group-peer-deadline", 2*time.Second, "longest wait for a peer's block before the next member or the source")
 	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3store.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")
 }
@@ -134,8 +142,8 @@ func (o *Options) tiers() string {
 // validateGroup checks the cache group's options.
 func (o *Options) validateGroup() []error {
 	if o.Group == "" {
-		if o.GroupMembers != "" || o.GroupService != "" {
-			return []error{errors.New("--group-members and --group-service need --group")}
+		if o.GroupMembers != "" || o.GroupService != "" || o.GroupCacheService != "" || o.GroupDatasets != "" {
+			return []error{errors.New("--group-members, --group-service, --group-cache-service and --group-datasets need --group")}
 		}
 		return nil
 	}
@@ -149,12 +157,15 @@ func (o *Options) validateGroup() []error {
 	if _, _, err := net.SplitHostPort(o.GroupListen); err != nil {
 		errs = append(errs, fmt.Errorf("--group-listen %q: %w", o.GroupListen, err))
 	}
+	services := o.GroupService != "" || o.GroupCacheService != ""
 	switch {
-	case (o.GroupMembers == "") == (o.GroupService == ""):
-		errs = append(errs, errors.New("--group needs one of --group-members and --group-service"))
-	case o.GroupService != "":
-		if ns, name, ok := strings.Cut(o.GroupService, "/"); !ok || !dnsLabel.MatchString(ns) || !dnsLabel.MatchString(name) {
-			errs = append(errs, fmt.Errorf("--group-service %q: want NAMESPACE/NAME", o.GroupService))
+	case (o.GroupMembers == "") == !services:
+		errs = append(errs, errors.New("--group needs either --group-members or the Services (--group-service, --group-cache-service)"))
+	case services:
+		for flag, v := range map[string]string{"--group-service": o.GroupService, "--group-cache-service": o.GroupCacheService} {
+			if ns, name, ok := strings.Cut(v, "/"); v != "" && (!ok || !dnsLabel.MatchString(ns) || !dnsLabel.MatchString(name)) {
+				errs = append(errs, fmt.Errorf("%s %q: want NAMESPACE/NAME", flag, v))
+			}
 		}
 	case !strings.HasPrefix(o.GroupMembers, "@"):
 		if _, err := ParseMembers(o.GroupMembers); err != nil {
