@@ -73,14 +73,15 @@ s3key=AK$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n') s3secret=SK$(head 
 ROOT_ACCESS_KEY=$s3key ROOT_SECRET_KEY=$s3secret setsid "$versitygw" --port "$S3ADDR" --quiet posix "$S3DIR" > "$OUT/versitygw.log" 2>&1 &
 s3pid=$!
 
-"$helm" install cistern deploy/charts/cistern --namespace kube-system -f test/k8s/values-local.yaml --wait --timeout 3m
-# The credentials go through stdin, never argv.
+# The credentials go through stdin, never argv; before the chart, whose
+# cache-only member serves an S3 dataset with them.
 k apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Secret
 metadata: {name: cistern-e2e-s3, namespace: kube-system}
 stringData: {access-key: "$s3key", secret-key: "$s3secret"}
 EOF
+"$helm" install cistern deploy/charts/cistern --namespace kube-system -f test/k8s/values-local.yaml --wait --timeout 3m
 k apply -f test/k8s/storageclass-file.yaml -f test/k8s/storageclass-s3.yaml >/dev/null
 phase "helm install"
 

@@ -178,6 +178,64 @@ k -n team-a delete pvc pooled --wait=true >/dev/null 2>&1
 k label node "$node" cistern.csi.dev/cache-group- >/dev/null
 k -n "$NS" rollout status daemonset/cistern-node --timeout=120s >/dev/null 2>&1
 
+echo "== a shared cache group: the node's daemon and a cache-only member"
+# A file written to an S3 dataset through a read-write volume, then read
+# through a read-only class whose cacheGroup is the shared group: the
+# node's daemon takes the blocks the cache-only member owns from it (which
+# fetched them from the store), and the bytes are the file's.
+s3class() { # s3class NAME ACCESS [extra parameter lines]
+  k apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $1}
+provisioner: cistern.csi.dev
+volumeBindingMode: WaitForFirstConsumer
+parameters:
+  dataset: shared-s3
+  source: s3://cistern-e2e/group
+  endpoint: http://127.0.0.1:7480
+  addressing: path
+  access: $2
+  fileMode: "0666"
+  dirMode: "0777"
+  csi.storage.k8s.io/provisioner-secret-name: cistern-e2e-s3
+  csi.storage.k8s.io/provisioner-secret-namespace: kube-system
+  csi.storage.k8s.io/node-stage-secret-name: cistern-e2e-s3
+  csi.storage.k8s.io/node-stage-secret-namespace: kube-system
+${3:-}
+EOF
+}
+k create namespace team-g >/dev/null 2>&1
+s3class group-rw read-write
+s3class group-ro read-only '  shared: "true"
+  cacheGroup: shared-pool'
+claim team-g w group-rw ReadWriteMany
+pod team-g writer w 'dd if=/dev/urandom of=/data/big.bin bs=1M count=24 2>/dev/null && md5sum /data/big.bin | cut -c1-32'
+sum_w=$(done_pod team-g writer)
+k -n team-g delete pod writer --wait=true >/dev/null 2>&1 # unpublished by the node plugin that published it
+k label node "$node" cistern.csi.dev/cache-group=shared-pool --overwrite >/dev/null
+k -n "$NS" rollout status daemonset/cistern-node-shared-pool --timeout=120s >/dev/null 2>&1
+claim team-g r group-ro ReadOnlyMany
+pod team-g reader r 'md5sum /data/team-g/w/big.bin | cut -c1-32'
+sum_r=$(done_pod team-g reader)
+gpod=$(k -n "$NS" get pods -l app.kubernetes.io/component=node,cistern.csi.dev/pool=shared-pool -o jsonpath='{.items[0].metadata.name}')
+cpod=$(k -n "$NS" get pods -l app.kubernetes.io/component=group-cache -o jsonpath='{.items[0].metadata.name}')
+gstats=$(k -n "$NS" exec "$gpod" -c cistern-cache -- cistern stats 2>&1 | grep '^cache group shared-pool')
+cstats=$(k -n "$NS" exec "$cpod" -- cistern stats 2>&1 | grep '^cache group shared-pool')
+from=$(echo "$gstats" | sed -n 's/.*from peers \([^,]*\),.*/\1/p')
+sent=$(echo "$cstats" | sed -n 's/.* in \([0-9]*\) blocks.*/\1/p')
+if [ -n "$sum_w" ] && [ "$sum_w" = "$sum_r" ] && [ -n "$from" ] && [ "$from" != "0 B" ] && [ "${sent:-0}" -gt 0 ]; then
+  ok "the node's first read of a file took the cache-only member's blocks from it ($from from peers; the member sent $sent blocks)"
+else
+  bad "shared cache group" "written [$sum_w], read [$sum_r]; node member: [$gstats]; cache-only member: [$cstats]"
+fi
+k -n team-g delete pod reader --wait=true >/dev/null 2>&1
+k -n team-g delete pvc w r --wait=true >/dev/null 2>&1
+k label node "$node" cistern.csi.dev/cache-group- >/dev/null
+k -n "$NS" rollout status daemonset/cistern-node --timeout=120s >/dev/null 2>&1
+k delete namespace team-g --wait=true >/dev/null 2>&1
+k delete storageclass group-rw group-ro >/dev/null 2>&1
+
 echo "== the delete guard after the controller's pod moves"
 # A read-write volume that deletes its directory, a read-only volume of the
 # same dataset inside it, and a static PV inside it; the controller's pod
