@@ -25,6 +25,15 @@ func startDaemon(t *testing.T, grace time.Duration) (*Daemon, *api.Client, strin
 // startDaemonWith is startDaemon with options changed by set.
 func startDaemonWith(t *testing.T, set func(*Options)) (*Daemon, *api.Client, string) {
 	t.Helper()
+	d, cl, addr, _ := startStoppable(t, set)
+	return d, cl, addr
+}
+
+// startStoppable is startDaemonWith that also returns stop, which stops
+// the daemon as SIGTERM does and waits for it (once: the test's cleanup
+// calls it too).
+func startStoppable(t *testing.T, set func(*Options)) (*Daemon, *api.Client, string, func()) {
+	t.Helper()
 	cachetest.RequireFUSE(t)
 	state := t.TempDir()
 	o := Options{
@@ -39,15 +48,19 @@ func startDaemonWith(t *testing.T, set func(*Options)) (*Daemon, *api.Client, st
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-		if b, _ := os.ReadFile("/proc/mounts"); strings.Contains(string(b), state) {
-			t.Errorf("mounts left under %s after the daemon stopped", state)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-errc; err != nil {
+				t.Errorf("daemon: %v", err)
+			}
+			if b, _ := os.ReadFile("/proc/mounts"); strings.Contains(string(b), state) {
+				t.Errorf("mounts left under %s after the daemon stopped", state)
+			}
+		})
+	}
+	t.Cleanup(stop)
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		if _, err := os.Stat(filepath.Join(state, "cache.sock")); err == nil && d.MetricsAddr() != "" {
 			break
@@ -56,7 +69,7 @@ func startDaemonWith(t *testing.T, set func(*Options)) (*Daemon, *api.Client, st
 			t.Fatal("daemon socket did not appear")
 		}
 	}
-	return d, api.NewClient(filepath.Join(state, "cache.sock")), d.MetricsAddr()
+	return d, api.NewClient(filepath.Join(state, "cache.sock")), d.MetricsAddr(), stop
 }
 
 func fuseMountsUnder(t *testing.T, dir string) int {

@@ -131,11 +131,12 @@ func (d *Daemon) GroupAddr() string {
 	return d.group.addr
 }
 
-// stopGroup stops the peer server.
+// stopGroup stops the peer server (after the drain, see drainGroup).
 func (d *Daemon) stopGroup() {
 	if d.group == nil {
 		return
 	}
+	d.drainGroup()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = d.group.http.Shutdown(ctx)

@@ -155,3 +155,34 @@ func (d *Daemon) serveGroupDatasets() error {
 	}
 	return nil
 }
+
+// drainIdle is how long a draining member waits for a peer's request
+// before it stops: longer than the members take to see it leave
+// (membersEvery) and then ask it for what it held.
+var drainIdle = 5 * time.Second
+
+// drainGroup keeps the peer server answering for up to --group-drain while
+// the other members take this one's blocks over: its endpoint is
+// terminating, they place its blocks elsewhere and, for the hand-off,
+// ask it for them before the store (a cache-only member scaled down
+// would otherwise take its share with it). It ends once no peer has
+// asked for drainIdle.
+func (d *Daemon) drainGroup() {
+	if d.opts.GroupDrain <= 0 {
+		return
+	}
+	start := time.Now()
+	end := start.Add(d.opts.GroupDrain)
+	d.group.log.Info("Draining: answering peers while they take this member's blocks over", "atMost", d.opts.GroupDrain)
+	for time.Now().Before(end) {
+		last := d.group.server.LastAsked()
+		if last.Before(start) {
+			last = start
+		}
+		if time.Since(last) >= drainIdle {
+			break
+		}
+		time.Sleep(min(100*time.Millisecond, time.Until(end)))
+	}
+	d.group.log.Info("Drained", "took", time.Since(start).Round(time.Millisecond), "blocksServed", d.group.server.Blocks.Load())
+}

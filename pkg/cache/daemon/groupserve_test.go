@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
 	"github.com/cistern-csi/cistern/pkg/cache/internal/cachetest"
@@ -37,56 +40,58 @@ func writeSecretVolume(t *testing.T, secrets map[string]string) string {
 	return dir
 }
 
-// TestCacheOnlyMemberServesTheGroup: a daemon with no volumes serves an
-// S3 dataset to its group from --group-datasets (the StorageClass's
-// source parameters, the credentials from a mounted Secret). A node
-// member mounting the dataset for a volume finds it serving the same
-// dataset (their keys in the group agree), and its first read of a file
-// takes the blocks the cache-only member owns from it, which fetched them
-// from the store: each byte once in all.
-func TestCacheOnlyMemberServesTheGroup(t *testing.T) {
+// cacheOnlyPair is a node member (node-0, 127.0.0.1) mounting an S3
+// dataset for a volume and a cache-only member (cache-0, 127.0.0.2)
+// serving it from --group-datasets (the StorageClass's source parameters,
+// the credentials from a mounted Secret), listed in a members file.
+type cacheOnlyPair struct {
+	e                *cachetest.S3Env
+	node, cacheOnly  *Daemon
+	stopCacheOnly    func()
+	members, mnt     string
+	nodeAddr, coAddr string
+}
+
+func startCacheOnlyPair(t *testing.T, set func(*Options)) *cacheOnlyPair {
+	t.Helper()
 	old := membersEvery
 	membersEvery = 20 * time.Millisecond
 	t.Cleanup(func() { membersEvery = old })
-	e := cachetest.NewS3Env(t)
-	big := make([]byte, 24*cachetest.Block+77)
-	for i := range big {
-		big[i] = byte(i*5 + i>>10)
-	}
-	e.Put(t, "shards/cache-only.bin", big)
+	p := &cacheOnlyPair{e: cachetest.NewS3Env(t)}
 	tlsDir := writeGroupTLS(t)
-	members := filepath.Join(t.TempDir(), "members")
+	p.members = filepath.Join(t.TempDir(), "members")
 	datasets := t.TempDir()
 	spec := fmt.Sprintf(`{"parameters": {"source": "s3://data/ds", "endpoint": %q, "region": "us-east-1", "addressing": "path"}, "secretsDir": %q}`,
-		e.Srv.Endpoint, writeSecretVolume(t, e.Srv.Secrets()))
+		p.e.Srv.Endpoint, writeSecretVolume(t, p.e.Srv.Secrets()))
 	if err := os.WriteFile(filepath.Join(datasets, "objects.json"), []byte(spec), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	set := func(id, ip string) func(*Options) {
+	member := func(id, ip string) func(*Options) {
 		return func(o *Options) {
 			o.Group, o.GroupID, o.GroupListen, o.GroupTLSDir = "research", id, ip+":0", tlsDir
-			o.GroupMembers, o.GroupDeadline = "@"+members, 10*time.Second
+			o.GroupMembers, o.GroupDeadline = "@"+p.members, 10*time.Second
 		}
 	}
-	node, ncl, _ := startDaemonWith(t, set("node-0", "127.0.0.1"))
-	cacheOnly, ccl, _ := startDaemonWith(t, func(o *Options) {
-		set("cache-0", "127.0.0.2")(o)
+	var ncl *api.Client
+	p.node, ncl, _ = startDaemonWith(t, member("node-0", "127.0.0.1"))
+	p.cacheOnly, _, _, p.stopCacheOnly = startStoppable(t, func(o *Options) {
+		member("cache-0", "127.0.0.2")(o)
 		o.GroupDatasets = datasets
+		set(o)
 	})
-	list := fmt.Sprintf("node-0=%s\ncache-0=%s\n", node.GroupAddr(), cacheOnly.GroupAddr())
-	if err := os.WriteFile(members, []byte(list), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	p.nodeAddr, p.coAddr = p.node.GroupAddr(), p.cacheOnly.GroupAddr()
+	p.list(t, "node-0="+p.nodeAddr, "cache-0="+p.coAddr)
 	ctx := context.Background()
-	req := api.MountRequest{Holder: "volume:a", Dataset: "objects", Source: e.Loc.String(), ReadOnly: true, MetaCache: time.Hour,
-		Secrets: e.Srv.Secrets(), CacheGroup: "research"}
+	req := api.MountRequest{Holder: "volume:a", Dataset: "objects", Source: p.e.Loc.String(), ReadOnly: true, MetaCache: time.Hour,
+		Secrets: p.e.Srv.Secrets(), CacheGroup: "research"}
 	resp, err := ncl.Mount(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ncl.Release(ctx, req.Holder) })
+	p.mnt = resp.MountPath
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		sv := node.Stats().Group.Serving
+		sv := p.node.Stats().Group.Serving
 		if len(sv["node-0"]) == 1 && len(sv["cache-0"]) == 1 && sv["node-0"][0] == sv["cache-0"][0] {
 			break
 		}
@@ -94,11 +99,50 @@ func TestCacheOnlyMemberServesTheGroup(t *testing.T) {
 			t.Fatalf("the node member does not see the cache-only member serve its dataset: %v", sv)
 		}
 	}
-	got, err := os.ReadFile(filepath.Join(resp.MountPath, "shards/cache-only.bin"))
-	if err != nil || !bytes.Equal(got, big) {
-		t.Fatalf("read through the group: %d bytes, %v", len(got), err)
+	return p
+}
+
+// list writes the members file.
+func (p *cacheOnlyPair) list(t *testing.T, members ...string) {
+	t.Helper()
+	if err := os.WriteFile(p.members, []byte(strings.Join(members, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	ns, cs := node.Stats(), cacheOnly.Stats()
+}
+
+// read reads name through the node member's mount, not from the kernel's
+// page cache, and checks its bytes.
+func (p *cacheOnlyPair) read(t *testing.T, name string, want []byte) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(p.mnt, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read %s through the group: %d bytes, %v", name, len(got), err)
+	}
+}
+
+// TestCacheOnlyMemberServesTheGroup: a daemon with no volumes serves an
+// S3 dataset to its group from --group-datasets. A node member mounting
+// the dataset for a volume finds it serving the same dataset (their keys
+// in the group agree), and its first read of a file takes the blocks the
+// cache-only member owns from it, which fetched them from the store:
+// each byte once in all.
+func TestCacheOnlyMemberServesTheGroup(t *testing.T) {
+	p := startCacheOnlyPair(t, func(*Options) {})
+	big := make([]byte, 24*cachetest.Block+77)
+	for i := range big {
+		big[i] = byte(i*5 + i>>10)
+	}
+	p.e.Put(t, "shards/cache-only.bin", big)
+	p.read(t, "shards/cache-only.bin", big)
+	ns, cs := p.node.Stats(), p.cacheOnly.Stats()
 	if cs.Cache.SourceBytes == 0 || ns.Group.PeerBytesIn == 0 || cs.Group.PeerBytesOut != ns.Group.PeerBytesIn {
 		t.Errorf("the cache-only member fetched %d bytes and sent %d, the node member took %d from it: want its share, through it",
 			cs.Cache.SourceBytes, cs.Group.PeerBytesOut, ns.Group.PeerBytesIn)
@@ -109,8 +153,54 @@ func TestCacheOnlyMemberServesTheGroup(t *testing.T) {
 	if len(cs.Datasets) != 0 || cs.Group.Datasets != 1 {
 		t.Errorf("the cache-only member mounts %d datasets and serves %d, want none mounted and one served", len(cs.Datasets), cs.Group.Datasets)
 	}
-	if _, err := ccl.Stats(ctx); err != nil {
-		t.Fatal(err)
+}
+
+// TestLeavingMemberDrains: a cache-only member that stops (scaled down:
+// its endpoint leaves) with --group-drain keeps answering while the node
+// member takes its blocks over, then stops once no one asks. The node
+// member's next read of the file fetches nothing from the store: the
+// blocks the leaver owned come from it, for the hand-off. (Without the
+// drain they were fetched again.)
+func TestLeavingMemberDrains(t *testing.T) {
+	oldIdle := drainIdle
+	drainIdle = time.Second
+	t.Cleanup(func() { drainIdle = oldIdle })
+	p := startCacheOnlyPair(t, func(o *Options) { o.GroupDrain = time.Minute })
+	// More blocks than the node member keeps of others' in memory.
+	big := make([]byte, 64*cachetest.Block)
+	for i := range big {
+		big[i] = byte(i*3 + i>>9)
+	}
+	p.e.Put(t, "shards/drain.bin", big)
+	p.read(t, "shards/drain.bin", big)
+	if p.cacheOnly.Stats().Cache.SourceBytes == 0 {
+		t.Fatal("the cache-only member owns no block of the file")
+	}
+	// Its endpoint terminates, its process gets SIGTERM.
+	p.list(t, "node-0="+p.nodeAddr)
+	stopped := make(chan time.Duration, 1)
+	go func() {
+		start := time.Now()
+		p.stopCacheOnly()
+		stopped <- time.Since(start)
+	}()
+	for deadline := time.Now().Add(5 * time.Second); len(p.node.Stats().Group.Members) != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the node member did not see the cache-only member leave")
+		}
+	}
+	before := p.node.Stats().Cache.SourceBytes
+	p.read(t, "shards/drain.bin", big)
+	if n := p.node.Stats().Cache.SourceBytes - before; n != 0 {
+		t.Errorf("after the member left, the node member fetched %d bytes from the store again, want 0 (the leaver's blocks from it)", n)
+	}
+	select {
+	case took := <-stopped:
+		if took < drainIdle {
+			t.Errorf("the leaver stopped after %s, before it had been idle for %s", took, drainIdle)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the leaver still drains 30 s on, with no one asking (want it to stop once idle)")
 	}
 }
 

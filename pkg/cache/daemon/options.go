@@ -63,6 +63,9 @@ type Options struct {
 	// GroupDatasets is a directory of datasets this member serves to the
 	// group without volumes (a cache-only member; groupserve.go).
 	GroupDatasets string
+	// GroupDrain is how long a stopping member keeps answering peers
+	// while they take its blocks over (0: it stops at once).
+	GroupDrain time.Duration
 	// GroupDeadline bounds each peer's answer.
 	GroupDeadline time.Duration
 }
@@ -89,6 +92,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.GroupService, "group-service", "", "NAMESPACE/NAME of the Service whose EndpointSlices list the members (port named \"group\"; members by node name)")
 	fs.StringVar(&o.GroupCacheService, "group-cache-service", "", "NAMESPACE/NAME of the Service of the group's cache-only members (port named \"group\"; members by pod name)")
 	fs.StringVar(&o.GroupDatasets, "group-datasets", "", "directory of <dataset>.json files: datasets served to the group without volumes (a cache-only member)")
+	fs.DurationVar(&o.GroupDrain, "group-drain", 0, "on SIGTERM, keep answering peers for up to this long while they take this member's blocks over (ends once no peer asked for 5 s; 0: stop at once). For cache-only members: a node member that restarts keeps its ID and its blocks")
 	fs.DurationVar(&o.GroupDeadline, "group-peer-deadline", 2*time.Second, "longest wait for a peer's block before the next member or the source")
 	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3store.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")
 }
@@ -171,6 +175,9 @@ func (o *Options) validateGroup() []error {
 		if _, err := ParseMembers(o.GroupMembers); err != nil {
 			errs = append(errs, fmt.Errorf("--group-members: %w", err))
 		}
+	}
+	if o.GroupDrain < 0 {
+		errs = append(errs, fmt.Errorf("--group-drain %s must not be negative", o.GroupDrain))
 	}
 	if o.GroupDeadline <= 0 {
 		errs = append(errs, fmt.Errorf("--group-peer-deadline %s must be positive", o.GroupDeadline))

@@ -39,6 +39,8 @@ import (
 type Server struct {
 	// Blocks and Bytes count the blocks served to peers and their bytes.
 	Blocks, Bytes atomic.Int64
+	// asked is when a peer last asked for a block (unix nanoseconds).
+	asked atomic.Int64
 
 	mu       sync.RWMutex
 	datasets map[string]served // guarded by mu; by dataset ID
@@ -66,6 +68,14 @@ type CachedSource interface {
 
 // ErrVersion is a BlockSource's answer for a block of another version.
 var ErrVersion = errors.New("cache group: the file is at another version")
+
+// LastAsked is when a peer last asked for a block (zero: never).
+func (s *Server) LastAsked() time.Time {
+	if n := s.asked.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // NewServer returns a server of no datasets.
 func NewServer() *Server { return &Server{datasets: map[string]served{}} }
@@ -98,6 +108,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveDatasets(w)
 		return
 	}
+	s.asked.Store(time.Now().UnixNano())
 	id, index, q, err := parseBlockPath(r.URL)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
