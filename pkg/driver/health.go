@@ -83,7 +83,11 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 			dir.Close()
 		}
 	}
-	for _, p := range []string{req.GetStagingTargetPath(), req.GetVolumePublishPath()} {
+	staged := ""
+	if req.GetStagingTargetPath() != "" {
+		staged = d.stagedAt(req.GetStagingTargetPath())
+	}
+	for _, p := range []string{staged, req.GetVolumePublishPath()} {
 		if p == "" {
 			continue
 		}

@@ -89,8 +89,8 @@ func TestKubeletRequests(t *testing.T) {
 					}
 					datasetRO := access == "read-only"
 					wantRO := map[string]bool{
-						staging: datasetRO || k8sMode == "ReadOnlyMany",
-						target:  datasetRO || k8sMode == "ReadOnlyMany" || readonly,
+						d.stageDir(staging): datasetRO || k8sMode == "ReadOnlyMany",
+						target:              datasetRO || k8sMode == "ReadOnlyMany" || readonly,
 					}
 					for _, mp := range m.MountPoints {
 						if got := slices.Contains(mp.Opts, "ro"); got != wantRO[mp.Path] {

@@ -74,7 +74,10 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	defer unlock()
 	st := stageArgs{capability: req.GetVolumeCapability(), secrets: req.GetSecrets()}
-	if err := d.stage(ctx, req.GetVolumeId(), v, staging, st); err != nil {
+	if err := d.makeStageRoot(); err != nil {
+		return nil, status.Errorf(codes.Internal, "staged volumes' directory: %v", err)
+	}
+	if err := d.stage(ctx, req.GetVolumeId(), v, d.stagedAt(staging), st); err != nil {
 		return nil, err
 	}
 	// Kept in memory only, so a staging mount whose dataset mount is
@@ -84,9 +87,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 }
 
 // stage asks the cache daemon for the dataset's mount and binds the
-// volume's directory of it on the staging path. The caller holds the
-// volume's lock.
-func (d *Driver) stage(ctx context.Context, rawID string, v *nodeVolume, staging string, st stageArgs) error {
+// volume's directory of it at staged (stagedAt: not the kubelet's staging
+// path). The caller holds the volume's lock.
+func (d *Driver) stage(ctx context.Context, rawID string, v *nodeVolume, staged string, st stageArgs) error {
 	holder := "volume:" + rawID
 	group := st.capability.GetMount().GetVolumeMountGroup()
 	mnt, err := d.datasetMount(ctx, holder, v.params, v.readOnly, group, st.secrets)
@@ -111,7 +114,7 @@ func (d *Driver) stage(ctx context.Context, rawID string, v *nodeVolume, staging
 	ro := v.readOnly || isReaderMode(st.capability)
 	err = d.applyMountGroup(mnt, v.id, ro, group)
 	if err == nil {
-		err = d.bindDatasetDir(ctx, mnt, v.id, staging, ro)
+		err = d.bindDatasetDir(ctx, mnt, v.id, staged, ro)
 	}
 	if err != nil {
 		d.release(ctx, holder)
@@ -120,7 +123,7 @@ func (d *Driver) stage(ctx context.Context, rawID string, v *nodeVolume, staging
 		}
 		return err
 	}
-	klog.FromContext(ctx).V(2).Info("Volume staged", "stagingPath", staging, "readOnly", v.readOnly, "datasetMount", mnt)
+	klog.FromContext(ctx).V(2).Info("Volume staged", "stagedAt", staged, "readOnly", v.readOnly, "datasetMount", mnt)
 	return nil
 }
 
@@ -137,8 +140,12 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		return nil, err
 	}
 	defer unlock()
-	if err := mounter.Cleanup(ctx, d.mounter, req.GetStagingTargetPath(), d.opts.UnmountTimeout); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmount staging path %s: %v", req.GetStagingTargetPath(), err)
+	// Where it is bound, and the staging path itself (an earlier
+	// version's bind).
+	for _, p := range []string{d.stageDir(req.GetStagingTargetPath()), req.GetStagingTargetPath()} {
+		if err := mounter.Cleanup(ctx, d.mounter, p, d.opts.UnmountTimeout); err != nil {
+			return nil, status.Errorf(codes.Internal, "unmount the staged volume at %s: %v", p, err)
+		}
 	}
 	if err := d.cache.Release(ctx, "volume:"+req.GetVolumeId()); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "release the dataset mount: %v", err)
@@ -184,12 +191,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	defer unlock()
 
-	st, err := mounter.Inspect(d.mounter, req.GetStagingTargetPath())
+	staged := d.stagedAt(req.GetStagingTargetPath())
+	st, err := mounter.Inspect(d.mounter, staged)
 	if err == nil && st.Corrupted {
 		// The dataset mount under the staging path is gone (the cache
 		// daemon lost its connections): stage it again, so this pod and
 		// later ones get a working volume.
-		err = d.restage(ctx, req, v, st.Err)
+		err = d.restage(ctx, req, v, staged, st.Err)
 		st.Mounted, st.Corrupted = err == nil, err != nil
 	}
 	if _, isStatus := status.FromError(err); err != nil && isStatus {
@@ -199,7 +207,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, errNotStaged(req.GetVolumeId(), req.GetStagingTargetPath())
 	}
 	if !ro {
-		if err := d.applyPublishGroup(req.GetStagingTargetPath(), v.id, c.GetMount().GetVolumeMountGroup()); err != nil {
+		if err := d.applyPublishGroup(staged, v.id, c.GetMount().GetVolumeMountGroup()); err != nil {
 			return nil, err
 		}
 	}
@@ -208,7 +216,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	done, err := d.prepareTarget(ctx, target, ro)
 	if err == nil && done {
-		err = d.checkSamePath(target, req.GetStagingTargetPath())
+		err = d.checkSamePath(target, staged)
 	}
 	if err != nil || done {
 		if err != nil {
@@ -216,7 +224,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		}
 		return &csi.NodePublishVolumeResponse{}, err
 	}
-	if err := mounter.BindMount(d.mounter, req.GetStagingTargetPath(), target, ro, mountFlags(c)...); err != nil {
+	if err := mounter.BindMount(d.mounter, staged, target, ro, mountFlags(c)...); err != nil {
 		d.singleWriters.release(req.GetVolumeId(), target)
 		return nil, status.Error(codes.Internal, err.Error())
 	}

@@ -60,8 +60,8 @@ func TestNodeStagePublishOnFakeMounter(t *testing.T) {
 		t.Fatalf("3 stages made %d mounts, want 1", n)
 	}
 	mp := m.MountPoints[0]
-	if mp.Path != staging || !strings.HasPrefix(mp.Device, "/proc/") || !slices.Contains(mp.Opts, "bind") || slices.Contains(mp.Opts, "ro") {
-		t.Fatalf("staging mount = %+v, want a read-write bind of an opened fd on %s", mp, staging)
+	if mp.Path != d.stageDir(staging) || !strings.HasPrefix(mp.Device, "/proc/") || !slices.Contains(mp.Opts, "bind") || slices.Contains(mp.Opts, "ro") {
+		t.Fatalf("staging mount = %+v, want a read-write bind of an opened fd on %s (the staged volume of %s)", mp, d.stageDir(staging), staging)
 	}
 
 	pub := &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: rwCap, VolumeContext: vol.VolumeContext}

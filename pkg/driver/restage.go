@@ -63,14 +63,14 @@ func (s *stagedVolumes) drop(id string) {
 // process staged the volume; otherwise (the node plugin restarted since)
 // with the publish request's capability and no stage secrets, which is
 // enough for every dataset that needs no credentials.
-func (d *Driver) restage(ctx context.Context, req *csi.NodePublishVolumeRequest, v *nodeVolume, cause error) error {
+func (d *Driver) restage(ctx context.Context, req *csi.NodePublishVolumeRequest, v *nodeVolume, staged string, cause error) error {
 	unlock, err := d.volumeLocks.lock("id/" + req.GetVolumeId())
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	staging := req.GetStagingTargetPath()
-	if st, err := mounter.Inspect(d.mounter, staging); err == nil && st.Mounted && !st.Corrupted {
+	if st, err := mounter.Inspect(d.mounter, staged); err == nil && st.Mounted && !st.Corrupted {
 		return nil // another publish staged it again meanwhile
 	}
 	args, known := d.staged.get(req.GetVolumeId())
@@ -83,7 +83,7 @@ func (d *Driver) restage(ctx context.Context, req *csi.NodePublishVolumeRequest,
 		args = stageArgs{capability: req.GetVolumeCapability()}
 	}
 	klog.FromContext(ctx).Info("Staging the volume again: its dataset mount was lost", "volumeID", req.GetVolumeId(), "stagingPath", staging, "reason", cause)
-	if err := d.stage(ctx, req.GetVolumeId(), v, staging, args); err != nil {
+	if err := d.stage(ctx, req.GetVolumeId(), v, staged, args); err != nil {
 		s, _ := status.FromError(err)
 		why := ""
 		if !known {

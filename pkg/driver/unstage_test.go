@@ -1,0 +1,88 @@
+package driver
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
+
+	"github.com/cistern-csi/cistern/pkg/mounter"
+)
+
+// TestKubeletMayUnstage: the kubelet unstages a volume only when no other
+// mount shows what its staging path shows (operation_generator's
+// UnmountDevice asks GetDeviceMountRefs, mount-utils' GetMountRefs, and
+// gives up while it lists any). Two volumes of a shared dataset (the
+// dataset's root, as its own mount shows it) are staged and published with
+// real bind mounts; for each the kubelet's own check finds no reference,
+// and unstaging leaves nothing mounted. Staged on the kubelet's paths, each
+// was referenced by the dataset's mount and the other volume, and the
+// kubelet kept them mounted forever (found by make k8s-e2e).
+func TestKubeletMayUnstage(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for real bind mounts")
+	}
+	ctx := context.Background()
+	m := mounter.New()
+	d, err := New(Options{Endpoint: "unix:///unused.sock", Mode: ModeAll, NodeID: "n", StateDir: t.TempDir(), CacheSocket: "/unused.sock", UnmountTimeout: 5 * time.Second}, m, &fakeCache{holders: map[string]string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The dataset's mount: its root, a mount point of its own, as the
+	// cache daemon's FUSE mount is.
+	root := t.TempDir()
+	if err := unix.Mount(root, root, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		refs, _ := mounter.MountRefs(m, dir)
+		for _, r := range refs {
+			t.Errorf("mount left behind: %s", r)
+			_ = mounter.Cleanup(ctx, m, r, time.Second)
+		}
+		_ = unix.Unmount(root, unix.MNT_DETACH)
+	})
+	kubelet := mount.New("")
+	var stagings []string
+	for i, claim := range []string{"claim-a", "claim-b"} {
+		vol := createTestVolume(t, d, root, "access", "read-only", "shared", "true", MetaPVCName, claim)
+		staging := filepath.Join(dir, claim, "globalmount")
+		target := filepath.Join(dir, claim, "pod")
+		if err := os.MkdirAll(staging, 0o750); err != nil { // as the kubelet makes it
+			t.Fatal(err)
+		}
+		if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: roCap, VolumeContext: vol.VolumeContext}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: roCap, VolumeContext: vol.VolumeContext}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "f"), []byte("x"), 0o644); i == 0 && err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(target, "f")); err != nil || string(b) != "x" {
+			t.Fatalf("%s: the pod reads %q, %v through %s", claim, b, err, target)
+		}
+		stagings = append(stagings, staging)
+		// The kubelet unpublishes at once, and unstages at the end.
+		if _, err := d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.VolumeId, TargetPath: target}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			refs, err := kubelet.GetMountRefs(staging)
+			if err != nil || len(refs) != 0 {
+				t.Errorf("%s: the kubelet's GetMountRefs(%s) = %v, %v: it would never unstage the volume", claim, staging, refs, err)
+				return
+			}
+			if _, err := d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+}
