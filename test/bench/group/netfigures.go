@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -102,6 +103,11 @@ func latency(g *netGroup, name string, blocks int) error {
 				return err
 			}
 			store, in = g.px.BytesDown.Load()-store, g.stats(reader).Group.PeerBytesIn-in
+			if took > peerDeadline {
+				// Rare and not understood yet (a store GET waiting out
+				// the 30 s source timeout?): what the members logged.
+				slowRead(g, reader, b, took)
+			}
 			switch {
 			case reader == 1 && store > 0:
 				miss = append(miss, took)
@@ -291,4 +297,20 @@ func runChurn(g *netGroup, names []string, period time.Duration) error {
 		fmt.Sprintf("0, 0, no read slower than the peer deadline %s + 1s", peerDeadline),
 		r.errors.Load() == 0 && r.corrupt.Load() == 0 && r.passes.Load() > 0 && peers > 0 && slowest <= peerDeadline+time.Second)
 	return nil
+}
+
+// slowRead reports a read slower than the peer deadline, with what each
+// member's daemon logged meanwhile (errors and warnings).
+func slowRead(g *netGroup, reader, block int, took time.Duration) {
+	fmt.Fprintf(os.Stderr, "slow read: %s read block %d in %s; the members' errors and warnings meanwhile:\n", memberID(reader), block, took.Round(time.Millisecond))
+	since := time.Now().Add(-took - time.Second).Format("15:04:05")
+	for i := range g.members {
+		b, _ := os.ReadFile(filepath.Join(g.dir, memberID(i), "cistern-cache.log"))
+		for _, l := range strings.Split(string(b), "\n") {
+			// klog: "E1205 02:14:11.873995 ..."; HH:MM:SS sorts as text.
+			if len(l) > 14 && (l[0] == 'E' || l[0] == 'W') && l[6:14] >= since {
+				fmt.Fprintf(os.Stderr, "  %s: %s\n", memberID(i), l)
+			}
+		}
+	}
 }
