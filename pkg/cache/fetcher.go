@@ -32,7 +32,7 @@ type fetcher struct {
 	// maxBytes caps one fetch's weight (a block larger than the budget
 	// still runs, alone).
 	maxBytes int64
-	latency  histogram
+	latency  LatencyHistogram
 
 	ctx     context.Context // cancelled by close; every fetch runs under it
 	stop    context.CancelFunc
@@ -113,7 +113,7 @@ func (f *fetcher) read(src source.Source, name, fingerprint string, buf []byte, 
 	}
 	defer f.slots.Release(1)
 	start := time.Now()
-	defer func() { f.latency.observe(time.Since(start)) }()
+	defer func() { f.latency.Observe(time.Since(start)) }()
 	if vs, ok := src.(source.Versioned); ok {
 		return vs.ReadAtVersion(f.ctx, name, fingerprint, buf, off, progress)
 	}

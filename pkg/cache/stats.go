@@ -70,18 +70,22 @@ type Histogram struct {
 	Sum    float64
 }
 
-type histogram struct {
+// LatencyHistogram counts latencies in the buckets of latencyBuckets; its
+// zero value is ready to use.
+type LatencyHistogram struct {
 	counts [14]atomic.Uint64
 	sumNs  atomic.Int64
 }
 
-func (h *histogram) observe(d time.Duration) {
+// Observe counts one latency.
+func (h *LatencyHistogram) Observe(d time.Duration) {
 	i := sort.SearchFloat64s(latencyBuckets, d.Seconds())
 	h.counts[i].Add(1)
 	h.sumNs.Add(int64(d))
 }
 
-func (h *histogram) snapshot() Histogram {
+// Snapshot returns the counts so far.
+func (h *LatencyHistogram) Snapshot() Histogram {
 	out := Histogram{Bounds: latencyBuckets, Counts: make([]uint64, len(h.counts)), Sum: float64(h.sumNs.Load()) / 1e9}
 	for i := range h.counts {
 		out.Counts[i] = h.counts[i].Load()
@@ -95,7 +99,7 @@ func (c *Cache) Stats() Stats {
 	s := Stats{
 		Hits: t.hits.Load(), Misses: t.misses.Load(), ReadThrough: t.readThrough.Load(),
 		Corrupt: t.corrupt.Load(), SourceBytes: t.sourceBytes.Load(), Evictions: t.evictions.Load(),
-		TierBytes: map[string]int64{}, TierServed: map[string]int64{}, SourceLatency: c.env.fetch.latency.snapshot(),
+		TierBytes: map[string]int64{}, TierServed: map[string]int64{}, SourceLatency: c.env.fetch.latency.Snapshot(),
 		Filling: c.Filling(), IndexLoading: !c.loadedAll.Load(), Dormant: c.asleep.Load(), PeerBytes: t.peerBytes.Load(),
 	}
 	for _, t := range c.tiers {

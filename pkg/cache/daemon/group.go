@@ -47,6 +47,8 @@ type groupMember struct {
 	addr   string // where the peer server listens
 	log    klog.Logger
 	list   func(context.Context) ([]group.Member, error)
+	// latency counts how long the blocks peers sent took.
+	latency cache.LatencyHistogram
 
 	// kick asks the membership loop for a refresh now (a dataset was
 	// joined or left: what this member serves changed).
@@ -87,7 +89,7 @@ func (d *Daemon) startGroup() error {
 	g := &groupMember{name: o.Group, server: group.NewServer(), served: map[string][]*cache.Dataset{}, kick: make(chan struct{}, 1), log: d.log.WithName("group").WithValues("group", o.Group, "member", o.GroupID)}
 	g.node = &group.Node{Self: o.GroupID, Client: &group.Client{
 		HTTP:     &http.Client{Transport: &http.Transport{TLSClientConfig: ctls, MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}},
-		Deadline: o.GroupDeadline}}
+		Deadline: o.GroupDeadline, Observe: g.latency.Observe}}
 	if g.list, err = o.membership(); err != nil {
 		return err
 	}
@@ -321,7 +323,7 @@ func (d *Daemon) groupStats(peerBytesIn int64) *api.GroupStats {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := &api.GroupStats{Name: g.name, Self: g.node.Self, Listen: g.addr, PeerBytesIn: peerBytesIn,
+	st := &api.GroupStats{Name: g.name, Self: g.node.Self, Listen: g.addr, PeerBytesIn: peerBytesIn, PeerLatency: apiHistogram(g.latency.Snapshot()),
 		BlocksOut: g.server.Blocks.Load(), PeerBytesOut: g.server.Bytes.Load(), MembersError: g.listErr, Datasets: len(g.served)}
 	for _, m := range g.members {
 		st.Members = append(st.Members, m.ID)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,6 +51,7 @@ type cacheOnlyPair struct {
 	stopCacheOnly    func()
 	members, mnt     string
 	nodeAddr, coAddr string
+	nodeMetrics      string // the node member's metrics address
 }
 
 func startCacheOnlyPair(t *testing.T, set func(*Options)) *cacheOnlyPair {
@@ -73,7 +75,7 @@ func startCacheOnlyPair(t *testing.T, set func(*Options)) *cacheOnlyPair {
 		}
 	}
 	var ncl *api.Client
-	p.node, ncl, _ = startDaemonWith(t, member("node-0", "127.0.0.1"))
+	p.node, ncl, p.nodeMetrics = startDaemonWith(t, member("node-0", "127.0.0.1"))
 	p.cacheOnly, _, _, p.stopCacheOnly = startStoppable(t, func(o *Options) {
 		member("cache-0", "127.0.0.2")(o)
 		o.GroupDatasets = datasets
@@ -152,6 +154,29 @@ func TestCacheOnlyMemberServesTheGroup(t *testing.T) {
 	}
 	if len(cs.Datasets) != 0 || cs.Group.Datasets != 1 {
 		t.Errorf("the cache-only member mounts %d datasets and serves %d, want none mounted and one served", len(cs.Datasets), cs.Group.Datasets)
+	}
+	// Metrics: the bytes, and how long each block the peer sent took.
+	var got uint64
+	for _, n := range ns.Group.PeerLatency.Counts {
+		got += n
+	}
+	if got == 0 || int64(got) != cs.Group.BlocksOut {
+		t.Errorf("the node member's peer latency counts %d blocks, the cache-only member sent %d", got, cs.Group.BlocksOut)
+	}
+	resp, err := http.Get("http://" + p.nodeMetrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		fmt.Sprintf(`cistern_group_peer_fetch_seconds_count{group="research"} %d`, got),
+		fmt.Sprintf(`cistern_group_peer_bytes_total{direction="in",group="research"} %d`, ns.Group.PeerBytesIn),
+		`cistern_group_members{group="research"} 2`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }
 

@@ -25,6 +25,7 @@ var (
 	descGroupBytes  = prometheus.NewDesc("cistern_group_peer_bytes_total", "Block bytes exchanged with the cache group's other members: in (sent by them) and out (sent to them).", []string{"group", "direction"}, nil)
 	descGroupBlocks = prometheus.NewDesc("cistern_group_blocks_served_total", "Blocks this member sent to the cache group's other members.", []string{"group"}, nil)
 	descGroupSize   = prometheus.NewDesc("cistern_group_members", "Members of the cache group as last read.", []string{"group"}, nil)
+	descGroupPeer   = prometheus.NewDesc("cistern_group_peer_fetch_seconds", "Latency of the blocks the cache group's other members sent, asked to received.", []string{"group"}, nil)
 	descGroupOwner  = prometheus.NewDesc("cistern_group_owner", "1 when this member owns blocks of its cache group (0: client-only, or not listed yet).", []string{"group"}, nil)
 	descNodes       = prometheus.NewDesc("cistern_cache_inodes", "Files and directories the mounts hold in memory for the kernel (bounded by --max-inodes).", nil, nil)
 )
@@ -33,7 +34,7 @@ var (
 type collector struct{ stats func() api.StatsResponse }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency, descNodes, descGroupBytes, descGroupBlocks, descGroupSize, descGroupOwner} {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency, descNodes, descGroupBytes, descGroupBlocks, descGroupSize, descGroupOwner, descGroupPeer} {
 		ch <- d
 	}
 }
@@ -87,18 +88,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			owner = 1
 		}
 		gauge(descGroupOwner, owner, g.Name)
+		ch <- constHistogram(descGroupPeer, g.PeerLatency, g.Name)
 	}
-	h := s.Cache.SourceLatency
-	buckets := map[float64]uint64{}
-	var cum, total uint64
-	for i, b := range h.Bounds {
-		cum += h.Counts[i]
-		buckets[b] = cum
-	}
-	for _, n := range h.Counts {
-		total += n
-	}
-	ch <- prometheus.MustNewConstHistogram(descLatency, total, h.Sum, buckets)
+	ch <- constHistogram(descLatency, s.Cache.SourceLatency)
 	counter(descEvictions, s.Cache.Evictions)
 	counter(descReadThrough, s.Cache.ReadThrough)
 	counter(descCorrupt, s.Cache.Corrupt)
@@ -108,6 +100,20 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		nodes += ds.Nodes
 	}
 	gauge(descNodes, nodes)
+}
+
+// constHistogram is h as a Prometheus histogram (cumulative buckets).
+func constHistogram(d *prometheus.Desc, h api.Histogram, labels ...string) prometheus.Metric {
+	buckets := map[float64]uint64{}
+	var cum, total uint64
+	for i, b := range h.Bounds {
+		cum += h.Counts[i]
+		buckets[b] = cum
+	}
+	for _, n := range h.Counts {
+		total += n
+	}
+	return prometheus.MustNewConstHistogram(d, total, h.Sum, buckets, labels...)
 }
 
 // metricsHandler serves /metrics from stats, and /healthz (for the

@@ -40,6 +40,11 @@ func (d *Daemon) Stats() api.StatsResponse {
 func cacheStats(s cache.Stats) api.CacheStats {
 	return api.CacheStats{Hits: s.Hits, Misses: s.Misses, ReadThrough: s.ReadThrough, Corrupt: s.Corrupt,
 		SourceBytes: s.SourceBytes, Evictions: s.Evictions, TierBytes: s.TierBytes, TierServed: s.TierServed,
-		SourceLatency: api.Histogram{Bounds: s.SourceLatency.Bounds, Counts: s.SourceLatency.Counts, Sum: s.SourceLatency.Sum},
+		SourceLatency: apiHistogram(s.SourceLatency),
 		Filling:       s.Filling, IndexLoading: s.IndexLoading, Dormant: s.Dormant}
+}
+
+// apiHistogram is an engine histogram on the wire.
+func apiHistogram(h cache.Histogram) api.Histogram {
+	return api.Histogram{Bounds: h.Bounds, Counts: h.Counts, Sum: h.Sum}
 }

@@ -191,6 +191,8 @@ type Client struct {
 	Deadline time.Duration
 	// Cooldown is how long a peer that failed is skipped (default 5s).
 	Cooldown time.Duration
+	// Observe, if set, is told how long each block a peer sent took.
+	Observe func(time.Duration)
 
 	mu      sync.Mutex
 	broken  map[string]time.Time // guarded by mu; peer address -> skipped until
@@ -240,8 +242,12 @@ func (c *Client) fetch(ctx context.Context, peers []Member, cached bool, dataset
 		if c.skipped(m.Addr) {
 			continue
 		}
+		start := time.Now()
 		b, err := c.fetchFrom(ctx, m, cached, dataset, name, object, index, size)
 		if err == nil {
+			if c.Observe != nil {
+				c.Observe(time.Since(start))
+			}
 			return b, m, nil
 		}
 		if ctx.Err() != nil {
