@@ -103,9 +103,10 @@ bench-scale-smoke: build
 ## bench-group: the cache group's figures (issue 16), one per line, as
 ## `<figure>: <value> (goal <goal>) pass|fail`: source GETs per block,
 ## re-fetches after a join, capacity and a rogue client on members in this
-## process; placement (balance, weights, join, leave); latency and churn on
-## real cistern-cache daemons, each in a network namespace of its own
-## (needs root and versitygw; about 2 minutes).
+## process; placement (balance, weights, join, leave); latency, churn and
+## 4 members against 4 independent nodes on real cistern-cache daemons,
+## each in a network namespace of its own (needs root and versitygw; about
+## 3 minutes).
 bench-group: build
 	$(GO) run ./test/bench/group --bin-dir $(BIN)
 
@@ -117,11 +118,14 @@ bench-group-smoke: build
 
 ## bench: the research-platform benchmark (a remote-store model in front of a
 ## local S3 server; direct, Cistern, rclone, s3fs and native side by side);
-## regenerates docs/benchmarks.md and docs/bench/*.png. Under 10 minutes
-## here; BENCH_FLAGS=--full for the large run. Needs root.
+## regenerates docs/benchmarks.md and docs/bench/*.png, with a cache-group
+## section (4 members against 4 independent nodes, 100 readers, from
+## bench-group). Under 12 minutes here; BENCH_FLAGS=--full for the large
+## run. Needs root.
 BENCH_FLAGS ?=
 bench: build
 	$(GO) run ./test/bench/platform $(BENCH_FLAGS)
+	$(GO) run ./test/bench/group --bin-dir $(BIN) --compare-only --compare-md docs/benchmarks.md
 
 ## bench-smoke: the same harness at tiny sizes with every system (about a
 ## minute), report under _output/bench-smoke.

@@ -229,6 +229,9 @@ func TestGroupOptions(t *testing.T) {
 		{"bad member", func(o *Options) { o.Group, o.GroupMembers = "research", "a=nowhere" }, `member "a=nowhere"`},
 		{"bad weight", func(o *Options) { o.Group, o.GroupMembers = "research", "a=127.0.0.1:1/x" }, "weight"},
 		{"twice", func(o *Options) { o.Group, o.GroupMembers = "research", "a=127.0.0.1:1,a=127.0.0.2:1" }, "twice"},
+		{"deadline under two heartbeats", func(o *Options) {
+			o.Group, o.GroupMembers, o.GroupDeadline = "research", "a=127.0.0.1:1", 100*time.Millisecond
+		}, "--group-peer-deadline"},
 		{"negative drain", func(o *Options) { o.Group, o.GroupMembers, o.GroupDrain = "research", "a=127.0.0.1:1", -time.Second }, "--group-drain"},
 		{"bad listen", func(o *Options) { o.Group, o.GroupMembers, o.GroupListen = "research", "a=127.0.0.1:1", "7480" }, "--group-listen"},
 	} {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cistern-csi/cistern/pkg/cache/group"
 	"github.com/cistern-csi/cistern/pkg/cache/s3store"
 )
 
@@ -93,7 +94,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.GroupCacheService, "group-cache-service", "", "NAMESPACE/NAME of the Service of the group's cache-only members (port named \"group\"; members by pod name)")
 	fs.StringVar(&o.GroupDatasets, "group-datasets", "", "directory of <dataset>.json files: datasets served to the group without volumes (a cache-only member)")
 	fs.DurationVar(&o.GroupDrain, "group-drain", 0, "on SIGTERM, keep answering peers for up to this long while they take this member's blocks over (ends once no peer asked for 5 s; 0: stop at once). For cache-only members: a node member that restarts keeps its ID and its blocks")
-	fs.DurationVar(&o.GroupDeadline, "group-peer-deadline", 2*time.Second, "longest wait for a peer's block before the next member or the source")
+	fs.DurationVar(&o.GroupDeadline, "group-peer-deadline", 2*time.Second, "longest silence of a peer asked for a block before the next member or the source (an owner fetching it from the source says so every 0.5 s, and is waited for up to --source-timeout)")
 	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3store.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")
 }
 
@@ -179,8 +180,8 @@ func (o *Options) validateGroup() []error {
 	if o.GroupDrain < 0 {
 		errs = append(errs, fmt.Errorf("--group-drain %s must not be negative", o.GroupDrain))
 	}
-	if o.GroupDeadline <= 0 {
-		errs = append(errs, fmt.Errorf("--group-peer-deadline %s must be positive", o.GroupDeadline))
+	if o.GroupDeadline < 2*group.Heartbeat {
+		errs = append(errs, fmt.Errorf("--group-peer-deadline %s must be at least %s: an owner fetching a block says so every %s", o.GroupDeadline, 2*group.Heartbeat, group.Heartbeat))
 	}
 	return errs
 }

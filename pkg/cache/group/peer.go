@@ -1,12 +1,15 @@
 package group
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -135,7 +138,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			err = fs.ErrNotExist
 		}
 	} else {
+		// The block may have to come from the source, behind other
+		// fetches: the asker hears that this member is at it.
+		stop := heartbeat(w)
 		b, err = ds.src.Block(r.Context(), name, object, index)
+		stop()
 	}
 	switch {
 	case err == nil:
@@ -162,6 +169,33 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// Heartbeat is how often an owner fetching a block tells the asker it is
+// at it (an informational 102 Processing response): a live owner behind a
+// slow source is waited for, the fetch is not made twice; a peer that
+// stopped (SIGSTOP, a cut link) sends none, and the asker gives up after
+// its Deadline.
+var Heartbeat = 500 * time.Millisecond
+
+// heartbeat sends 102 Processing on w every Heartbeat until stop is called
+// (which returns once no more is sent: the handler writes the answer).
+func heartbeat(w http.ResponseWriter) (stop func()) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				w.WriteHeader(http.StatusProcessing)
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
 // parseBlockPath parses /v1/blocks/<dataset ID>/<index>?q=<sealed>.
 func parseBlockPath(u *url.URL) (id string, index int64, q string, err error) {
 	const prefix = "/v1/blocks/"
@@ -186,9 +220,14 @@ type Client struct {
 	// HTTP is the client peers are reached with (its TLS config holds
 	// this member's certificate and the group's CA).
 	HTTP *http.Client
-	// Deadline bounds each peer's answer (default 2s): a reader never
-	// waits longer on a slow or dead peer before the next one.
+	// Deadline bounds each peer's silence (default 2s): a reader never
+	// waits longer on a dead or stopped peer before the next one. An
+	// owner fetching the block from its source says so every Heartbeat,
+	// and is waited for up to MaxWait.
 	Deadline time.Duration
+	// MaxWait bounds the wait for one peer's block however it keeps
+	// saying it is at it (default 30s, a source fetch's own bound).
+	MaxWait time.Duration
 	// Cooldown is how long a peer that failed is skipped (default 5s).
 	Cooldown time.Duration
 	// Observe, if set, is told how long each block a peer sent took.
@@ -269,14 +308,22 @@ type statusError struct {
 
 func (e statusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.code, e.msg) }
 
-// get sends GET u to a peer and returns its answer if it is 200, within
-// the client's Deadline (cancel ends it once the body is read).
+// get sends GET u to a peer and returns its answer if it is 200: the peer
+// must say something (a heartbeat, the answer's headers, the body's
+// bytes as they come) within the client's Deadline each time, and finish
+// within MaxWait (cancel ends it once the body is read).
 func (c *Client) get(ctx context.Context, u string) (*http.Response, context.CancelFunc, error) {
-	d := c.Deadline
-	if d <= 0 {
-		d = 2 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, d)
+	d := cmp.Or(c.Deadline, 2*time.Second)
+	ctx, cancelAll := context.WithTimeout(ctx, max(d, cmp.Or(c.MaxWait, 30*time.Second)))
+	ctx, cancelSilent := context.WithCancel(ctx)
+	silence := time.AfterFunc(d, cancelSilent)
+	cancel := func() { silence.Stop(); cancelSilent(); cancelAll() }
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		Got1xxResponse: func(int, textproto.MIMEHeader) error {
+			silence.Reset(d) // the owner is at it
+			return nil
+		},
+	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		cancel()
@@ -293,7 +340,25 @@ func (c *Client) get(ctx context.Context, u string) (*http.Response, context.Can
 		cancel()
 		return nil, nil, statusError{resp.StatusCode, string(msg)}
 	}
+	silence.Reset(d)
+	resp.Body = &lively{ReadCloser: resp.Body, silence: silence, d: d}
 	return resp, cancel, nil
+}
+
+// lively is a body whose every read that brings bytes renews the peer's
+// allowance of silence.
+type lively struct {
+	io.ReadCloser
+	silence *time.Timer
+	d       time.Duration
+}
+
+func (l *lively) Read(p []byte) (int, error) {
+	n, err := l.ReadCloser.Read(p)
+	if n > 0 {
+		l.silence.Reset(l.d)
+	}
+	return n, err
 }
 
 func (c *Client) fetchFrom(ctx context.Context, m Member, cached bool, dataset, name, object string, index int64, size int) ([]byte, error) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -270,5 +271,75 @@ func TestHandoffAnswersFromTheCacheOnly(t *testing.T) {
 	}
 	if _, _, err := c.Fetch(ctx, []Member{m}, key, "f", "v1", 2, 1000); err != nil || src.served.Load() != 1 {
 		t.Fatalf("an ordinary request for a block not held: %v, %d fetched; want it fetched", err, src.served.Load())
+	}
+}
+
+// TestLiveOwnerIsWaitedFor: an owner fetching a block from a slow source
+// says so (102 Processing every Heartbeat) and is waited for past the
+// Deadline, up to MaxWait: the block is not fetched twice. A peer that
+// says nothing (a stopped process: connections accepted, never answered)
+// is given up after the Deadline.
+func TestLiveOwnerIsWaitedFor(t *testing.T) {
+	old := Heartbeat
+	Heartbeat = 50 * time.Millisecond
+	t.Cleanup(func() { Heartbeat = old })
+	p := newPKI(t, "group")
+	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := DatasetKey("s3://bucket/research", []byte("secret"))
+	busy := NewServer()
+	src := &blocksOf{version: "v1", delay: time.Second}
+	busy.Serve(key, src)
+	mBusy := startPeer(t, "busy", busy, stc)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go func() { // accepts, never answers: as a stopped member's kernel does
+		var held []net.Conn
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	mStopped := Member{ID: "stopped", Addr: lis.Addr().String(), Weight: 1}
+	ctx := context.Background()
+
+	c := client(ctc) // Deadline 300ms
+	start := time.Now()
+	b, from, err := c.Fetch(ctx, []Member{mBusy}, key, "f", "v1", 3, 1000)
+	if err != nil || from.ID != "busy" || !bytes.Equal(b, bytes.Repeat([]byte{3}, 1000)) {
+		t.Fatalf("a live owner 1s into its fetch: from %q, %d bytes, %v; want the block, waited for", from.ID, len(b), err)
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("the fetch took %s, less than the owner's", waited)
+	}
+
+	start = time.Now()
+	if _, _, err := c.Fetch(ctx, []Member{mStopped}, key, "f", "v1", 3, 1000); !errors.Is(err, ErrNoPeer) {
+		t.Fatalf("a peer that never answers: %v, want ErrNoPeer", err)
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Errorf("a silent peer held the reader %s; the deadline is 300ms", waited)
+	}
+
+	c = client(ctc)
+	c.MaxWait = 500 * time.Millisecond
+	src.delay = 10 * time.Second
+	start = time.Now()
+	if _, _, err := c.Fetch(ctx, []Member{mBusy}, key, "f", "v1", 4, 1000); !errors.Is(err, ErrNoPeer) {
+		t.Fatalf("an owner still at it past MaxWait: %v, want ErrNoPeer", err)
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Errorf("an owner past MaxWait held the reader %s; MaxWait is 500ms", waited)
 	}
 }

@@ -26,7 +26,9 @@ func main() {
 	smoke := flag.Bool("smoke", false, "fewer blocks and smaller files (make test)")
 	work := flag.String("work-dir", "", "where the members' caches and the source go (default: a new directory under /var/tmp)")
 	binDir := flag.String("bin-dir", "bin", "where cistern-cache is (make build)")
-	netOnly := flag.Bool("net-only", false, "only the figures measured on daemons in network namespaces (latency, churn)")
+	netOnly := flag.Bool("net-only", false, "only the figures measured on daemons in network namespaces (latency, churn, the comparison)")
+	compareOnly := flag.Bool("compare-only", false, "only the comparison of a group with independent nodes (make bench)")
+	compareMD := flag.String("compare-md", "", "append the comparison as a markdown section to this file (make bench: docs/benchmarks.md)")
 	flag.Parse()
 	// Placement: a 10 TiB dataset of 4 MiB blocks is 2.6 million blocks;
 	// 200,000 by default, 20,000 for the smoke run. The in-process group:
@@ -38,9 +40,12 @@ func main() {
 	// of 64 blocks for the latency, 192 MiB for the churn readers (12
 	// times what a member keeps of other members' blocks in memory).
 	ns := netSizes{block: 4 << 20, latBlocks: 64, churnFiles: 6, churnSize: 32 << 20, quota: 1 << 30, period: 5 * time.Second}
+	// The comparison: 4 nodes x 25 readers, a file each: 400 MiB.
+	cs := compareSizes{files: 25, size: 16 << 20, nodes: 4, readers: 25}
 	if *smoke {
 		n, mib, block = 20_000, 1<<16, 1<<18
 		ns = netSizes{block: 1 << 20, latBlocks: 32, churnFiles: 6, churnSize: 8 << 20, quota: 256 << 20, period: 2 * time.Second}
+		cs.size = 2 << 20
 	}
 	dir := *work
 	if dir == "" {
@@ -51,7 +56,7 @@ func main() {
 		}
 		defer os.RemoveAll(dir)
 	}
-	if !*netOnly {
+	if !*netOnly && !*compareOnly {
 		if err := inProcess(dir, mib, block); err != nil {
 			fmt.Fprintf(os.Stderr, "group: %v\n", err)
 			os.Exit(1)
@@ -65,7 +70,13 @@ func main() {
 	// under the daemons' reads (one full run's slowest cold read took
 	// 34 s right after them; none over 0.2 s in runs without them).
 	syscall.Sync()
-	if err := netFigures(filepath.Join(dir, "net"), *binDir, ns); err != nil {
+	if !*compareOnly {
+		if err := netFigures(filepath.Join(dir, "net"), *binDir, ns); err != nil {
+			fmt.Fprintf(os.Stderr, "group: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	if err := compare(filepath.Join(dir, "compare"), *binDir, ns.block, cs, *compareMD); err != nil {
 		fmt.Fprintf(os.Stderr, "group: %v\n", err)
 		os.Exit(1)
 	}

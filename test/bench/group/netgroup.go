@@ -41,6 +41,9 @@ type netGroup struct {
 	files   map[string][]byte // the dataset's files, as put in the store
 	members map[int]*daemonProc
 	listed  []int // the members in the file, in order
+	// independent: daemons started from now on are in no group (each
+	// node caches on its own).
+	independent bool
 }
 
 // daemonProc is one member's daemon.
@@ -153,12 +156,17 @@ func (g *netGroup) start(i int) (*daemonProc, error) {
 		return nil, err
 	}
 	sock := filepath.Join(dir, "cache.sock")
-	cmd := g.lab.nsenter(i, filepath.Join(g.binDir, "cistern-cache"),
-		"--socket="+sock, "--state-dir="+filepath.Join(dir, "state"),
+	args := []string{"--socket=" + sock, "--state-dir=" + filepath.Join(dir, "state"),
 		fmt.Sprintf("--cache-tiers=disk:%s:%d", filepath.Join(dir, "cache"), g.quota),
-		fmt.Sprint("--block-size=", g.block), "--grace=0s",
-		"--group=bench", "--group-listen="+g.lab.addr(i)+":7480", "--group-id="+memberID(i),
-		"--group-tls-dir="+g.tlsDir, "--group-members=@"+g.list, "--group-peer-deadline="+peerDeadline.String())
+		fmt.Sprint("--block-size=", g.block), "--grace=0s"}
+	req := g.req
+	if g.independent {
+		req.CacheGroup = ""
+	} else {
+		args = append(args, "--group=bench", "--group-listen="+g.lab.addr(i)+":7480", "--group-id="+memberID(i),
+			"--group-tls-dir="+g.tlsDir, "--group-members=@"+g.list, "--group-peer-deadline="+peerDeadline.String())
+	}
+	cmd := g.lab.nsenter(i, filepath.Join(g.binDir, "cistern-cache"), args...)
 	log, err := os.OpenFile(filepath.Join(dir, "cistern-cache.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -178,7 +186,7 @@ func (g *netGroup) start(i int) (*daemonProc, error) {
 			return nil, fmt.Errorf("%s did not answer within 15s (log: %s)", d.id(), log.Name())
 		}
 	}
-	resp, err := d.cl.Mount(ctx, g.req)
+	resp, err := d.cl.Mount(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("%s: mount: %w", d.id(), err)
 	}
