@@ -5,35 +5,17 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
-
-	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
 // TestVolumeHealthReal stages and publishes with real bind mounts, then
 // breaks the volume the ways a node sees it break.
 func TestVolumeHealthReal(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for real bind mounts")
-	}
 	ctx := context.Background()
-	m := mounter.New()
-	d, err := New(Options{Endpoint: "unix:///unused.sock", Mode: ModeAll, NodeID: "n", StateDir: t.TempDir(), CacheSocket: "/unused.sock", UnmountTimeout: 5 * time.Second}, m, &fakeCache{holders: map[string]string{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _, dir := newRealDriver(t)
 	root := t.TempDir()
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		refs, _ := mounter.MountRefs(m, dir)
-		for _, r := range refs {
-			t.Errorf("mount left behind: %s", r)
-			_ = mounter.Cleanup(ctx, m, r, time.Second)
-		}
-	})
 	vol := createTestVolume(t, d, root)
 	staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "target")
 	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: rwCap, VolumeContext: vol.VolumeContext}); err != nil {

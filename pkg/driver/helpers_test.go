@@ -16,6 +16,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/cistern-csi/cistern/pkg/cache/api"
+	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
 // fakeMounter adds forced unmount to mount-utils' FakeMounter.
@@ -143,4 +144,28 @@ func mountCount(m fakeMounter) int {
 		}
 	}
 	return n
+}
+
+// newRealDriver returns a driver on real mounts, its state directory under
+// dir (the test's own): the cleanup fails the test for any mount left
+// under dir, staged volumes included, and detaches it.
+func newRealDriver(t *testing.T) (*Driver, mounter.Interface, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for real bind mounts")
+	}
+	m := mounter.New()
+	dir := t.TempDir()
+	d, err := New(Options{Endpoint: "unix:///unused.sock", Mode: ModeAll, NodeID: "n", StateDir: filepath.Join(dir, "state"), CacheSocket: "/unused.sock", UnmountTimeout: 5 * time.Second}, m, &fakeCache{holders: map[string]string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		refs, _ := mounter.MountRefs(m, dir)
+		for _, r := range refs {
+			t.Errorf("mount left behind: %s", r)
+			_ = mounter.Cleanup(context.Background(), m, r, time.Second)
+		}
+	})
+	return d, m, dir
 }
