@@ -93,6 +93,7 @@ func New(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	if err := d.serveGroupDatasets(); err != nil {
+		d.opts.GroupDrain = 0 // nothing was served: no drain
 		d.stopGroup()
 		d.stop()
 		d.cache.Close()

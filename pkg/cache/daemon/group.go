@@ -88,8 +88,11 @@ func (d *Daemon) startGroup() error {
 	}
 	g := &groupMember{name: o.Group, server: group.NewServer(), served: map[string][]*cache.Dataset{}, kick: make(chan struct{}, 1), log: d.log.WithName("group").WithValues("group", o.Group, "member", o.GroupID)}
 	g.node = &group.Node{Self: o.GroupID, Client: &group.Client{
-		HTTP:     &http.Client{Transport: &http.Transport{TLSClientConfig: ctls, MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}},
-		Deadline: o.GroupDeadline, MaxWait: o.SourceTimeout, Observe: g.latency.Observe}}
+		HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: ctls, MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}},
+		// An owner's fetch is bounded by the source timeout, and a
+		// little more per MiB of the block (s3store): not given up
+		// before it.
+		Deadline: o.GroupDeadline, MaxWait: o.SourceTimeout + time.Duration(o.BlockSize>>20)*time.Second + 5*time.Second, Observe: g.latency.Observe}}
 	if g.list, err = o.membership(); err != nil {
 		return err
 	}

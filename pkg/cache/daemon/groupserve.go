@@ -166,7 +166,7 @@ var drainIdle = 5 * time.Second
 // terminating, they place its blocks elsewhere and, for the hand-off,
 // ask it for them before the store (a cache-only member scaled down
 // would otherwise take its share with it). It ends once no peer has
-// asked for drainIdle.
+// asked for drainIdle and no answer is being made.
 func (d *Daemon) drainGroup() {
 	if d.opts.GroupDrain <= 0 {
 		return
@@ -175,11 +175,7 @@ func (d *Daemon) drainGroup() {
 	end := start.Add(d.opts.GroupDrain)
 	d.group.log.Info("Draining: answering peers while they take this member's blocks over", "atMost", d.opts.GroupDrain)
 	for time.Now().Before(end) {
-		last := d.group.server.LastAsked()
-		if last.Before(start) {
-			last = start
-		}
-		if time.Since(last) >= drainIdle {
+		if time.Since(start) >= drainIdle && d.group.server.Idle(drainIdle) {
 			break
 		}
 		time.Sleep(min(100*time.Millisecond, time.Until(end)))

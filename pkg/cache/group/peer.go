@@ -42,8 +42,9 @@ import (
 type Server struct {
 	// Blocks and Bytes count the blocks served to peers and their bytes.
 	Blocks, Bytes atomic.Int64
-	// asked is when a peer last asked for a block (unix nanoseconds).
-	asked atomic.Int64
+	// asked is when a peer last asked for a block (unix nanoseconds);
+	// inflight counts the block requests being answered.
+	asked, inflight atomic.Int64
 
 	mu       sync.RWMutex
 	datasets map[string]served // guarded by mu; by dataset ID
@@ -140,9 +141,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		// The block may have to come from the source, behind other
 		// fetches: the asker hears that this member is at it.
-		stop := heartbeat(w)
-		b, err = ds.src.Block(r.Context(), name, object, index)
-		stop()
+		b, err = s.fetching(w, func() ([]byte, error) { return ds.src.Block(r.Context(), name, object, index) })
 	}
 	switch {
 	case err == nil:
@@ -175,6 +174,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // stopped (SIGSTOP, a cut link) sends none, and the asker gives up after
 // its Deadline.
 var Heartbeat = 500 * time.Millisecond
+
+// fetching runs fetch, counted in flight, with a heartbeat on w.
+func (s *Server) fetching(w http.ResponseWriter, fetch func() ([]byte, error)) ([]byte, error) {
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	stop := heartbeat(w)
+	defer stop() // (before the answer is written; also if fetch panics)
+	return fetch()
+}
+
+// Idle reports whether no block request is being answered and none came
+// in the last d.
+func (s *Server) Idle(d time.Duration) bool {
+	return s.inflight.Load() == 0 && time.Since(s.LastAsked()) >= d
+}
 
 // heartbeat sends 102 Processing on w every Heartbeat until stop is called
 // (which returns once no more is sent: the handler writes the answer).

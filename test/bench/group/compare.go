@@ -56,11 +56,14 @@ func compare(dir, binDir string, block int64, c compareSizes, md string) error {
 	if n := ind.errors + grp.errors; n > 0 {
 		value += fmt.Sprintf("; %d read errors", n)
 	}
+	pass := grp.errors == 0 && ind.errors == 0 && float64(grp.storeBytes) <= 1.05*float64(dataset)
 	line(fmt.Sprintf("%d members vs %d independent nodes, %d readers reading the same cold dataset", c.nodes, c.nodes, c.nodes*c.readers), value,
-		"the group reads the dataset from the store once (<= 1.05x), independent nodes once each",
-		grp.errors == 0 && ind.errors == 0 && float64(grp.storeBytes) <= 1.05*float64(dataset))
+		"the group reads the dataset from the store once (<= 1.05x), independent nodes once each", pass)
 	if md == "" {
 		return nil
+	}
+	if !pass {
+		return fmt.Errorf("the comparison failed (%s): not written to %s", value, md)
 	}
 	f, err := os.OpenFile(md, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {

@@ -54,32 +54,37 @@ func main() {
 			fmt.Fprintf(os.Stderr, "group: %v\n", err)
 			os.Exit(1)
 		}
-		defer os.RemoveAll(dir)
 	}
-	if !*netOnly && !*compareOnly {
-		if err := inProcess(dir, mib, block); err != nil {
-			fmt.Fprintf(os.Stderr, "group: %v\n", err)
-			os.Exit(1)
-		}
-		if err := run(n); err != nil {
-			fmt.Fprintf(os.Stderr, "group: %v\n", err)
-			os.Exit(1)
-		}
+	err := runAll(dir, *binDir, !*netOnly && !*compareOnly, !*compareOnly, n, mib, block, ns, cs, *compareMD)
+	if *work == "" {
+		os.RemoveAll(dir)
 	}
-	// The in-process members wrote gigabytes: written back now, not
-	// under the daemons' reads (one full run's slowest cold read took
-	// 34 s right after them; none over 0.2 s in runs without them).
-	syscall.Sync()
-	if !*compareOnly {
-		if err := netFigures(filepath.Join(dir, "net"), *binDir, ns); err != nil {
-			fmt.Fprintf(os.Stderr, "group: %v\n", err)
-			os.Exit(1)
-		}
-	}
-	if err := compare(filepath.Join(dir, "compare"), *binDir, ns.block, cs, *compareMD); err != nil {
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "group: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// runAll measures what is asked: the in-process members and placement,
+// the figures on daemons in network namespaces, and the comparison.
+func runAll(dir, binDir string, inproc, netfig bool, n int, mib, block int64, ns netSizes, cs compareSizes, md string) error {
+	if inproc {
+		if err := inProcess(dir, mib, block); err != nil {
+			return err
+		}
+		if err := run(n); err != nil {
+			return err
+		}
+		// The in-process members wrote gigabytes: written back now,
+		// before the daemons are measured.
+		syscall.Sync()
+	}
+	if netfig {
+		if err := netFigures(filepath.Join(dir, "net"), binDir, ns); err != nil {
+			return err
+		}
+	}
+	return compare(filepath.Join(dir, "compare"), binDir, ns.block, cs, md)
 }
 
 // inProcess measures source amplification and capacity on four members in

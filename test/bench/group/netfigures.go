@@ -97,12 +97,12 @@ func latency(g *netGroup, name string, blocks int) error {
 	for _, reader := range []int{1, 0} {
 		d := g.members[reader]
 		for _, b := range rand.Perm(blocks) {
-			store, in := g.px.BytesDown.Load(), g.stats(reader).Group.PeerBytesIn
+			store, in := g.px.BytesDown.Load(), g.peerIn(reader)
 			took, err := readAt(d.mnt, name, int64(b)*g.block, want)
 			if err != nil {
 				return err
 			}
-			store, in = g.px.BytesDown.Load()-store, g.stats(reader).Group.PeerBytesIn-in
+			store, in = g.px.BytesDown.Load()-store, g.peerIn(reader)-in
 			if took > peerDeadline {
 				// Rare and not understood yet (a store GET waiting out
 				// the 30 s source timeout?): what the members logged.
@@ -218,13 +218,14 @@ func runChurn(g *netGroup, names []string, period time.Duration) error {
 	if err := g.settle(0, 1, 2, 3, 4); err != nil {
 		return err
 	}
-	in := g.stats(0).Group.PeerBytesIn + g.stats(1).Group.PeerBytesIn
+	in := g.peerIn(0) + g.peerIn(1)
 	var r churnReaders
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, i := range []int{0, 0, 1, 1} {
+		mnt := g.members[i].mnt // (the map changes under the churn)
 		wg.Add(1)
-		go func() { defer wg.Done(); r.read(g, g.members[i].mnt, names, stop) }()
+		go func() { defer wg.Done(); r.read(g, mnt, names, stop) }()
 	}
 	started := time.Now()
 	event := func(what string) { fmt.Fprintf(os.Stderr, "churn %5.1fs: %s\n", time.Since(started).Seconds(), what) }
@@ -284,7 +285,7 @@ func runChurn(g *netGroup, names []string, period time.Duration) error {
 	if stepErr != nil {
 		return stepErr
 	}
-	peers := g.stats(0).Group.PeerBytesIn + g.stats(1).Group.PeerBytesIn - in
+	peers := g.peerIn(0) + g.peerIn(1) - in
 	slowest := time.Duration(r.longest.Load())
 	value := fmt.Sprintf("%d, %d (%d passes over %d MiB by 4 readers on 2 members, %d MiB from peers, slowest read %s)",
 		r.errors.Load(), r.corrupt.Load(), r.passes.Load(), r.bytes.Load()>>20, peers>>20, slowest.Round(time.Millisecond))

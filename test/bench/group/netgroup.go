@@ -257,6 +257,15 @@ func (g *netGroup) stats(i int) api.StatsResponse {
 	return st
 }
 
+// peerIn is the bytes member i took from its peers (0 if it does not
+// answer).
+func (g *netGroup) peerIn(i int) int64 {
+	if st := g.stats(i); st.Group != nil {
+		return st.Group.PeerBytesIn
+	}
+	return 0
+}
+
 // close stops every daemon, detaches what they left mounted, and removes
 // the lab and the store.
 func (g *netGroup) close() {

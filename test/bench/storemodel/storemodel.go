@@ -71,6 +71,9 @@ func Serve(lis net.Listener, target string, latency time.Duration, bitsPerSecond
 	return p
 }
 
+// serve accepts connections and connects each to the target in a
+// goroutine of its own: a target slow to accept must not hold up the
+// accept loop (and with it every client's connect).
 func (p *Proxy) serve() {
 	defer p.wg.Done()
 	for {
@@ -78,17 +81,21 @@ func (p *Proxy) serve() {
 		if err != nil {
 			return
 		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[s] = true, true
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(s, c, p.up, &p.BytesUp)
-		go p.pipe(c, s, p.down, &p.BytesDown)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			s, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				return
+			}
+			p.mu.Lock()
+			p.conns[c], p.conns[s] = true, true
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go p.pipe(s, c, p.up, &p.BytesUp)
+			go p.pipe(c, s, p.down, &p.BytesDown)
+		}()
 	}
 }
 
