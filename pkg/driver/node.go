@@ -77,7 +77,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := d.makeStageRoot(); err != nil {
 		return nil, status.Errorf(codes.Internal, "staged volumes' directory: %v", err)
 	}
-	if err := d.stage(ctx, req.GetVolumeId(), v, d.stagedAt(staging), st); err != nil {
+	if err := d.stage(ctx, req.GetVolumeId(), v, d.moveLegacy(ctx, staging), st); err != nil {
 		return nil, err
 	}
 	// Kept in memory only, so a staging mount whose dataset mount is
@@ -191,7 +191,10 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	defer unlock()
 
-	staged := d.stagedAt(req.GetStagingTargetPath())
+	staged, err := d.stagedMoving(ctx, req.GetVolumeId(), req.GetStagingTargetPath())
+	if err != nil {
+		return nil, err
+	}
 	st, err := mounter.Inspect(d.mounter, staged)
 	if err == nil && st.Corrupted {
 		// The dataset mount under the staging path is gone (the cache

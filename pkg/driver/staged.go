@@ -1,8 +1,12 @@
 package driver
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
@@ -46,4 +50,54 @@ func (d *Driver) makeStageRoot() error {
 		return err
 	}
 	return os.Chmod(dir, 0o700)
+}
+
+// moveLegacy moves the bind an earlier version made on the kubelet's
+// staging path itself to stageDir, where the kubelet's check does not see
+// it, and returns where the volume is staged now. The caller holds the
+// volume's lock. A broken or missing bind is left where it is (restage and
+// unstage handle it); a move that fails leaves the volume where it was.
+func (d *Driver) moveLegacy(ctx context.Context, staging string) string {
+	p := d.stagedAt(staging)
+	if p != staging {
+		return p
+	}
+	st, err := mounter.Inspect(d.mounter, staging)
+	if err != nil || !st.Mounted || st.Corrupted {
+		return staging
+	}
+	dst := d.stageDir(staging)
+	log := klog.FromContext(ctx)
+	if err := d.makeStageRoot(); err != nil {
+		log.Error(err, "Could not move a volume staged on the kubelet's path", "stagingPath", staging)
+		return staging
+	}
+	if err := os.MkdirAll(dst, 0o750); err != nil {
+		log.Error(err, "Could not move a volume staged on the kubelet's path", "stagingPath", staging)
+		return staging
+	}
+	if err := mounter.BindMount(d.mounter, staging, dst, st.ReadOnly); err != nil {
+		log.Error(err, "Could not move a volume staged on the kubelet's path", "stagingPath", staging)
+		return staging
+	}
+	if err := unix.Unmount(staging, 0); err != nil {
+		// In use: detached once it is not (the new bind serves).
+		_ = unix.Unmount(staging, unix.MNT_DETACH)
+	}
+	log.Info("Moved a volume staged on the kubelet's path (by an earlier version) to the node plugin's directory", "stagingPath", staging, "stagedAt", dst)
+	return dst
+}
+
+// stagedMoving is moveLegacy under the volume's lock (for a publish,
+// which holds only its target's).
+func (d *Driver) stagedMoving(ctx context.Context, volumeID, staging string) (string, error) {
+	if p := d.stagedAt(staging); p != staging {
+		return p, nil
+	}
+	unlock, err := d.volumeLocks.lock("id/" + volumeID)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	return d.moveLegacy(ctx, staging), nil
 }

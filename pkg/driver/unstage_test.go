@@ -9,6 +9,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
+
+	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
 // TestKubeletMayUnstage: the kubelet unstages a volume only when no other
@@ -66,5 +68,58 @@ func TestKubeletMayUnstage(t *testing.T) {
 				t.Error(err)
 			}
 		}()
+	}
+}
+
+// TestVolumeStagedOnTheKubeletsPathMoves: a volume an earlier version
+// staged on the kubelet's staging path itself (a whole-dataset volume,
+// which the kubelet could never unstage there) is moved under the node
+// plugin's directory at its next publish: the pod reads it, the kubelet's
+// check then finds no reference, and unstaging leaves nothing mounted.
+func TestVolumeStagedOnTheKubeletsPathMoves(t *testing.T) {
+	ctx := context.Background()
+	d, m, dir := newRealDriver(t)
+	root := t.TempDir()
+	if err := unix.Mount(root, root, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
+	if err := os.WriteFile(filepath.Join(root, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vol := createTestVolume(t, d, root, "access", "read-only", "shared", "true")
+	staging, target := filepath.Join(dir, "globalmount"), filepath.Join(dir, "pod")
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	// As an earlier version staged it: the bind on the staging path.
+	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, VolumeCapability: roCap, VolumeContext: vol.VolumeContext}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(d.stageDir(staging), staging, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Unmount(d.stageDir(staging), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: roCap, VolumeContext: vol.VolumeContext}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(target, "f")); err != nil || string(b) != "x" {
+		t.Fatalf("the pod reads %q, %v", b, err)
+	}
+	for p, want := range map[string]bool{staging: false, d.stageDir(staging): true} {
+		if st, err := mounter.Inspect(m, p); err != nil || st.Mounted != want {
+			t.Errorf("%s: mounted %t (%v), want %t", p, st.Mounted, err, want)
+		}
+	}
+	if _, err := d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.VolumeId, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if refs, err := mount.New("").GetMountRefs(staging); err != nil || len(refs) != 0 {
+		t.Errorf("the kubelet's GetMountRefs(%s) = %v, %v: it would never unstage the volume", staging, refs, err)
+	}
+	if _, err := d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
 	}
 }
