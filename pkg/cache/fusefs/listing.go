@@ -9,18 +9,22 @@ import (
 )
 
 // A READDIRPLUS (find, ls -l) looks every entry up right after the listing
-// that named it: on a read-only POSIX dataset those lookups take the
-// attributes the listing has just read, instead of asking the source again
-// (a POSIX source opened the parent and read each name's attributes a
-// second time). An entry is used once, within listingTTL of the listing
-// and never beyond the metacache period.
+// that named it: on a POSIX dataset those lookups take the attributes the
+// listing has just read, instead of asking the source again (a POSIX
+// source opened the parent and read each name's attributes a second
+// time). An entry is used once, within listingTTL of the listing and never
+// beyond the metacache period.
 //
-// Not on a read-write mount: the kernel takes the attributes of a lookup
-// as newer than what it learnt by a write made before that lookup's
-// request, so a listing read before a local write (a file just created,
-// size 0) would take back the size the write gave the file (its writer
-// then read nothing back: the restart test caught it). The forgets below
-// remain for a change a read-only mount sees made elsewhere.
+// On a read-write mount every change made through it forgets listings
+// before and after it: a change of names (create, unlink, rename...)
+// forgets its directories', a change of a file's attributes (a write, a
+// truncate, fallocate, chmod...) forgets them all (the file may have other
+// names, in other directories). The kernel takes the attributes of a
+// lookup as newer than what it learnt by a write made before that
+// lookup's request: a listing read before a local write (a file just
+// created, size 0) and used after it would take back the size the write
+// gave the file (its writer then read nothing back: the restart test
+// caught it, before writes forgot listings).
 
 // listingTTL bounds how old a listing's attributes may be when a lookup
 // takes them.
@@ -100,6 +104,15 @@ func (l *listings) forget(dir uint64) {
 	defer l.mu.Unlock()
 	l.changes.Add(1)
 	l.dropLocked(dir)
+}
+
+// forgetAll drops every listing (a file's attributes change: it may be
+// named in any of them); called before the change and after it.
+func (l *listings) forgetAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.changes.Add(1)
+	l.recent = [len(l.recent)]*listing{}
 }
 
 func (l *listings) dropLocked(dir uint64) {

@@ -25,11 +25,18 @@ func (s *statCounting) Stat(ctx context.Context, name string) (source.Attr, erro
 }
 
 // TestListingAnswersTheLookupsThatFollowIt: find or ls -l of a directory
-// of a read-only dataset (READDIRPLUS, then a stat of each entry) asks the
-// source for each entry's attributes once, in the listing; the lookups
-// take them from it. Each entry was read twice: a POSIX source opened the
-// parent and read the name's attributes again for every lookup.
+// of a POSIX dataset, read-only or read-write (READDIRPLUS, then a stat of
+// each entry) asks the source for each entry's attributes once, in the
+// listing; the lookups take them from it. Each entry was read twice: a
+// POSIX source opened the parent and read the name's attributes again for
+// every lookup (on read-write mounts until this session).
 func TestListingAnswersTheLookupsThatFollowIt(t *testing.T) {
+	for _, ro := range []bool{true, false} {
+		t.Run(fmt.Sprintf("readOnly=%t", ro), func(t *testing.T) { listingAnswersLookups(t, ro) })
+	}
+}
+
+func listingAnswersLookups(t *testing.T, readOnly bool) {
 	root := t.TempDir()
 	const files = 200
 	for i := range files {
@@ -44,7 +51,7 @@ func TestListingAnswersTheLookupsThatFollowIt(t *testing.T) {
 	src := &statCounting{Source: p}
 	c := newTestCache(t, t.TempDir(), 1<<30)
 	t.Cleanup(func() { c.Close() })
-	_, mnt := mountTest(t, src, c, Options{ReadOnly: true, MetaCache: time.Minute})
+	_, mnt := mountTest(t, src, c, Options{ReadOnly: readOnly, MetaCache: time.Minute})
 	before := src.stats.Load()
 	ents, err := os.ReadDir(mnt)
 	if err != nil || len(ents) != files {
@@ -76,5 +83,29 @@ func TestListingReadBeforeAChangeIsNotKept(t *testing.T) {
 	l.remember(7, ents, l.generation())
 	if a, ok := l.take(7, "f", time.Second); !ok || a.Size != 1 {
 		t.Errorf("a listing read after the change: %v, %v; want it kept", a, ok)
+	}
+}
+
+// TestAChangeOfAttributesForgetsEveryListing: a write, truncate, fallocate
+// or chmod (forgetAll, before and after) drops every listing: the file may
+// be named in any directory (hard links), and a lookup must not take back
+// the attributes it had before the change.
+func TestAChangeOfAttributesForgetsEveryListing(t *testing.T) {
+	var l listings
+	gen := l.generation()
+	l.remember(7, []source.Entry{{Name: "f", Attr: source.Attr{Size: 0}}}, gen)
+	l.remember(8, []source.Entry{{Name: "link-to-f", Attr: source.Attr{Size: 0}}}, gen)
+	l.forgetAll()
+	for dir, name := range map[uint64]string{7: "f", 8: "link-to-f"} {
+		if a, ok := l.take(dir, name, time.Second); ok {
+			t.Errorf("directory %d: %s taken from a listing read before the change (%+v)", dir, name, a)
+		}
+	}
+	// One read while the change was made is not kept either.
+	gen = l.generation()
+	l.forgetAll()
+	l.remember(7, []source.Entry{{Name: "f", Attr: source.Attr{Size: 0}}}, gen)
+	if _, ok := l.take(7, "f", time.Second); ok {
+		t.Error("a listing read during a change was kept")
 	}
 }

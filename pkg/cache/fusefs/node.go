@@ -259,7 +259,7 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if err != nil {
 		return nil, source.Errno(err)
 	}
-	if _, posix := n.fsys.src.(source.Writable); posix && n.fsys.opts.ReadOnly {
+	if _, posix := n.fsys.src.(source.Writable); posix {
 		n.fsys.listed.remember(n.StableAttr().Ino, ents, gen)
 	}
 	list := make([]fuse.DirEntry, 0, len(ents))

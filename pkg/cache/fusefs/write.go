@@ -177,11 +177,9 @@ func (n *node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) sysc
 // Setattr implements gofs.NodeSetattrer: size, then mode, owners and
 // times.
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if _, parent := n.Parent(); parent != nil {
-		// Its listed attributes are old.
-		n.fsys.listed.forget(parent.StableAttr().Ino)
-		defer n.fsys.listed.forget(parent.StableAttr().Ino)
-	}
+	// Its listed attributes are old (under any of its names).
+	n.fsys.listed.forgetAll()
+	defer n.fsys.listed.forgetAll()
 	if sz, ok := in.GetSize(); ok {
 		if errno := n.fsys.w.setSize(ctx, n, fh, int64(sz)); errno != 0 {
 			return errno

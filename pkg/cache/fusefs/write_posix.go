@@ -179,6 +179,9 @@ func (h *posixHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	if !h.writable {
 		return 0, syscall.EBADF
 	}
+	// Its listed attributes are old (listing.go).
+	h.n.fsys.listed.forgetAll()
+	defer h.n.fsys.listed.forgetAll()
 	// Before the write, as the kernel does: a write that cannot drop
 	// the bits writes nothing, and one that did is never refused after
 	// its data landed.
@@ -237,6 +240,8 @@ func (h *posixHandle) Allocate(_ context.Context, off, size uint64, mode uint32)
 	if !h.writable {
 		return syscall.EBADF
 	}
+	h.n.fsys.listed.forgetAll()
+	defer h.n.fsys.listed.forgetAll()
 	err := syscall.Fallocate(int(h.f.Fd()), mode, int64(off), int64(size))
 	h.evict()
 	return source.Errno(err)
