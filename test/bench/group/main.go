@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -55,6 +56,18 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	// Interrupted: the namespaces, daemons and mounts go first.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "group: %v: cleaning up\n", sig)
+		closeAll()
+		if *work == "" {
+			os.RemoveAll(dir)
+		}
+		os.Exit(130)
+	}()
 	err := runAll(dir, *binDir, !*netOnly && !*compareOnly, !*compareOnly, n, mib, block, ns, cs, *compareMD)
 	if *work == "" {
 		os.RemoveAll(dir)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,6 +47,18 @@ type netGroup struct {
 	independent bool
 }
 
+// liveGroups are the groups started and not closed: a signal closes them
+// (closeAll) before the process exits.
+var liveGroups sync.Map
+
+// closeAll closes every live group.
+func closeAll() {
+	liveGroups.Range(func(k, _ any) bool {
+		k.(*netGroup).close()
+		return true
+	})
+}
+
 // daemonProc is one member's daemon.
 type daemonProc struct {
 	i      int
@@ -74,6 +87,7 @@ const peerDeadline = 2 * time.Second
 // (name -> content) in the store.
 func startNetGroup(dir, binDir string, quota, block int64, files map[string][]byte) (g *netGroup, err error) {
 	g = &netGroup{dir: dir, binDir: binDir, quota: quota, block: block, files: files, members: map[int]*daemonProc{}}
+	liveGroups.Store(g, true)
 	defer func() {
 		if err != nil {
 			g.close()
@@ -269,6 +283,7 @@ func (g *netGroup) peerIn(i int) int64 {
 // close stops every daemon, detaches what they left mounted, and removes
 // the lab and the store.
 func (g *netGroup) close() {
+	liveGroups.Delete(g)
 	for i := range g.members {
 		_ = g.members[i].cmd.Process.Signal(syscall.SIGCONT) // a stopped one cannot exit
 		g.stop(i, false)
