@@ -13,6 +13,18 @@ import (
 	"github.com/cistern-csi/cistern/pkg/mounter"
 )
 
+// datasetMount returns a dataset's root that is a mount point of its own,
+// as the cache daemon's FUSE mount is (detached when the test ends).
+func datasetMount(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	if err := unix.Mount(root, root, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
+	return root
+}
+
 // TestKubeletMayUnstage: the kubelet unstages a volume only when no other
 // mount shows what its staging path shows (operation_generator's
 // UnmountDevice asks GetDeviceMountRefs, mount-utils' GetMountRefs, and
@@ -25,13 +37,7 @@ import (
 func TestKubeletMayUnstage(t *testing.T) {
 	ctx := context.Background()
 	d, _, dir := newRealDriver(t)
-	// The dataset's mount: its root, a mount point of its own, as the
-	// cache daemon's FUSE mount is.
-	root := t.TempDir()
-	if err := unix.Mount(root, root, "", unix.MS_BIND, ""); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
+	root := datasetMount(t)
 	kubelet := mount.New("")
 	var stagings []string
 	for i, claim := range []string{"claim-a", "claim-b"} {
@@ -79,11 +85,7 @@ func TestKubeletMayUnstage(t *testing.T) {
 func TestVolumeStagedOnTheKubeletsPathMoves(t *testing.T) {
 	ctx := context.Background()
 	d, m, dir := newRealDriver(t)
-	root := t.TempDir()
-	if err := unix.Mount(root, root, "", unix.MS_BIND, ""); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
+	root := datasetMount(t)
 	if err := os.WriteFile(filepath.Join(root, "f"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -110,20 +110,7 @@ func (d *Daemon) startGroup() error {
 	d.group = g
 	g.refresh(d.ctx) // the first members before any dataset is mounted
 	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		t := time.NewTicker(membersEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-d.ctx.Done():
-				return
-			case <-t.C:
-			case <-g.kick:
-			}
-			g.refresh(d.ctx)
-		}
-	}()
+	go d.every(membersEvery, g.kick, func() bool { g.refresh(d.ctx); return true })
 	g.log.Info("Serving the cache group", "listen", g.addr)
 	return nil
 }

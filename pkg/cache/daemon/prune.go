@@ -17,16 +17,23 @@ const pruneEvery = time.Second
 // to have the kernel forget its least recently used idle files, in
 // proportion to what it holds, down to 90% of the limit.
 func (d *Daemon) pruneLoop() {
+	d.every(pruneEvery, nil, d.pruneOnce)
+}
+
+// every calls fn every period, and at once when kick has a value, until
+// the daemon stops or fn returns false. The caller has added it to d.wg.
+func (d *Daemon) every(period time.Duration, kick <-chan struct{}, fn func() bool) {
 	defer d.wg.Done()
-	t := time.NewTicker(pruneEvery)
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
 		case <-t.C:
+		case <-kick:
 		}
-		if !d.pruneOnce() {
+		if !fn() {
 			return
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -341,5 +342,46 @@ func TestLiveOwnerIsWaitedFor(t *testing.T) {
 	}
 	if waited := time.Since(start); waited > 2*time.Second {
 		t.Errorf("an owner past MaxWait held the reader %s; MaxWait is 500ms", waited)
+	}
+}
+
+// TestServerIdle: a server answering a block request is not idle, however
+// long ago the request came (a draining member waits for it); once it
+// has answered and no one asked for the period, it is.
+func TestServerIdle(t *testing.T) {
+	key := DatasetKey("s3://bucket/research", []byte("secret"))
+	s := NewServer()
+	release := make(chan struct{})
+	s.Serve(key, BlockSourceFunc(func(context.Context, string, string, int64) ([]byte, error) {
+		<-release
+		return nil, fs.ErrNotExist
+	}))
+	if !s.Idle(0) {
+		t.Fatal("a server never asked is not idle")
+	}
+	c := &Client{}
+	seal, err := c.sealer(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		q := "/v1/blocks/" + seal.id + "/0?q=" + url.QueryEscape(seal.sealRequest("f", "v1", 0))
+		s.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, q, nil))
+	}()
+	for deadline := time.Now().Add(5 * time.Second); s.inflight.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never reached the block source")
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if s.Idle(10 * time.Millisecond) {
+		t.Error("a server answering a request is idle")
+	}
+	close(release)
+	<-done
+	if s.Idle(time.Hour) || !s.Idle(0) {
+		t.Errorf("after the answer: idle for an hour %t (want false), idle now %t (want true)", s.Idle(time.Hour), s.Idle(0))
 	}
 }

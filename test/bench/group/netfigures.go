@@ -139,8 +139,7 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 
 // pq prints p50/p99 of ds and their count.
 func pq(ds []time.Duration) string {
-	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
-	return fmt.Sprintf("%s/%s ms (n=%d)", ms(quantile(ds, 0.5)), ms(quantile(ds, 0.99)), len(ds))
+	return fmt.Sprintf("%.2f/%.2f ms (n=%d)", ms(quantile(ds, 0.5)), ms(quantile(ds, 0.99)), len(ds))
 }
 
 // churnReaders read the churn files in a loop through members' mounts,
