@@ -155,8 +155,18 @@ func TestCacheOnlyMemberServesTheGroup(t *testing.T) {
 	if len(cs.Datasets) != 0 || cs.Group.Datasets != 1 {
 		t.Errorf("the cache-only member mounts %d datasets and serves %d, want none mounted and one served", len(cs.Datasets), cs.Group.Datasets)
 	}
-	// Metrics: the bytes, and how long each block the peer sent took.
+	// Metrics: the bytes, and how long each block the peer sent took,
+	// once the counters settle (the kernel's read-ahead may still be
+	// asking for a block or two).
 	var got uint64
+	for deadline, last := time.Now().Add(5*time.Second), [2]int64{-1, -1}; ; time.Sleep(200 * time.Millisecond) {
+		ns, cs = p.node.Stats(), p.cacheOnly.Stats()
+		now := [2]int64{ns.Group.PeerBytesIn, cs.Group.BlocksOut}
+		if now == last || time.Now().After(deadline) {
+			break
+		}
+		last = now
+	}
 	for _, n := range ns.Group.PeerLatency.Counts {
 		got += n
 	}
