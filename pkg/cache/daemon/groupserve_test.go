@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -179,13 +180,22 @@ func TestCacheOnlyMemberServesTheGroup(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{
-		fmt.Sprintf(`cistern_group_peer_fetch_seconds_count{group="research"} %d`, got),
-		fmt.Sprintf(`cistern_group_peer_bytes_total{direction="in",group="research"} %d`, ns.Group.PeerBytesIn),
-		`cistern_group_members{group="research"} 2`,
+	// (Values as the text format writes them: 1.048653e+06 above a
+	// million.)
+	for series, want := range map[string]float64{
+		`cistern_group_peer_fetch_seconds_count{group="research"}`:        float64(got),
+		`cistern_group_peer_bytes_total{direction="in",group="research"}`: float64(ns.Group.PeerBytesIn),
+		`cistern_group_members{group="research"}`:                         2,
 	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
+		found := false
+		for _, l := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(l, series+" "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				found = err == nil && f == want
+			}
+		}
+		if !found {
+			t.Errorf("metrics lack %s %g", series, want)
 		}
 	}
 }
