@@ -199,11 +199,20 @@ func (d *demo) cachePasses(ctx context.Context) ([]check, error) {
 		el := time.Since(start)
 		// Files read from the source's own file (passthrough) are
 		// cached after close: wait for that, so the pass's source
-		// bytes count it.
+		// bytes count it. A fill may begin a moment after the close:
+		// done is no fill running and the source bytes still for
+		// 200 ms (waiting on the running fills alone once let one
+		// start after the check and count in the next pass).
 		after, err := d.cache.Stats(ctx)
-		for deadline := time.Now().Add(30 * time.Second); err == nil && after.Cache.Filling > 0 && time.Now().Before(deadline); {
+		for deadline, still := time.Now().Add(30*time.Second), time.Now(); err == nil && time.Now().Before(deadline); {
+			if after.Cache.Filling == 0 && time.Since(still) >= 200*time.Millisecond {
+				break
+			}
 			time.Sleep(10 * time.Millisecond)
-			after, err = d.cache.Stats(ctx)
+			prev := after.Cache.SourceBytes
+			if after, err = d.cache.Stats(ctx); err == nil && (after.Cache.SourceBytes != prev || after.Cache.Filling > 0) {
+				still = time.Now()
+			}
 		}
 		if err != nil {
 			return nil, err
