@@ -102,8 +102,8 @@ bench-scale-smoke: build
 
 ## bench-group: the cache group's figures (issue 16), one per line, as
 ## `<figure>: <value> (goal <goal>) pass|fail`: source GETs per block,
-## re-fetches after a join, capacity and a rogue client on members in this
-## process; placement (balance, weights, join, leave); latency, churn and
+## re-fetches after a join, hot blocks' replicas, capacity and a rogue
+## client on members in this process; placement (balance, weights, join, leave); latency, churn and
 ## 4 members against 4 independent nodes on real cistern-cache daemons,
 ## each in a network namespace of its own (needs root and versitygw; about
 ## 3 minutes).

@@ -47,8 +47,8 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 		if !g.Owner {
 			role = "client-only (not among the members, or weight 0)"
 		}
-		fmt.Fprintf(out, "cache group %s: member %s (%s) on %s, %d members, %d datasets; from peers %s, to peers %s in %d blocks\n",
-			g.Name, g.Self, role, g.Listen, len(g.Members), g.Datasets, human(g.PeerBytesIn), human(g.PeerBytesOut), g.BlocksOut)
+		fmt.Fprintf(out, "cache group %s: member %s (%s) on %s, %d members, %d datasets; from peers %s, to peers %s in %d blocks (%d as a hot block's replica)\n",
+			g.Name, g.Self, role, g.Listen, len(g.Members), g.Datasets, human(g.PeerBytesIn), human(g.PeerBytesOut), g.BlocksOut, g.ReplicaBlocksOut)
 		if len(g.Members) > 0 {
 			var ms []string
 			for _, m := range g.Members {

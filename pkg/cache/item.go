@@ -106,6 +106,9 @@ type fileRef struct {
 	// fromPeer: a block a group member asked this one, its owner, for:
 	// read from the source, never asked of the group in turn.
 	fromPeer bool
+	// replica: a hot block a member asked this one, its replica, for:
+	// asked of the group (its owner) and kept, not borrowed.
+	replica bool
 }
 
 func itemHash(dataset, id string) string {

@@ -21,7 +21,8 @@ type Peers interface {
 	// Block returns block index (size bytes) of file name at version
 	// object of the group's dataset from the member that owns it. owned: this member
 	// owns it (or is the one left to fetch it), and reads the source
-	// and stores the block itself.
+	// and stores the block itself; or b is a hot block this member keeps
+	// a copy of, its replica.
 	Block(ctx context.Context, dataset, name, object string, index int64, size int) (b []byte, owned bool, err error)
 	// FromPrevious returns the block from the member that owned it
 	// before the last change of members, if this member owns it now:
@@ -69,6 +70,21 @@ func (d *Dataset) PeerBlock(ctx context.Context, name, object string, index int6
 		return nil, err
 	}
 	n, err := it.readBlock(ctx, fileRef{src: d.src, name: name, fromPeer: true}, index, buf, 0)
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// ReplicaBlock is PeerBlock for a member that asked this one for a hot
+// block as its replica: from the cache, or from the group (its owner) once
+// and kept (group.Node explains hot blocks).
+func (d *Dataset) ReplicaBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
+	it, buf, err := d.peerItem(ctx, name, object, index)
+	if err != nil {
+		return nil, err
+	}
+	n, err := it.readBlock(ctx, fileRef{src: d.src, name: name, replica: true}, index, buf, 0)
 	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
 		return nil, err
 	}
@@ -143,7 +159,8 @@ func (c *Cache) itemAtVersion(dataset, name, fingerprint string) (*Item, int64) 
 // is in one, another member owns the block and it answers: true. The
 // block is not stored (its owner keeps it), only borrowed for a while;
 // unless this member owns it and its previous owner sent it (a change of
-// members): then it is stored as if read from the source.
+// members), or it is a hot block's replica: then it is stored as if read
+// from the source.
 func (it *Item) fromGroup(ref fileRef, b int64, gen uint64, fingerprint string, call *fetchCall) bool {
 	g := it.ctr.group.Load()
 	if g == nil {
@@ -163,13 +180,14 @@ func (it *Item) fromGroup(ref fileRef, b int64, gen uint64, fingerprint string, 
 	}
 	key := borrowKey{dataset: g.key, object: fingerprint, index: b}
 	data := it.env.borrowed.get(key)
-	owned := false
+	keep := ref.replica // a replica keeps what the owner sends
 	if data == nil {
 		var err error
 		// Asking the owner, peers' requests for the block must not wait
 		// on this fetch (fetchTry); an owner asks only the block's
 		// previous owner, which asks no one: they may.
 		call.asking.Store(!g.peers.Owns(g.key, fingerprint, b))
+		var owned bool
 		data, owned, err = g.peers.Block(it.env.fetch.ctx, g.key, ref.name, fingerprint, b, len(call.buf))
 		call.asking.Store(false)
 		if err != nil || len(data) != len(call.buf) {
@@ -178,7 +196,7 @@ func (it *Item) fromGroup(ref fileRef, b int64, gen uint64, fingerprint string, 
 			}
 			return false
 		}
-		if !owned {
+		if keep = keep || owned; !keep {
 			it.env.borrowed.put(key, data)
 		}
 		it.env.total.peerBytes.Add(int64(len(data)))
@@ -189,7 +207,7 @@ func (it *Item) fromGroup(ref fileRef, b int64, gen uint64, fingerprint string, 
 	}
 	copy(call.buf, data)
 	call.progress(len(data))
-	if owned {
+	if keep {
 		it.keep(b, call.buf, gen)
 	}
 	return true

@@ -206,6 +206,9 @@ type GroupStats struct {
 	PeerBytesIn  int64 `json:"peerBytesIn"`
 	BlocksOut    int64 `json:"blocksOut"`
 	PeerBytesOut int64 `json:"peerBytesOut"`
+	// ReplicaBlocksOut are the blocks of BlocksOut this member sent as
+	// a hot block's replica (the next member in its ranking).
+	ReplicaBlocksOut int64 `json:"replicaBlocksOut"`
 	// PeerLatency is a histogram of the blocks other members sent: how
 	// long each took, asked to received.
 	PeerLatency Histogram `json:"peerLatency"`

@@ -86,7 +86,9 @@ func (d *Daemon) startGroup() error {
 	if err != nil {
 		return fmt.Errorf("--group-tls-dir %s: %w", o.GroupTLSDir, err)
 	}
-	g := &groupMember{name: o.Group, server: group.NewServer(), served: map[string][]*cache.Dataset{}, kick: make(chan struct{}, 1), log: d.log.WithName("group").WithValues("group", o.Group, "member", o.GroupID)}
+	srv := group.NewServer()
+	srv.HotAsks = o.GroupHotAsks
+	g := &groupMember{name: o.Group, server: srv, served: map[string][]*cache.Dataset{}, kick: make(chan struct{}, 1), log: d.log.WithName("group").WithValues("group", o.Group, "member", o.GroupID)}
 	g.node = &group.Node{Self: o.GroupID, Client: &group.Client{
 		HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: ctls, MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}},
 		// An owner's fetch is bounded by the source timeout, and a
@@ -314,7 +316,7 @@ func (d *Daemon) groupStats(peerBytesIn int64) *api.GroupStats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st := &api.GroupStats{Name: g.name, Self: g.node.Self, Listen: g.addr, PeerBytesIn: peerBytesIn, PeerLatency: apiHistogram(g.latency.Snapshot()),
-		BlocksOut: g.server.Blocks.Load(), PeerBytesOut: g.server.Bytes.Load(), MembersError: g.listErr, Datasets: len(g.served)}
+		BlocksOut: g.server.Blocks.Load(), ReplicaBlocksOut: g.server.Replicas.Load(), PeerBytesOut: g.server.Bytes.Load(), MembersError: g.listErr, Datasets: len(g.served)}
 	for _, m := range g.members {
 		st.Members = append(st.Members, m.ID)
 		if ids := g.serving[m.ID]; len(ids) > 0 {

@@ -232,6 +232,7 @@ func TestGroupOptions(t *testing.T) {
 		{"deadline under two heartbeats", func(o *Options) {
 			o.Group, o.GroupMembers, o.GroupDeadline = "research", "a=127.0.0.1:1", 100*time.Millisecond
 		}, "--group-peer-deadline"},
+		{"negative hot asks", func(o *Options) { o.Group, o.GroupMembers, o.GroupHotAsks = "research", "a=127.0.0.1:1", -1 }, "--group-hot-asks"},
 		{"negative drain", func(o *Options) { o.Group, o.GroupMembers, o.GroupDrain = "research", "a=127.0.0.1:1", -time.Second }, "--group-drain"},
 		{"bad listen", func(o *Options) { o.Group, o.GroupMembers, o.GroupListen = "research", "a=127.0.0.1:1", "7480" }, "--group-listen"},
 	} {

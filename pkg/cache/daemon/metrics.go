@@ -11,30 +11,31 @@ import (
 // Metrics are read from the daemon's counters at scrape time. Labels are
 // bounded: dataset names (one per mounted dataset) and tier names.
 var (
-	descHits        = prometheus.NewDesc("cistern_cache_hits_total", "Block reads served from a cache tier.", []string{"dataset"}, nil)
-	descMisses      = prometheus.NewDesc("cistern_cache_misses_total", "Blocks fetched from the source.", []string{"dataset"}, nil)
-	descSourceBytes = prometheus.NewDesc("cistern_cache_source_bytes_total", "Bytes read from the source.", []string{"dataset"}, nil)
-	descDSBytes     = prometheus.NewDesc("cistern_cache_dataset_bytes", "Bytes of a dataset held in a tier (warm datasets, for scheduling hints).", []string{"dataset", "tier"}, nil)
-	descTierBytes   = prometheus.NewDesc("cistern_cache_tier_bytes", "Bytes held in a tier.", []string{"tier"}, nil)
-	descEvictions   = prometheus.NewDesc("cistern_cache_evictions_total", "Cached files evicted.", nil, nil)
-	descReadThrough = prometheus.NewDesc("cistern_cache_read_through_total", "Blocks served without being stored (tier full or failing).", nil, nil)
-	descCorrupt     = prometheus.NewDesc("cistern_cache_corrupt_blocks_total", "Cached blocks that failed their checksum and were refetched.", nil, nil)
-	descServed      = prometheus.NewDesc("cistern_cache_served_bytes_total", "Bytes the daemon served from a tier (passthrough reads go to the kernel and are not counted).", []string{"tier"}, nil)
-	descLatency     = prometheus.NewDesc("cistern_cache_source_fetch_seconds", "Latency of block fetches from sources.", nil, nil)
-	descMounted     = prometheus.NewDesc("cistern_cache_mounted_datasets", "Datasets mounted on this node.", nil, nil)
-	descGroupBytes  = prometheus.NewDesc("cistern_group_peer_bytes_total", "Block bytes exchanged with the cache group's other members: in (sent by them) and out (sent to them).", []string{"group", "direction"}, nil)
-	descGroupBlocks = prometheus.NewDesc("cistern_group_blocks_served_total", "Blocks this member sent to the cache group's other members.", []string{"group"}, nil)
-	descGroupSize   = prometheus.NewDesc("cistern_group_members", "Members of the cache group as last read.", []string{"group"}, nil)
-	descGroupPeer   = prometheus.NewDesc("cistern_group_peer_fetch_seconds", "Latency of the blocks the cache group's other members sent, asked to received.", []string{"group"}, nil)
-	descGroupOwner  = prometheus.NewDesc("cistern_group_owner", "1 when this member owns blocks of its cache group (0: client-only, or not listed yet).", []string{"group"}, nil)
-	descNodes       = prometheus.NewDesc("cistern_cache_inodes", "Files and directories the mounts hold in memory for the kernel (bounded by --max-inodes).", nil, nil)
+	descHits         = prometheus.NewDesc("cistern_cache_hits_total", "Block reads served from a cache tier.", []string{"dataset"}, nil)
+	descMisses       = prometheus.NewDesc("cistern_cache_misses_total", "Blocks fetched from the source.", []string{"dataset"}, nil)
+	descSourceBytes  = prometheus.NewDesc("cistern_cache_source_bytes_total", "Bytes read from the source.", []string{"dataset"}, nil)
+	descDSBytes      = prometheus.NewDesc("cistern_cache_dataset_bytes", "Bytes of a dataset held in a tier (warm datasets, for scheduling hints).", []string{"dataset", "tier"}, nil)
+	descTierBytes    = prometheus.NewDesc("cistern_cache_tier_bytes", "Bytes held in a tier.", []string{"tier"}, nil)
+	descEvictions    = prometheus.NewDesc("cistern_cache_evictions_total", "Cached files evicted.", nil, nil)
+	descReadThrough  = prometheus.NewDesc("cistern_cache_read_through_total", "Blocks served without being stored (tier full or failing).", nil, nil)
+	descCorrupt      = prometheus.NewDesc("cistern_cache_corrupt_blocks_total", "Cached blocks that failed their checksum and were refetched.", nil, nil)
+	descServed       = prometheus.NewDesc("cistern_cache_served_bytes_total", "Bytes the daemon served from a tier (passthrough reads go to the kernel and are not counted).", []string{"tier"}, nil)
+	descLatency      = prometheus.NewDesc("cistern_cache_source_fetch_seconds", "Latency of block fetches from sources.", nil, nil)
+	descMounted      = prometheus.NewDesc("cistern_cache_mounted_datasets", "Datasets mounted on this node.", nil, nil)
+	descGroupBytes   = prometheus.NewDesc("cistern_group_peer_bytes_total", "Block bytes exchanged with the cache group's other members: in (sent by them) and out (sent to them).", []string{"group", "direction"}, nil)
+	descGroupBlocks  = prometheus.NewDesc("cistern_group_blocks_served_total", "Blocks this member sent to the cache group's other members.", []string{"group"}, nil)
+	descGroupReplica = prometheus.NewDesc("cistern_group_replica_blocks_served_total", "Blocks this member sent to the cache group's other members as a hot block's replica.", []string{"group"}, nil)
+	descGroupSize    = prometheus.NewDesc("cistern_group_members", "Members of the cache group as last read.", []string{"group"}, nil)
+	descGroupPeer    = prometheus.NewDesc("cistern_group_peer_fetch_seconds", "Latency of the blocks the cache group's other members sent, asked to received.", []string{"group"}, nil)
+	descGroupOwner   = prometheus.NewDesc("cistern_group_owner", "1 when this member owns blocks of its cache group (0: client-only, or not listed yet).", []string{"group"}, nil)
+	descNodes        = prometheus.NewDesc("cistern_cache_inodes", "Files and directories the mounts hold in memory for the kernel (bounded by --max-inodes).", nil, nil)
 )
 
 // collector reads the daemon's stats at each scrape.
 type collector struct{ stats func() api.StatsResponse }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency, descNodes, descGroupBytes, descGroupBlocks, descGroupSize, descGroupOwner, descGroupPeer} {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descSourceBytes, descDSBytes, descTierBytes, descEvictions, descReadThrough, descCorrupt, descMounted, descServed, descLatency, descNodes, descGroupBytes, descGroupBlocks, descGroupReplica, descGroupSize, descGroupOwner, descGroupPeer} {
 		ch <- d
 	}
 }
@@ -82,6 +83,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descGroupBytes, g.PeerBytesIn, g.Name, "in")
 		counter(descGroupBytes, g.PeerBytesOut, g.Name, "out")
 		counter(descGroupBlocks, g.BlocksOut, g.Name)
+		counter(descGroupReplica, g.ReplicaBlocksOut, g.Name)
 		gauge(descGroupSize, int64(len(g.Members)), g.Name)
 		owner := int64(0)
 		if g.Owner {

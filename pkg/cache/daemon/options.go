@@ -69,6 +69,9 @@ type Options struct {
 	GroupDrain time.Duration
 	// GroupDeadline bounds each peer's answer.
 	GroupDeadline time.Duration
+	// GroupHotAsks is how many asks of a block within a minute make it
+	// hot (replicated on the next member of its ranking); 0: never.
+	GroupHotAsks int
 }
 
 // AddFlags registers the options' flags.
@@ -95,6 +98,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.GroupDatasets, "group-datasets", "", "directory of <dataset>.json files: datasets served to the group without volumes (a cache-only member)")
 	fs.DurationVar(&o.GroupDrain, "group-drain", 0, "on SIGTERM, keep answering peers for up to this long while they take this member's blocks over (ends once no peer asked for 5 s; 0: stop at once). For cache-only members: a node member that restarts keeps its ID and its blocks")
 	fs.DurationVar(&o.GroupDeadline, "group-peer-deadline", 2*time.Second, "longest silence of a peer asked for a block before the next member or the source (an owner fetching it from the source says so every 0.5 s, and is waited for up to --source-timeout)")
+	fs.IntVar(&o.GroupHotAsks, "group-hot-asks", group.DefaultHotAsks, "asks of one block within a minute that make it hot: the next member in its ranking keeps a copy and answers half its askers (0: no replicas)")
 	fs.DurationVar(&o.SourceTimeout, "source-timeout", s3store.DefaultTimeout, "deadline of each object-store request, retries included (a stalled store fails reads with EIO after it)")
 }
 
@@ -179,6 +183,9 @@ func (o *Options) validateGroup() []error {
 	}
 	if o.GroupDrain < 0 {
 		errs = append(errs, fmt.Errorf("--group-drain %s must not be negative", o.GroupDrain))
+	}
+	if o.GroupHotAsks < 0 {
+		errs = append(errs, fmt.Errorf("--group-hot-asks %d: want 0 (no replicas) or more", o.GroupHotAsks))
 	}
 	if o.GroupDeadline < 2*group.Heartbeat {
 		errs = append(errs, fmt.Errorf("--group-peer-deadline %s must be at least %s: an owner fetching a block says so every %s", o.GroupDeadline, 2*group.Heartbeat, group.Heartbeat))

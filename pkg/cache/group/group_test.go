@@ -47,6 +47,7 @@ type member struct {
 	ds    *cache.Dataset
 	node  *group.Node
 	srv   *httptest.Server
+	peer  *group.Server
 }
 
 // startGroup starts n members over loopback TLS and returns them.
@@ -68,7 +69,7 @@ func startGroup(t *testing.T, n int, src source.Source, key string, quota int64)
 		hs.TLS = server
 		hs.StartTLS()
 		t.Cleanup(hs.Close)
-		m.srv = hs
+		m.srv, m.peer = hs, srv
 		// A deadline no loaded test machine reaches: these tests are
 		// about where blocks come from, not about slow peers.
 		m.node = &group.Node{Self: m.id, Client: &group.Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: client}},
@@ -392,4 +393,82 @@ func TestJoinTakesBlocksFromTheirPreviousOwners(t *testing.T) {
 	if stored == 0 || stored >= 48*cachetest.Block {
 		t.Errorf("the member that joined stored %d bytes of 48 blocks of %d; want its share (about a third)", stored, cachetest.Block)
 	}
+}
+
+// TestAHotBlockHasAReplica: a block many members read becomes hot at its
+// owner, and the next member in its ranking keeps a copy as its replica;
+// when the owner dies, a member reading the block for the first time gets
+// it from the replica, and the source is read once in all. Without the
+// replica (no block is ever hot) the replica's member reads the source
+// again.
+func TestAHotBlockHasAReplica(t *testing.T) {
+	for _, replicas := range []bool{true, false} {
+		t.Run(fmt.Sprint("replicas=", replicas), func(t *testing.T) {
+			root := t.TempDir()
+			want := cachetest.WriteRandom(t, filepath.Join(root, "weights"), cachetest.Block, 23)
+			p, _ := posix.New(root)
+			src := &countingSource{Source: p, reads: map[string]int{}}
+			key := group.DatasetKey("file://"+root, nil)
+			ms := startGroup(t, 5, src, key, 1<<30)
+			r := ringOf(t, ms, 1, 1, 1, 1, 0) // node-4 uses the group, owns nothing
+			byID := map[string]*member{}
+			for _, m := range ms {
+				m.node.SetRing(r)
+				m.peer.HotAsks = 2 // hot at the second ask
+				if !replicas {
+					m.peer.HotAsks = 0
+				}
+				byID[m.id] = m
+			}
+			a, err := src.Stat(context.Background(), "weights")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rank := r.Rank(group.Block{Dataset: key, Object: a.Fingerprint(), Index: 0}, 4)
+			owner, replica := byID[rank[0].ID], byID[rank[1].ID]
+			// The two others read it (the second ask makes it hot),
+			// then the replica's member: its answer says hot.
+			for _, m := range []*member{byID[rank[2].ID], byID[rank[3].ID], replica} {
+				if got := readAll(t, m.ds, src, "weights"); !bytes.Equal(got, want) {
+					t.Fatalf("%s read other bytes", m.id)
+				}
+			}
+			wantHeld := int64(0)
+			if replicas {
+				wantHeld = int64(len(want))
+			}
+			held := settled(wantHeld, func() int64 { return replica.cache.Stats().TierBytes["disk"] })
+			if replicas && held != int64(len(want)) {
+				t.Fatalf("the replica's member holds %d bytes of the hot block; want %d (a copy)", held, len(want))
+			}
+			if !replicas && held != 0 {
+				t.Fatalf("with no hot blocks the replica's member holds %d bytes; want 0", held)
+			}
+			owner.srv.Close()
+			if got := readAll(t, ms[4].ds, src, "weights"); !bytes.Equal(got, want) {
+				t.Fatal("node-4 read other bytes with the owner gone")
+			}
+			wantReads := int64(1)
+			if !replicas {
+				wantReads = 2 // the replica's member read the source
+			}
+			if n := src.total.Load(); n != wantReads {
+				t.Errorf("the source was read %d times; want %d", n, wantReads)
+			}
+			if got := settled(1, replica.peer.Blocks.Load); got != 1 {
+				t.Errorf("the replica's member served %d blocks; want 1 (to node-4, the owner gone)", got)
+			}
+		})
+	}
+}
+
+// settled returns get() once it is want, or after 5 seconds: a block is
+// stored, and a server counts what it sent, a moment after its reader
+// has the bytes.
+func settled(want int64, get func() int64) int64 {
+	got := get()
+	for end := time.Now().Add(5 * time.Second); got != want && time.Now().Before(end); got = get() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return got
 }

@@ -23,6 +23,11 @@ type Node struct {
 	// that joins takes over its blocks from those that held them, not
 	// from the store.
 	Handoff time.Duration
+	// HotFor is how long a block its owner said is hot is asked of its
+	// replica too (default DefaultHotFor; hot.go).
+	HotFor time.Duration
+
+	hot hotSet
 
 	mu   sync.Mutex
 	cur  *placement         // guarded by mu
@@ -133,7 +138,8 @@ func (n *Node) rings(dataset string) (cur, prev *Ring) {
 // bytes) of name at version object of the group's dataset. owned: this
 // member is the owner, or the next in line once those before it failed:
 // it stores the block, which it reads from the source unless b holds it
-// (sent by the block's owner before the last change of members).
+// (sent by the block's owner before the last change of members, or by
+// its owner to this member, the hot block's replica).
 func (n *Node) Block(ctx context.Context, dataset, name, object string, index int64, size int) ([]byte, bool, error) {
 	r, prev := n.rings(dataset)
 	if r == nil {
@@ -144,26 +150,38 @@ func (n *Node) Block(ctx context.Context, dataset, name, object string, index in
 		fallbacks = 1
 	}
 	blk := Block{Dataset: dataset, Object: object, Index: index}
-	var ask []Member
+	var asks []ask
 	self := false
 	for _, m := range r.Rank(blk, fallbacks+1) {
 		if m.ID == n.Self {
 			self = true
 			break
 		}
-		ask = append(ask, m)
+		asks = append(asks, ask{Member: m})
 	}
-	if len(ask) == 0 {
+	if len(asks) == 0 {
 		// This member owns the block: its previous owner may hold it.
 		b, _ := n.fromPrevious(ctx, prev, blk, name, size)
 		return b, true, nil
 	}
-	b, _, err := n.Client.Fetch(ctx, ask, dataset, name, object, index, size)
+	if len(asks) >= 2 && n.hot.hot(blk) && replicaFirst(n.Self, blk) {
+		// A hot block: half the members ask its replica first.
+		asks[0], asks[1] = ask{asks[1].Member, "replica"}, asks[0]
+	}
+	b, from, hot, err := n.Client.fetch(ctx, asks, dataset, name, object, index, size)
 	if err != nil {
 		// Those before it failed: a member next in line owns the
 		// block now; one further down, or a client-only member,
 		// reads the source too (until the owner is back).
 		return nil, self, err
+	}
+	if hot {
+		n.hot.mark(blk, n.HotFor)
+		if self && len(asks) == 1 && from.ID == asks[0].ID {
+			// This member is the hot block's replica: it keeps
+			// what its owner sent.
+			return b, true, nil
+		}
 	}
 	return b, false, nil
 }

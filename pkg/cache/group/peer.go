@@ -23,7 +23,10 @@ import (
 // without one gets no data), and the owner answers from its cache or
 // fetches the block from the source once, whoever else asks meanwhile.
 //
-//	GET /v1/blocks/<dataset ID>/<index>?q=<sealed name and version>[&cached=1]
+//	GET /v1/blocks/<dataset ID>/<index>?q=<sealed name and version>[&cached=1|&replica=1]
+//
+// (cached=1: a hand-off, answered from the cache only; replica=1: a hot
+// block asked of its replica, hot.go.)
 //
 // The dataset is named by a public ID of its key in the group
 // (DatasetKey, derived from its source and credentials, which never
@@ -40,8 +43,14 @@ import (
 
 // Server answers peers' block requests from the datasets it serves.
 type Server struct {
-	// Blocks and Bytes count the blocks served to peers and their bytes.
-	Blocks, Bytes atomic.Int64
+	// Blocks and Bytes count the blocks served to peers and their bytes;
+	// Replicas the blocks served as a hot block's replica (hot.go).
+	Blocks, Bytes, Replicas atomic.Int64
+	// HotAsks is how many asks of a block within HotWindow make it hot
+	// (NewServer: DefaultHotAsks; 0: no block is ever hot).
+	HotAsks   int
+	HotWindow time.Duration
+	heat      heat
 	// asked is when a peer last asked for a block (unix nanoseconds);
 	// inflight counts the block requests being answered.
 	asked, inflight atomic.Int64
@@ -81,8 +90,16 @@ func (s *Server) LastAsked() time.Time {
 	return time.Time{}
 }
 
+// ReplicaSource is a BlockSource that can keep a copy of a block another
+// member owns: a hot block's replica answers from its cache, or asks the
+// owner once and keeps what it sends.
+type ReplicaSource interface {
+	BlockSource
+	ReplicaBlock(ctx context.Context, name, object string, index int64) ([]byte, error)
+}
+
 // NewServer returns a server of no datasets.
-func NewServer() *Server { return &Server{datasets: map[string]served{}} }
+func NewServer() *Server { return &Server{datasets: map[string]served{}, HotAsks: DefaultHotAsks} }
 
 // Serve registers the dataset of group key key; Withdraw removes it.
 func (s *Server) Serve(key string, src BlockSource) error {
@@ -131,14 +148,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var b []byte
-	if r.URL.Query().Get("cached") == "1" {
+	rs, replica := ds.src.(ReplicaSource)
+	replica = replica && r.URL.Query().Get("replica") == "1"
+	switch {
+	case r.URL.Query().Get("cached") == "1":
 		// A hand-off: from what this member holds, or not at all.
 		if cs, ok := ds.src.(CachedSource); ok {
 			b, err = cs.CachedBlock(r.Context(), name, object, index)
 		} else {
 			err = fs.ErrNotExist
 		}
-	} else {
+	case replica:
+		// A hot block's replica: from its cache, or from the owner.
+		b, err = s.fetching(w, func() ([]byte, error) { return rs.ReplicaBlock(r.Context(), name, object, index) })
+	default:
+		if s.HotAsks > 0 && s.heat.ask(Block{Dataset: id, Object: object, Index: index}, s.HotWindow, time.Now()) >= s.HotAsks {
+			w.Header().Set(HotHeader, "1")
+		}
 		// The block may have to come from the source, behind other
 		// fetches: the asker hears that this member is at it.
 		b, err = s.fetching(w, func() ([]byte, error) { return ds.src.Block(r.Context(), name, object, index) })
@@ -165,6 +191,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if _, err := w.Write(sealed); err == nil {
 		s.Blocks.Add(1)
 		s.Bytes.Add(int64(len(b)))
+		if replica {
+			s.Replicas.Add(1)
+		}
 	}
 }
 
@@ -280,31 +309,50 @@ var ErrNoPeer = errors.New("cache group: no peer has the block")
 // bytes and the member that served them. Peers that fail, answer late or
 // send a corrupt block are passed over (and skipped for Cooldown).
 func (c *Client) Fetch(ctx context.Context, peers []Member, dataset, name, object string, index int64, size int) ([]byte, Member, error) {
-	return c.fetch(ctx, peers, false, dataset, name, object, index, size)
+	b, m, _, err := c.fetch(ctx, asking(peers, ""), dataset, name, object, index, size)
+	return b, m, err
 }
 
 // FetchCached is Fetch of a block the peers answer from their caches only
 // (a hand-off: they neither fetch it nor ask anyone).
 func (c *Client) FetchCached(ctx context.Context, peers []Member, dataset, name, object string, index int64, size int) ([]byte, Member, error) {
-	return c.fetch(ctx, peers, true, dataset, name, object, index, size)
+	b, m, _, err := c.fetch(ctx, asking(peers, "cached"), dataset, name, object, index, size)
+	return b, m, err
 }
 
-func (c *Client) fetch(ctx context.Context, peers []Member, cached bool, dataset, name, object string, index int64, size int) ([]byte, Member, error) {
+// ask is a member asked for a block, and how: "" (the owner or a
+// fallback), "cached" (a hand-off) or "replica" (a hot block's replica).
+type ask struct {
+	Member
+	how string
+}
+
+func asking(peers []Member, how string) []ask {
+	out := make([]ask, len(peers))
+	for i, m := range peers {
+		out[i] = ask{m, how}
+	}
+	return out
+}
+
+// fetch asks the members in order; hot: the member that answered said the
+// block is hot.
+func (c *Client) fetch(ctx context.Context, peers []ask, dataset, name, object string, index int64, size int) ([]byte, Member, bool, error) {
 	var errs []error
 	for _, m := range peers {
 		if c.skipped(m.Addr) {
 			continue
 		}
 		start := time.Now()
-		b, err := c.fetchFrom(ctx, m, cached, dataset, name, object, index, size)
+		b, hot, err := c.fetchFrom(ctx, m, dataset, name, object, index, size)
 		if err == nil {
 			if c.Observe != nil {
 				c.Observe(time.Since(start))
 			}
-			return b, m, nil
+			return b, m.Member, hot, nil
 		}
 		if ctx.Err() != nil {
-			return nil, Member{}, ctx.Err()
+			return nil, Member{}, false, ctx.Err()
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", m.ID, err))
 		var st statusError
@@ -312,7 +360,7 @@ func (c *Client) fetch(ctx context.Context, peers []Member, cached bool, dataset
 			c.breakFor(m.Addr) // unreachable, slow, busy or corrupt
 		}
 	}
-	return nil, Member{}, errors.Join(append([]error{ErrNoPeer}, errs...)...)
+	return nil, Member{}, false, errors.Join(append([]error{ErrNoPeer}, errs...)...)
 }
 
 type statusError struct {
@@ -375,19 +423,19 @@ func (l *lively) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *Client) fetchFrom(ctx context.Context, m Member, cached bool, dataset, name, object string, index int64, size int) ([]byte, error) {
+func (c *Client) fetchFrom(ctx context.Context, m ask, dataset, name, object string, index int64, size int) ([]byte, bool, error) {
 	seal, err := c.sealer(dataset)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	q := url.Values{"q": {seal.sealRequest(name, object, index)}}
-	if cached {
-		q.Set("cached", "1")
+	if m.how != "" {
+		q.Set(m.how, "1")
 	}
 	u := url.URL{Scheme: "https", Host: m.Addr, Path: "/v1/blocks/" + seal.id + "/" + strconv.FormatInt(index, 10), RawQuery: q.Encode()}
 	resp, cancel, err := c.get(ctx, u.String())
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer cancel()
 	defer resp.Body.Close()
@@ -395,17 +443,17 @@ func (c *Client) fetchFrom(ctx context.Context, m Member, cached bool, dataset, 
 	// make this one hold more than the block.
 	want := seal.sealedLen(size)
 	if resp.ContentLength != int64(want) {
-		return nil, statusError{http.StatusBadGateway, fmt.Sprintf("a sealed block of %d bytes, want %d", resp.ContentLength, want)}
+		return nil, false, statusError{http.StatusBadGateway, fmt.Sprintf("a sealed block of %d bytes, want %d", resp.ContentLength, want)}
 	}
 	sealed := make([]byte, want)
 	if _, err := io.ReadFull(resp.Body, sealed); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	b, err := seal.openBlock(sealed, object, index)
 	if err != nil {
-		return nil, statusError{http.StatusBadGateway, "the block does not open with the dataset's key: corrupt, or another dataset's"}
+		return nil, false, statusError{http.StatusBadGateway, "the block does not open with the dataset's key: corrupt, or another dataset's"}
 	}
-	return b, nil
+	return b, resp.Header.Get(HotHeader) == "1", nil
 }
 
 func (c *Client) skipped(addr string) bool {

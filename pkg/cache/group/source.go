@@ -9,13 +9,22 @@ import (
 
 // DatasetSource serves a cache dataset's blocks to the group: fetched
 // once and stored (PeerBlock), or from the cache only during a hand-off
-// (CachedBlock).
-func DatasetSource(ds *cache.Dataset) CachedSource { return datasetSource{ds} }
+// (CachedBlock), or kept as a hot block's replica (ReplicaBlock).
+func DatasetSource(ds *cache.Dataset) interface {
+	CachedSource
+	ReplicaSource
+} {
+	return datasetSource{ds}
+}
 
 type datasetSource struct{ ds *cache.Dataset }
 
 func (s datasetSource) Block(ctx context.Context, name, object string, index int64) ([]byte, error) {
 	return versionErr(s.ds.PeerBlock(ctx, name, object, index))
+}
+
+func (s datasetSource) ReplicaBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
+	return versionErr(s.ds.ReplicaBlock(ctx, name, object, index))
 }
 
 func (s datasetSource) CachedBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {

@@ -161,6 +161,10 @@ func inProcess(dir string, mib, block int64) error {
 	again := src.reads.Load() - before
 	line("join 4 -> 5: source re-fetches after the join (all five read the file again)", fmt.Sprintf("%d of %d blocks", again, blocks), "about 0", float64(again) <= 0.01*float64(blocks))
 
+	if err := hotFile(dir, src, key, block); err != nil {
+		return err
+	}
+
 	ms, stop, err = startMembers(4, 4, filepath.Join(dir, "capacity"), src, key, 256*mib, block)
 	if err != nil {
 		return err

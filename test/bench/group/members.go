@@ -43,6 +43,8 @@ type member struct {
 	cache *cache.Cache
 	ds    *cache.Dataset
 	lis   net.Listener
+	hs    *http.Server
+	peer  *group.Server
 	node  *group.Node
 	addr  string
 }
@@ -62,7 +64,7 @@ func startMembers(n, owners int, dir string, src source.Source, key string, quot
 	}
 	stop = func() {
 		for _, m := range ms {
-			m.lis.Close()
+			m.hs.Close() // its listener and connections
 			m.cache.Close()
 		}
 	}
@@ -86,6 +88,7 @@ func startMembers(n, owners int, dir string, src source.Source, key string, quot
 		srv.Serve(key, group.DatasetSource(m.ds))
 		// (A refused client's handshake error is the expected answer.)
 		hs := &http.Server{Handler: srv, ErrorLog: log.New(io.Discard, "", 0)}
+		m.hs, m.peer = hs, srv
 		go hs.Serve(tls.NewListener(lis, stc))
 		if i < owners {
 			ring = append(ring, group.Member{ID: m.id, Addr: lis.Addr().String(), Weight: 1})
