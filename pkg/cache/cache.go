@@ -154,7 +154,7 @@ type Cache struct {
 	pending    map[string][]pendingIndex // guarded by mu; index files not loaded yet, by item hash
 	listedDone bool                      // guarded by mu; pending is filled (listed is closed)
 	inLoad     map[string]chan struct{}  // guarded by mu; hashes being loaded, closed when done
-	dormant    map[[16]byte]dormant      // guarded by mu; cached files whose items sleep, by item hash
+	dormant    dormants                  // guarded by mu; cached files whose items sleep, by item hash
 	asleep     atomic.Int64              // dormant records, and those being woken
 	items      map[string]*Item          // guarded by mu; by itemKey
 	perDS      map[string]*counters      // guarded by mu; per-dataset counters
@@ -175,7 +175,7 @@ func New(opts Options) (*Cache, error) {
 		dirty: map[*Item]struct{}{},
 
 		inLoad:  map[string]chan struct{}{},
-		dormant: map[[16]byte]dormant{},
+		dormant: newDormants(),
 	}
 	c.clean = newCleaner(opts.CleanInterval, c.cleanTiers)
 	c.env = &itemEnv{

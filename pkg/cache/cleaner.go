@@ -108,13 +108,13 @@ func (c *Cache) cleanTier(t *tier) {
 		atime int64
 	}
 	c.mu.Lock()
-	cands := make([]cand, 0, (len(c.items)+len(c.dormant))/len(c.tiers)+1)
+	cands := make([]cand, 0, (len(c.items)+c.dormant.len())/len(c.tiers)+1)
 	for _, it := range c.items {
 		if it.tier == t {
 			cands = append(cands, cand{it: it, atime: it.atime.Load()})
 		}
 	}
-	for hk, d := range c.dormant {
+	for hk, d := range c.dormant.all() {
 		if d.tier == t {
 			cands = append(cands, cand{hk: hk, atime: d.atime})
 		}
@@ -133,11 +133,11 @@ func (c *Cache) cleanTier(t *tier) {
 			break
 		}
 		if cd.it == nil {
-			d, ok := c.dormant[cd.hk]
+			d, ok := c.dormant.get(cd.hk)
 			if !ok {
 				continue // woken or evicted meanwhile
 			}
-			delete(c.dormant, cd.hk)
+			c.dormant.delete(cd.hk)
 			c.asleep.Add(-1)
 			c.uncountLocked(d)
 			need -= d.bytes
@@ -153,6 +153,9 @@ func (c *Cache) cleanTier(t *tier) {
 		victims = append(victims, it)
 		delete(c.items, key)
 		it.ctr.files.Add(-1)
+	}
+	if len(sleeping) >= freeAfter {
+		c.dormant.shrink() // many records at once: their map's tables go too
 	}
 	c.mu.Unlock()
 	for _, it := range victims {

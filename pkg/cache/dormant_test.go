@@ -31,7 +31,7 @@ func newSleepyCache(t *testing.T, dir string, quota int64) *Cache {
 func counts(c *Cache) (awake, asleep int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.items), len(c.dormant)
+	return len(c.items), c.dormant.len()
 }
 
 // TestIdleItemsSleepAndWake: the cleaner puts idle items to sleep (out of
@@ -197,4 +197,49 @@ func TestSleepRacesReads(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	checkInvariants(t, c)
+}
+
+// TestDormantRecordsPacked: a record kept packed reads back as it was
+// set, its last use to the millisecond; the pairs of dataset and tier past
+// the packed index's bound keep whole records.
+func TestDormantRecordsPacked(t *testing.T) {
+	s := newDormants()
+	t1, t2 := &tier{index: 0}, &tier{index: 1}
+	c1, c2 := &counters{}, &counters{}
+	now := time.Now().UnixNano()
+	want := map[[16]byte]dormant{}
+	for i := range 300 {
+		d := dormant{ctr: []*counters{c1, c2}[i%2], tier: []*tier{t1, t2}[i%3%2], gen: uint64(i) * 0x9e3779b97f4a7c15, bytes: int64(i) << 33, atime: now - int64(i)*int64(time.Millisecond)}
+		hk := [16]byte{byte(i), byte(i >> 8)}
+		s.set(hk, d)
+		d.atime -= d.atime % int64(time.Millisecond)
+		want[hk] = d
+	}
+	if len(s.pairs) != 4 || s.len() != 300 {
+		t.Fatalf("%d pairs, %d records; want 4, 300", len(s.pairs), s.len())
+	}
+	// The table of pairs full: a new pair's record is kept whole.
+	s.pairs = append(s.pairs, make([]dormantPair, 1<<pairBits-len(s.pairs))...)
+	c3 := &counters{}
+	full := dormant{ctr: c3, tier: t1, gen: 7, bytes: 9, atime: now + 123}
+	s.set([16]byte{0xff}, full)
+	want[[16]byte{0xff}] = full
+	seen := 0
+	for hk, d := range s.all() {
+		if d != want[hk] {
+			t.Errorf("record %x: %+v, want %+v", hk[:2], d, want[hk])
+		}
+		if g, ok := s.get(hk); !ok || g != d {
+			t.Errorf("get %x: %+v %v", hk[:2], g, ok)
+		}
+		seen++
+	}
+	if seen != len(want) || s.len() != len(want) {
+		t.Errorf("%d records yielded, len %d; want %d", seen, s.len(), len(want))
+	}
+	s.delete([16]byte{0xff})
+	s.delete([16]byte{1})
+	if _, ok := s.get([16]byte{0xff}); ok || s.len() != len(want)-2 {
+		t.Errorf("after two deletes: len %d", s.len())
+	}
 }

@@ -126,7 +126,7 @@ func checkInvariants(t reporter, c *Cache) {
 	}
 	// Dormant files count as their records say; each has its index and
 	// no item in memory, and the count of them is asleep.
-	for hk, d := range c.dormant {
+	for hk, d := range c.dormant.all() {
 		files[d.ctr]++
 		if dsBytes[d.ctr] == nil {
 			dsBytes[d.ctr] = make([]int64, len(c.tiers))
@@ -140,8 +140,8 @@ func checkInvariants(t reporter, c *Cache) {
 			t.Errorf("dormant %x (%s) also has an item in memory", hk, m.Name)
 		}
 	}
-	if got := c.asleep.Load(); got != int64(len(c.dormant)) {
-		t.Errorf("asleep counts %d, %d dormant records", got, len(c.dormant))
+	if got := c.asleep.Load(); got != int64(c.dormant.len()) {
+		t.Errorf("asleep counts %d, %d dormant records", got, c.dormant.len())
 	}
 	for name, ct := range c.perDS {
 		if got := ct.files.Load(); got != files[ct] {

@@ -118,7 +118,7 @@ func readNames(dir string) ([]string, error) {
 // loaded), and its hash; c.mu is held. The caller loads it (loadFromDisk)
 // before it looks again.
 func (c *Cache) onDiskLocked(dataset, id string) (string, bool) {
-	if c.loadedAll.Load() && len(c.dormant) == 0 && len(c.inLoad) == 0 {
+	if c.loadedAll.Load() && c.dormant.len() == 0 && len(c.inLoad) == 0 {
 		return "", false
 	}
 	h := itemHash(dataset, id)
@@ -132,7 +132,7 @@ func (c *Cache) onDiskLocked(dataset, id string) (string, bool) {
 		return h, true
 	}
 	hk, _ := hashKey(h)
-	_, ok := c.dormant[hk]
+	_, ok := c.dormant.get(hk)
 	return h, ok
 }
 
@@ -163,7 +163,7 @@ func (c *Cache) loadPending(hash string, asleep bool) {
 	}
 	idx, listed := c.pending[hash]
 	hk, _ := hashKey(hash)
-	d, dormant := c.dormant[hk]
+	d, dormant := c.dormant.get(hk)
 	if !listed && (!dormant || asleep) {
 		c.mu.Unlock()
 		return
@@ -173,7 +173,7 @@ func (c *Cache) loadPending(hash string, asleep bool) {
 		// Still counted in asleep until it is awake: a reader that
 		// finds no dormant record and no load in progress may create
 		// a new item.
-		delete(c.dormant, hk)
+		c.dormant.delete(hk)
 		c.uncountLocked(d)
 	}
 	ch := make(chan struct{})
@@ -238,21 +238,21 @@ func (c *Cache) loadIndexFile(t *tier, mp string, asleep bool, atime int64) {
 		prev.ctr.files.Add(-1)
 		defer prev.remove()
 	}
-	if prev, ok := c.dormant[hk]; ok {
+	if prev, ok := c.dormant.get(hk); ok {
 		if prev.atime >= it.atime.Load() {
 			c.mu.Unlock()
 			it.addBytesLocked(-it.presentBytes())
 			it.removeFiles()
 			return
 		}
-		delete(c.dormant, hk)
+		c.dormant.delete(hk)
 		c.asleep.Add(-1)
 		c.uncountLocked(prev)
 		defer c.removeDormantFiles(hk, prev)
 	}
 	it.ctr.files.Add(1)
 	if asleep {
-		c.dormant[hk] = it.dormant()
+		c.dormant.set(hk, it.dormant())
 		c.asleep.Add(1)
 	} else {
 		c.items[key] = it

@@ -65,7 +65,7 @@ func TestRestartServesBeforeTheIndexIsLoaded(t *testing.T) {
 	close(gate)
 	c2.waitLoaded()
 	c2.mu.Lock()
-	loaded, asleep := len(c2.items), len(c2.dormant)
+	loaded, asleep := len(c2.items), c2.dormant.len()
 	c2.mu.Unlock()
 	if loaded != 1 || asleep != files-2 {
 		t.Errorf("%d items and %d dormant after the load; want 1 (the file read) and %d (all but it and the evicted one)", loaded, asleep, files-2)

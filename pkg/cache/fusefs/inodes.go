@@ -42,7 +42,7 @@ type inodes struct {
 	mu      sync.Mutex
 	byIno   map[devIno]uint64 // guarded by mu; POSIX files
 	byPath  map[string]uint64 // guarded by mu; files of a store without inodes, by path
-	seenAt  map[uint64]uint64 // guarded by mu; number -> placeHash of where it was last seen
+	seenAt  []uint64          // guarded by mu; by number: placeHash of where it was last seen (0: not known)
 	places  map[uint64]place  // guarded by mu; read from the log by path(), or nil
 	fresh   map[uint64]place  // guarded by mu; seen while path() reads the log
 	loading chan struct{}     // guarded by mu; closed when path()'s read ends
@@ -65,19 +65,19 @@ type place struct {
 // after their last use.
 const placesTTL = time.Minute
 
-// placeHash identifies a place in seenAt.
+// placeHash identifies a place in seenAt (never 0).
 func placeHash(parent uint64, name string) uint64 {
 	h := fnv.New64a()
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], parent)
 	h.Write(b[:])
 	h.Write([]byte(name))
-	return h.Sum64()
+	return h.Sum64() | 1
 }
 
 // openInodes loads the table from path ("" = in memory only).
 func openInodes(path string, log klog.Logger) (*inodes, error) {
-	t := &inodes{log: log, byIno: map[devIno]uint64{}, byPath: map[string]uint64{}, seenAt: map[uint64]uint64{}, next: 2}
+	t := &inodes{log: log, byIno: map[devIno]uint64{}, byPath: map[string]uint64{}, next: 2}
 	if path == "" {
 		return t, nil
 	}
@@ -93,7 +93,7 @@ func openInodes(path string, log klog.Logger) (*inodes, error) {
 		t.setID(id, n)
 		t.next = max(t.next, n+1)
 	}, func(n uint64, pl place) {
-		t.seenAt[n] = placeHash(pl.parent, pl.name)
+		t.setSeenLocked(n, placeHash(pl.parent, pl.name))
 	})
 	if err != nil {
 		f.Close()
@@ -217,6 +217,20 @@ func (t *inodes) rename(from, to string) {
 	t.appendLocked("p:"+to, n)
 }
 
+// setSeenLocked records place hash h for number n; t.mu is held (or t
+// is not shared yet). A slice by number costs 8 bytes a number where a
+// map cost about 24; numbers are dense (allocated in turn), and one far
+// beyond those allocated (a damaged log) is not recorded.
+func (t *inodes) setSeenLocked(n, h uint64) {
+	if n >= uint64(len(t.seenAt)) {
+		if n > t.next+1<<20 {
+			return
+		}
+		t.seenAt = append(t.seenAt, make([]uint64, n+1-uint64(len(t.seenAt)))...)
+	}
+	t.seenAt[n] = h
+}
+
 // seen records that number n is name in the directory numbered parent
 // (constant cost; the log is written only when the place changes).
 func (t *inodes) seen(n, parent uint64, name string) {
@@ -236,10 +250,10 @@ func (t *inodes) seen(n, parent uint64, name string) {
 			t.places[n] = place{parent: parent, name: name}
 		}
 	}
-	if old, ok := t.seenAt[n]; ok && old == h {
+	if n < uint64(len(t.seenAt)) && t.seenAt[n] == h {
 		return
 	}
-	t.seenAt[n] = h
+	t.setSeenLocked(n, h)
 	if t.file == nil || strings.ContainsAny(name, "\t\n") {
 		return
 	}

@@ -119,6 +119,15 @@ func bounded(c config, r *row, dir, src string, names []string) error {
 	if err != nil {
 		return err
 	}
+	if c.profiles != "" {
+		// The runtime's own account (heap in use against allocated:
+		// fragmentation; released), at the end of the text.
+		if i := strings.Index(text, "\n# runtime.MemStats"); i >= 0 {
+			if err := os.WriteFile(filepath.Join(c.profiles, fmt.Sprintf("memstats-%d-idle.txt", r.files)), []byte(text[i+1:]), 0o644); err != nil {
+				return err
+			}
+		}
+	}
 	for _, line := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
 			fmt.Sscan(v, &r.heapLimited)

@@ -1,0 +1,40 @@
+package fusefs
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"k8s.io/klog/v2"
+)
+
+// TestInodePlacesFromTheLog: where each number was last seen is read back
+// from the log (a place logged again only when it changes); a damaged
+// line naming a number far beyond those allocated is not recorded (the
+// places are a slice by number: it would have allocated for every number
+// up to it).
+func TestInodePlacesFromTheLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "inodes")
+	log := "i:1:10\t2\ni:1:11\t3\n@\t2\t1\ta\n@\t3\t1\tb\n@\t3\t2\tc\n@\t999999999999\t1\tdamaged\n"
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tab, err := openInodes(path, klog.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tab.close()
+	if len(tab.seenAt) > 1<<21 {
+		t.Fatalf("%d places kept for 2 numbers", len(tab.seenAt))
+	}
+	if tab.seenAt[2] != placeHash(1, "a") || tab.seenAt[3] != placeHash(2, "c") {
+		t.Errorf("places %x, %x; want a in 1, c in 2 (the last)", tab.seenAt[2], tab.seenAt[3])
+	}
+	before, _ := os.ReadFile(path)
+	tab.seen(3, 2, "c") // unchanged: not logged again
+	tab.seen(2, 3, "d") // moved: logged
+	after, _ := os.ReadFile(path)
+	if got := string(after[len(before):]); got != "@\t2\t3\td\n" {
+		t.Errorf("logged %q; want only the move of 2", got)
+	}
+}
