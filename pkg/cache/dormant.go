@@ -2,7 +2,6 @@ package cache
 
 import (
 	"encoding/hex"
-	"iter"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -30,102 +29,6 @@ type dormant struct {
 	gen   uint64 // the generation its files are named by
 	bytes int64  // present bytes, counted in its tier and dataset
 	atime int64  // last use, UnixNano
-}
-
-// dormants are the dormant records by item hash, kept small: a record is
-// 24 bytes beside its 16-byte key (its dataset and tier one index into a
-// table of the pairs seen, packed with its last use in milliseconds),
-// where a dormant is 40: at a million sleeping files the map is most of
-// the daemon's memory.
-type dormants struct {
-	recs   map[[16]byte]sleeper
-	pairs  []dormantPair          // by index
-	pairIx map[dormantPair]uint32 // the index of each pair
-	// more: the records of pairs past the packed index's bound (never
-	// in practice: a pair is a dataset and a tier).
-	more map[[16]byte]dormant
-}
-
-type sleeper struct {
-	gen   uint64
-	bytes int64
-	// use is the last use in Unix milliseconds << pairBits | the pair's
-	// index in dormants.pairs.
-	use uint64
-}
-
-const pairBits = 20
-
-type dormantPair struct {
-	ctr  *counters
-	tier *tier
-}
-
-func newDormants() dormants {
-	return dormants{recs: map[[16]byte]sleeper{}, pairIx: map[dormantPair]uint32{}, more: map[[16]byte]dormant{}}
-}
-
-func (s *dormants) len() int { return len(s.recs) + len(s.more) }
-
-func (s *dormants) get(hk [16]byte) (dormant, bool) {
-	if r, ok := s.recs[hk]; ok {
-		return s.unpack(r), true
-	}
-	d, ok := s.more[hk]
-	return d, ok
-}
-
-func (s *dormants) unpack(r sleeper) dormant {
-	p := s.pairs[r.use&(1<<pairBits-1)]
-	return dormant{ctr: p.ctr, tier: p.tier, gen: r.gen, bytes: r.bytes, atime: int64(r.use>>pairBits) * int64(time.Millisecond)}
-}
-
-func (s *dormants) set(hk [16]byte, d dormant) {
-	s.delete(hk)
-	k := dormantPair{d.ctr, d.tier}
-	ix, ok := s.pairIx[k]
-	if !ok && len(s.pairs) < 1<<pairBits {
-		ix, ok = uint32(len(s.pairs)), true
-		s.pairs = append(s.pairs, k)
-		s.pairIx[k] = ix
-	}
-	if !ok {
-		s.more[hk] = d
-		return
-	}
-	ms := uint64(max(d.atime, 0) / int64(time.Millisecond))
-	s.recs[hk] = sleeper{gen: d.gen, bytes: d.bytes, use: ms<<pairBits | uint64(ix)}
-}
-
-func (s *dormants) delete(hk [16]byte) {
-	delete(s.recs, hk)
-	delete(s.more, hk)
-}
-
-// all yields every record.
-func (s *dormants) all() iter.Seq2[[16]byte, dormant] {
-	return func(yield func([16]byte, dormant) bool) {
-		for hk, r := range s.recs {
-			if !yield(hk, s.unpack(r)) {
-				return
-			}
-		}
-		for hk, d := range s.more {
-			if !yield(hk, d) {
-				return
-			}
-		}
-	}
-}
-
-// shrink moves the records to a map of their number's size (a map never
-// shrinks: after a mass eviction its tables stay).
-func (s *dormants) shrink() {
-	recs := make(map[[16]byte]sleeper, len(s.recs))
-	for k, r := range s.recs {
-		recs[k] = r
-	}
-	s.recs = recs
 }
 
 // hashKey is a dormant record's key: an item hash (hex) as bytes.

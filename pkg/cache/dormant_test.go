@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -199,47 +200,76 @@ func TestSleepRacesReads(t *testing.T) {
 	checkInvariants(t, c)
 }
 
-// TestDormantRecordsPacked: a record kept packed reads back as it was
-// set, its last use to the millisecond; the pairs of dataset and tier past
-// the packed index's bound keep whole records.
+// TestDormantRecordsPacked: records kept packed, in the sorted slice or
+// among the fresh ones, read back as they were set (the last use to the
+// millisecond) through merges, deaths, revivals and compactions; the pairs
+// of dataset and tier past the packed index's bound keep whole records.
 func TestDormantRecordsPacked(t *testing.T) {
 	s := newDormants()
 	t1, t2 := &tier{index: 0}, &tier{index: 1}
 	c1, c2 := &counters{}, &counters{}
 	now := time.Now().UnixNano()
 	want := map[[16]byte]dormant{}
-	for i := range 300 {
-		d := dormant{ctr: []*counters{c1, c2}[i%2], tier: []*tier{t1, t2}[i%3%2], gen: uint64(i) * 0x9e3779b97f4a7c15, bytes: int64(i) << 33, atime: now - int64(i)*int64(time.Millisecond)}
-		hk := [16]byte{byte(i), byte(i >> 8)}
-		s.set(hk, d)
+	key := func(i int) [16]byte {
+		h := sha256.Sum256([]byte(fmt.Sprint(i)))
+		return [16]byte(h[:16])
+	}
+	set := func(i int) {
+		d := dormant{ctr: []*counters{c1, c2}[i%2], tier: []*tier{t1, t2}[i%3%2], gen: uint64(i) * 0x9e3779b97f4a7c15, bytes: int64(i) << 33, atime: now - int64(i)*int64(time.Millisecond) - int64(i%1000)}
+		s.set(key(i), d)
 		d.atime -= d.atime % int64(time.Millisecond)
-		want[hk] = d
+		want[key(i)] = d
 	}
-	if len(s.pairs) != 4 || s.len() != 300 {
-		t.Fatalf("%d pairs, %d records; want 4, 300", len(s.pairs), s.len())
+	check := func(when string) {
+		t.Helper()
+		seen := 0
+		for hk, d := range s.all() {
+			if w, ok := want[hk]; !ok || d != w {
+				t.Fatalf("%s: record %x is %+v, want %+v (%v)", when, hk[:4], d, w, ok)
+			}
+			seen++
+		}
+		for hk, w := range want {
+			if d, ok := s.get(hk); !ok || d != w {
+				t.Fatalf("%s: get %x = %+v, %v; want %+v", when, hk[:4], d, ok, w)
+			}
+		}
+		if seen != len(want) || s.len() != len(want) {
+			t.Fatalf("%s: %d records yielded, len %d; want %d", when, seen, s.len(), len(want))
+		}
 	}
+	for i := range 20000 {
+		set(i)
+	}
+	if len(s.pairs) != 4 || len(s.sorted) < 15000 {
+		t.Fatalf("%d pairs, %d records merged of 20000; want 4 pairs and most merged", len(s.pairs), len(s.sorted))
+	}
+	check("after 20,000")
+	for i := 0; i < 20000; i += 3 { // a third die (compactions on the way)
+		s.delete(key(i))
+		delete(want, key(i))
+	}
+	check("after deaths")
+	for i := 0; i < 20000; i += 6 { // half of them come back, with another use
+		set(i + 0)
+	}
+	for i := 20000; i < 23000; i++ {
+		set(i)
+	}
+	set(5) // a live record set again
+	check("after revivals")
+	s.shrink()
+	if s.dead != 0 {
+		t.Fatalf("%d dead after shrink", s.dead)
+	}
+	check("after shrink")
 	// The table of pairs full: a new pair's record is kept whole.
-	s.pairs = append(s.pairs, make([]dormantPair, 1<<pairBits-len(s.pairs))...)
-	c3 := &counters{}
-	full := dormant{ctr: c3, tier: t1, gen: 7, bytes: 9, atime: now + 123}
+	s.pairs = append(s.pairs, make([]dormantPair, deadPair-len(s.pairs))...)
+	full := dormant{ctr: &counters{}, tier: t1, gen: 7, bytes: 9, atime: now + 123}
 	s.set([16]byte{0xff}, full)
 	want[[16]byte{0xff}] = full
-	seen := 0
-	for hk, d := range s.all() {
-		if d != want[hk] {
-			t.Errorf("record %x: %+v, want %+v", hk[:2], d, want[hk])
-		}
-		if g, ok := s.get(hk); !ok || g != d {
-			t.Errorf("get %x: %+v %v", hk[:2], g, ok)
-		}
-		seen++
-	}
-	if seen != len(want) || s.len() != len(want) {
-		t.Errorf("%d records yielded, len %d; want %d", seen, s.len(), len(want))
-	}
+	check("a pair past the bound")
 	s.delete([16]byte{0xff})
-	s.delete([16]byte{1})
-	if _, ok := s.get([16]byte{0xff}); ok || s.len() != len(want)-2 {
-		t.Errorf("after two deletes: len %d", s.len())
-	}
+	delete(want, [16]byte{0xff})
+	check("its record removed")
 }

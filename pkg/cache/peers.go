@@ -65,26 +65,23 @@ var ErrVersion = errors.New("the file is at another version")
 // version is served without asking the source for its attributes again
 // (on S3 a request of its own); the asker named the version it wants.
 func (d *Dataset) PeerBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
-	it, buf, err := d.peerItem(ctx, name, object, index)
-	if err != nil {
-		return nil, err
-	}
-	n, err := it.readBlock(ctx, fileRef{src: d.src, name: name, fromPeer: true}, index, buf, 0)
-	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
-		return nil, err
-	}
-	return buf[:n], nil
+	return d.peerRead(ctx, fileRef{src: d.src, name: name, fromPeer: true}, object, index)
 }
 
 // ReplicaBlock is PeerBlock for a member that asked this one for a hot
 // block as its replica: from the cache, or from the group (its owner) once
-// and kept (group.Node explains hot blocks).
+// and kept (pkg/cache/group's hot.go explains hot blocks).
 func (d *Dataset) ReplicaBlock(ctx context.Context, name, object string, index int64) ([]byte, error) {
-	it, buf, err := d.peerItem(ctx, name, object, index)
+	return d.peerRead(ctx, fileRef{src: d.src, name: name, replica: true}, object, index)
+}
+
+// peerRead reads block index of ref's file at version object whole.
+func (d *Dataset) peerRead(ctx context.Context, ref fileRef, object string, index int64) ([]byte, error) {
+	it, buf, err := d.peerItem(ctx, ref.name, object, index)
 	if err != nil {
 		return nil, err
 	}
-	n, err := it.readBlock(ctx, fileRef{src: d.src, name: name, replica: true}, index, buf, 0)
+	n, err := it.readBlock(ctx, ref, index, buf, 0)
 	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
 		return nil, err
 	}
