@@ -86,7 +86,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Keeper, "keeper-socket", "", "unix socket of the keeper (the node plugin's --keeper-socket) that holds the datasets' FUSE connections while this daemon restarts, so pods see a pause instead of broken mounts; empty: none")
 	fs.DurationVar(&o.Grace, "grace", 5*time.Minute, "how long a dataset stays mounted after its last volume is released")
 	fs.IntVar(&o.MaxFetches, "max-fetches", 64, "concurrent reads from sources (besides, at most 16 blocks' bytes are read at once)")
-	fs.DurationVar(&o.SleepAfter, "cache-sleep-after", time.Minute, "how long a cached file stays in memory unused before only a small record of it is kept (about 60 bytes; its index is read back from disk on use)")
+	fs.DurationVar(&o.SleepAfter, "cache-sleep-after", time.Minute, "how long a cached file stays in memory unused before only a small record of it is kept (about 50 bytes; its index is read back from disk on use)")
 	fs.IntVar(&o.MaxInodes, "max-inodes", 500000, "files and directories the mounts keep for the kernel (about 0.7 KiB of memory each); beyond it the least recently used idle ones are forgotten and looked up again when used (0: no bound)")
 	fs.StringVar(&o.Group, "group", "", "cache group this daemon is a member of (the node's cistern.csi.dev/cache-group); volumes whose cacheGroup names it read each block through the member that owns it (empty: none)")
 	fs.StringVar(&o.GroupListen, "group-listen", ":7480", "host:port the group's peer server listens on (mutual TLS)")
