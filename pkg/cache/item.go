@@ -50,7 +50,6 @@ type Item struct {
 	ctr         *counters // the dataset's; set before the item is shared
 
 	atime atomic.Int64 // last use, UnixNano; the LRU order
-	busy  atomic.Int32 // reads and fetches in progress; the cleaner skips busy items
 	// INVARIANT: bytes is the sum of blockLen over present blocks.
 	bytes atomic.Int64
 
@@ -72,17 +71,19 @@ type Item struct {
 	raWindow     int                  // guarded by mu; blocks read ahead: 1, 2, 4... up to readAhead
 	unsaved      int                  // guarded by mu; blocks stored since the index was written
 	file         *os.File             // guarded by mu; the open data file, or nil
-	removed      bool                 // guarded by mu; evicted: nothing may be stored or saved
 	// INVARIANT: an item's data and index files are named by its own
 	// file generation (<hash>-<gen>.data/.meta): another item of the
 	// same file (after an eviction) or another version (after a reset)
 	// has other names, and only the item that owns a name removes it.
 	fileGen uint64 // guarded by mu; names the files (see filePaths); 0: an index of an older version, <hash>.meta
+	removed bool   // guarded by mu; evicted: nothing may be stored or saved
 	opened  bool   // guarded by mu; the data file of this generation was opened before
 
-	saveMu sync.Mutex // serialises index writes
-
+	saveMu sync.Mutex    // serialises index writes
+	busy   atomic.Int32  // reads and fetches in progress; the cleaner skips busy items
 	fdElem *list.Element // guarded by env.files.mu; in the open-file order while file is set
+	// (The order packs an Item in Go's 320-byte size class, apart from the
+	// FUSE nodes': TestItemsKeepTheirSizeClass says why.)
 }
 
 // itemKey is the map key of a dataset's file.

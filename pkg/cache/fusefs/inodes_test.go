@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"k8s.io/klog/v2"
 )
@@ -36,5 +37,15 @@ func TestInodePlacesFromTheLog(t *testing.T) {
 	after, _ := os.ReadFile(path)
 	if got := string(after[len(before):]); got != "@\t2\t3\td\n" {
 		t.Errorf("logged %q; want only the move of 2", got)
+	}
+}
+
+// TestNodesKeepTheirSizeClass: a node is larger than Go's 320-byte size
+// class, where the cache's Items are (pkg/cache TestItemsKeepTheirSizeClass):
+// the nodes the kernel keeps do not share spans with the items of files
+// read once and put to sleep, which left the spans pinned and empty.
+func TestNodesKeepTheirSizeClass(t *testing.T) {
+	if size := unsafe.Sizeof(node{}); size <= 320 {
+		t.Errorf("a node is %d bytes: in the Items' size class (at most 320)", size)
 	}
 }
