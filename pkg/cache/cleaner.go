@@ -155,7 +155,7 @@ func (c *Cache) cleanTier(t *tier) {
 		it.ctr.files.Add(-1)
 	}
 	if len(sleeping) >= freeAfter {
-		c.dormant.shrink() // many records at once: their map's tables go too
+		c.dormant.shrink() // many records at once: the room of the dead goes too
 	}
 	c.mu.Unlock()
 	for _, it := range victims {

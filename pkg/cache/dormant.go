@@ -11,7 +11,7 @@ import (
 // Dormant items. A cached file no one has used for Options.SleepAfter is
 // put to sleep by the cleaner: its Item (about 500 bytes with its strings,
 // block maps and read-ahead state) leaves memory, and a record of 40
-// bytes (about 52 with its share of the structure's slack: dormants.go)
+// bytes (about 46 with its share of the structure's slack: dormants.go)
 // says where its files are, how many bytes they hold and when it was last
 // used: enough for the tiers' accounting and the cleaner's LRU order.
 // Its index on disk has the rest; the first use reads it back
