@@ -1,7 +1,6 @@
 package group
 
 import (
-	"cmp"
 	"hash/fnv"
 	"sync"
 	"time"
@@ -26,11 +25,13 @@ import (
 // HotHeader marks an owner's answer of a hot block.
 const HotHeader = "Cistern-Hot"
 
-// Defaults of Server.HotAsks, Server.HotWindow and Node.HotFor.
+// DefaultHotAsks is Server.HotAsks's default; asks are counted over
+// HotWindow (and the one before), and an asker asks a hot block's replica
+// for HotFor after its owner last said it is hot.
 const (
-	DefaultHotAsks   = 8
-	DefaultHotWindow = time.Minute
-	DefaultHotFor    = 2 * time.Minute
+	DefaultHotAsks = 8
+	HotWindow      = time.Minute
+	HotFor         = 2 * time.Minute
 )
 
 // heatCap bounds the blocks counted in a window: past it, new blocks are
@@ -46,9 +47,8 @@ type heat struct {
 }
 
 // ask counts one ask of b at now and returns its asks in this window and
-// the one before (window <= 0: DefaultHotWindow).
+// the one before.
 func (h *heat) ask(b Block, window time.Duration, now time.Time) int {
-	window = cmp.Or(window, DefaultHotWindow)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.cur == nil || now.Sub(h.since) >= window {
@@ -89,7 +89,7 @@ func (s *hotSet) mark(b Block, d time.Duration) {
 			return
 		}
 	}
-	s.until[b] = now.Add(cmp.Or(d, DefaultHotFor))
+	s.until[b] = now.Add(d)
 }
 
 func (s *hotSet) hot(b Block) bool {

@@ -26,11 +26,7 @@ func (s *replicaOf) ReplicaBlock(ctx context.Context, name, object string, index
 // and the owner serves the others; until then every ask goes to the
 // owner. Each member asks the same one each time.
 func TestHotBlocksAreSpreadOverTheirReplica(t *testing.T) {
-	p := newPKI(t, "group")
-	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stc, ctc := groupTLS(t)
 	key := DatasetKey("s3://bucket/research", []byte("secret"))
 	srcs := map[string]*replicaOf{}
 	var ms []Member

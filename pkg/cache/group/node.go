@@ -23,11 +23,8 @@ type Node struct {
 	// that joins takes over its blocks from those that held them, not
 	// from the store.
 	Handoff time.Duration
-	// HotFor is how long a block its owner said is hot is asked of its
-	// replica too (default DefaultHotFor; hot.go).
-	HotFor time.Duration
 
-	hot hotSet
+	hot hotSet // the blocks owners said are hot (hot.go)
 
 	mu   sync.Mutex
 	cur  *placement         // guarded by mu
@@ -168,7 +165,7 @@ func (n *Node) Block(ctx context.Context, dataset, name, object string, index in
 		// A hot block: half the members ask its replica first.
 		asks[0], asks[1] = ask{asks[1].Member, "replica"}, asks[0]
 	}
-	b, from, hot, err := n.Client.fetch(ctx, asks, dataset, name, object, index, size)
+	b, _, hot, err := n.Client.fetch(ctx, asks, dataset, name, object, index, size)
 	if err != nil {
 		// Those before it failed: a member next in line owns the
 		// block now; one further down, or a client-only member,
@@ -176,10 +173,10 @@ func (n *Node) Block(ctx context.Context, dataset, name, object string, index in
 		return nil, self, err
 	}
 	if hot {
-		n.hot.mark(blk, n.HotFor)
-		if self && len(asks) == 1 && from.ID == asks[0].ID {
-			// This member is the hot block's replica: it keeps
-			// what its owner sent.
+		n.hot.mark(blk, HotFor)
+		if self && len(asks) == 1 {
+			// This member is the hot block's replica (the next after
+			// the owner, which answered): it keeps what was sent.
 			return b, true, nil
 		}
 	}

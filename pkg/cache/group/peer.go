@@ -48,9 +48,8 @@ type Server struct {
 	Blocks, Bytes, Replicas atomic.Int64
 	// HotAsks is how many asks of a block within HotWindow make it hot
 	// (NewServer: DefaultHotAsks; 0: no block is ever hot).
-	HotAsks   int
-	HotWindow time.Duration
-	heat      heat
+	HotAsks int
+	heat    heat
 	// asked is when a peer last asked for a block (unix nanoseconds);
 	// inflight counts the block requests being answered.
 	asked, inflight atomic.Int64
@@ -162,7 +161,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// A hot block's replica: from its cache, or from the owner.
 		b, err = s.fetching(w, func() ([]byte, error) { return rs.ReplicaBlock(r.Context(), name, object, index) })
 	default:
-		if s.HotAsks > 0 && s.heat.ask(Block{Dataset: id, Object: object, Index: index}, s.HotWindow, time.Now()) >= s.HotAsks {
+		if s.HotAsks > 0 && s.heat.ask(Block{Dataset: id, Object: object, Index: index}, HotWindow, time.Now()) >= s.HotAsks {
 			w.Header().Set(HotHeader, "1")
 		}
 		// The block may have to come from the source, behind other

@@ -61,6 +61,18 @@ func startPeer(t *testing.T, id string, h http.Handler, tc *tls.Config) Member {
 	return Member{ID: id, Addr: strings.TrimPrefix(srv.URL, "https://"), Weight: 1}
 }
 
+// groupTLS returns a member's server and client TLS configurations,
+// certified by a new group CA.
+func groupTLS(t *testing.T) (stc, ctc *tls.Config) {
+	t.Helper()
+	p := newPKI(t, "group")
+	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stc, ctc
+}
+
 func client(tc *tls.Config) *Client {
 	return &Client{HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}, Deadline: 300 * time.Millisecond, Cooldown: time.Minute}
 }
@@ -71,11 +83,7 @@ func client(tc *tls.Config) *Client {
 // or sending a block that fails its checksum is passed over; with none
 // left the caller is told to read the source.
 func TestPeersServeBlocks(t *testing.T) {
-	p := newPKI(t, "group")
-	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stc, ctc := groupTLS(t)
 	key := DatasetKey("s3://bucket/research", []byte("secret"))
 
 	owner := NewServer()
@@ -181,11 +189,7 @@ func TestRogueClientsGetNothing(t *testing.T) {
 // is refused (403), and a block answered to a replayed request does not
 // open without the dataset's key.
 func TestOutsidersLearnNothing(t *testing.T) {
-	p := newPKI(t, "group")
-	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stc, ctc := groupTLS(t)
 	key := DatasetKey("s3://bucket/research", []byte("secret"))
 	srv := NewServer()
 	if err := srv.Serve(key, &blocksOf{version: "v1"}); err != nil {
@@ -242,11 +246,7 @@ func (s *cachedOf) CachedBlock(ctx context.Context, name, object string, index i
 // asked each other, each waiting out the other's deadline). A peer that
 // cannot tell what it holds answers no.
 func TestHandoffAnswersFromTheCacheOnly(t *testing.T) {
-	p := newPKI(t, "group")
-	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stc, ctc := groupTLS(t)
 	key := DatasetKey("s3://bucket/research", []byte("secret"))
 	src := &cachedOf{blocksOf: blocksOf{version: "v1"}, held: map[int64]bool{1: true}}
 	srv := NewServer()
@@ -284,11 +284,7 @@ func TestLiveOwnerIsWaitedFor(t *testing.T) {
 	old := Heartbeat
 	Heartbeat = 50 * time.Millisecond
 	t.Cleanup(func() { Heartbeat = old })
-	p := newPKI(t, "group")
-	stc, ctc, err := TLSConfigs(p.cert, p.key, p.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stc, ctc := groupTLS(t)
 	key := DatasetKey("s3://bucket/research", []byte("secret"))
 	busy := NewServer()
 	src := &blocksOf{version: "v1", delay: time.Second}
