@@ -105,6 +105,15 @@ done
 echo "== Cistern's scenarios"
 DATA=$DATA test/k8s/scenarios.sh | tee "$OUT/scenarios.log" || suite_rc=1
 phase "scenarios"
+# The logs of Cistern's pods as they stand after the suites (to read when
+# something failed): one file per container, its previous run beside it.
+mkdir -p "$OUT/pods"
+for p in $(k -n kube-system get pods -l app.kubernetes.io/instance=cistern -o jsonpath='{.items[*].metadata.name}'); do
+  for c in $(k -n kube-system get pod "$p" -o jsonpath='{.spec.containers[*].name}'); do
+    k -n kube-system logs "$p" -c "$c" > "$OUT/pods/$p.$c.log" 2>&1 || true
+    k -n kube-system logs "$p" -c "$c" --previous > "$OUT/pods/$p.$c.previous.log" 2>/dev/null || rm -f "$OUT/pods/$p.$c.previous.log"
+  done
+done
 
 echo "== helm uninstall"
 # The driver leaves after its volumes: every pod that used one is gone

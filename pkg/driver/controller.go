@@ -40,7 +40,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	topology, err := accessibleTopology(p, req.GetAccessibilityRequirements())
+	topology, err := d.accessibleTopology(ctx, p, req.GetAccessibilityRequirements())
 	if err != nil {
 		return nil, err
 	}
@@ -387,31 +387,48 @@ func capacityOf(r *csi.CapacityRange) (int64, error) {
 	return lim, nil
 }
 
-// accessibleTopology returns where a volume may be used: anywhere, or only in
-// its dataset's cache group. A requisite topology that leaves the group out
-// is refused with ResourceExhausted, which tells the provisioner to let the
-// scheduler pick another node (WaitForFirstConsumer).
-func accessibleTopology(p *Params, req *csi.TopologyRequirement) ([]*csi.Topology, error) {
+// accessibleTopology returns where a volume may be used: anywhere, or only on
+// the nodes of its dataset's cache group (labelled TopologyCacheGroup=group
+// by the administrator; the PV's node affinity). A group no node is
+// labelled with is refused with ResourceExhausted, which tells the
+// provisioner to let the scheduler try again (WaitForFirstConsumer), and
+// the claim's events name the group.
+//
+// The group is not one of the node plugins' topology keys: a node moved
+// between pools would report another set of keys, and csi-provisioner
+// keeps the keys it first read for a claim, so a claim provisioned while
+// its node changed pools stayed pending for good (seen in make k8s-e2e).
+// A requisite from older node plugins may still carry the group.
+func (d *Driver) accessibleTopology(ctx context.Context, p *Params, req *csi.TopologyRequirement) ([]*csi.Topology, error) {
 	if p.CacheGroup == "" {
 		return nil, nil
 	}
-	if len(req.GetRequisite()) > 0 {
-		ok := false
-		var seen []string
-		for _, t := range req.GetRequisite() {
-			g := t.GetSegments()[TopologyCacheGroup]
+	matched, seen := false, []string(nil)
+	for _, t := range req.GetRequisite() {
+		if g, ok := t.GetSegments()[TopologyCacheGroup]; ok {
 			if g == p.CacheGroup {
-				ok = true
+				matched = true
 				break
-			}
-			if g == "" {
-				g = "(none)"
 			}
 			seen = append(seen, g)
 		}
-		if !ok {
-			return nil, status.Errorf(codes.ResourceExhausted, "dataset %s is served by cache group %q, but the requested topology offers cache groups %s: schedule the pod on a node labelled %s=%s", p.Dataset, p.CacheGroup, strings.Join(seen, ", "), TopologyCacheGroup, p.CacheGroup)
+	}
+	var where string
+	switch {
+	case matched:
+	case len(seen) > 0:
+		where = "the requested topology offers cache groups " + strings.Join(seen, ", ")
+	case d.groupNodes != nil:
+		ok, err := d.groupNodes(ctx, TopologyCacheGroup, p.CacheGroup)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "find the nodes of cache group %q: %v", p.CacheGroup, err)
 		}
+		if !ok {
+			where = "no node is labelled " + TopologyCacheGroup + "=" + p.CacheGroup
+		}
+	}
+	if where != "" {
+		return nil, status.Errorf(codes.ResourceExhausted, "dataset %s is served by cache group %q, but %s: label the nodes of the group %s=%s", p.Dataset, p.CacheGroup, where, TopologyCacheGroup, p.CacheGroup)
 	}
 	return []*csi.Topology{{Segments: map[string]string{TopologyCacheGroup: p.CacheGroup}}}, nil
 }

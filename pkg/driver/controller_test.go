@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,6 +99,53 @@ func TestCreateVolumeTopology(t *testing.T) {
 	wantCode(t, err, codes.ResourceExhausted)
 	if !strings.Contains(err.Error(), `cache group "research"`) || !strings.Contains(err.Error(), "batch") {
 		t.Errorf("error %q does not name both groups", err)
+	}
+}
+
+// TestCreateVolumeAsksForTheGroupsNodes: in a cluster the controller reads
+// the group's nodes from their labels (the node plugins' topology does not
+// carry the group): a group no node is labelled with is refused, naming the
+// label to set; one labelled node is enough; an API failure is retried.
+func TestCreateVolumeAsksForTheGroupsNodes(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newTestDriver(t)
+	root := t.TempDir()
+	var asked []string
+	labelled, fail := false, false
+	d.groupNodes = func(_ context.Context, key, value string) (bool, error) {
+		asked = append(asked, key+"="+value)
+		if fail {
+			return false, errors.New("API server unreachable")
+		}
+		return labelled, nil
+	}
+	// The selected node's topology, as every node plugin reports it.
+	node := &csi.TopologyRequirement{Requisite: []*csi.Topology{{Segments: map[string]string{TopologyNode: "n1"}}}}
+	req := createReq("claim", root, "cacheGroup", "research")
+	req.AccessibilityRequirements = node
+	_, err := d.CreateVolume(ctx, req)
+	wantCode(t, err, codes.ResourceExhausted)
+	if !strings.Contains(err.Error(), TopologyCacheGroup+"=research") {
+		t.Errorf("error %q does not name the label to set", err)
+	}
+	if len(asked) != 1 || asked[0] != TopologyCacheGroup+"=research" {
+		t.Errorf("asked for nodes labelled %v, want [%s=research]", asked, TopologyCacheGroup)
+	}
+	fail = true
+	_, err = d.CreateVolume(ctx, req)
+	wantCode(t, err, codes.Unavailable)
+	fail, labelled = false, true
+	resp, err := d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if top := resp.Volume.AccessibleTopology; len(top) != 1 || top[0].Segments[TopologyCacheGroup] != "research" {
+		t.Fatalf("accessible topology = %v", top)
+	}
+	// A class without a group asks nothing.
+	asked = nil
+	if _, err := d.CreateVolume(ctx, createReq("plain", root)); err != nil || len(asked) != 0 {
+		t.Errorf("a class without a group: %v, asked %v", err, asked)
 	}
 }
 

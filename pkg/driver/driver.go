@@ -55,6 +55,9 @@ type Driver struct {
 	// kube reaches the API server (--records-namespace; else nil): the
 	// records of read-only datasets, the PVs the delete guard checks.
 	kube *kube.Client
+	// groupNodes reports whether some node carries the label key=value
+	// (d.kube's; nil outside a cluster: any node may serve a group).
+	groupNodes func(ctx context.Context, key, value string) (bool, error)
 
 	healthAddr atomic.Value // string: where /healthz is served, once listening
 }
@@ -95,7 +98,7 @@ func New(opts Options, m mounter.Interface, cc CacheClient) (*Driver, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--records-namespace needs the API server: %w", err)
 		}
-		d.kube = c
+		d.kube, d.groupNodes = c, c.NodeLabelled
 	}
 	if opts.RegistrationDir != "" {
 		endpoint := opts.KubeletEndpoint

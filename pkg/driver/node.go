@@ -449,12 +449,11 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-// NodeGetInfo reports the node and, where it serves one, its cache group.
+// NodeGetInfo reports the node. Every node plugin reports the same keys,
+// whatever its cache group: the group is the administrator's node label,
+// which the controller reads (see accessibleTopology).
 func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	seg := map[string]string{TopologyNode: d.opts.NodeID}
-	if d.opts.CacheGroup != "" {
-		seg[TopologyCacheGroup] = d.opts.CacheGroup
-	}
 	return &csi.NodeGetInfoResponse{NodeId: d.opts.NodeID, AccessibleTopology: &csi.Topology{Segments: seg}}, nil
 }
 

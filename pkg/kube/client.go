@@ -1,7 +1,8 @@
 // Package kube is the small part of the Kubernetes API the controller uses:
-// ConfigMaps in one namespace and the CSI PersistentVolumes of the cluster,
-// over HTTPS with the pod's service account. It is a few REST calls, so the
-// controller does not link client-go.
+// ConfigMaps in one namespace, the CSI PersistentVolumes of the cluster and
+// whether a node carries a label, over HTTPS with the pod's service
+// account. It is a few REST calls, so the controller does not link
+// client-go.
 package kube
 
 import (
@@ -254,6 +255,18 @@ func (c *Client) ListCSIVolumes(ctx context.Context, driver string) ([]CSIVolume
 		return nil
 	})
 	return out, err
+}
+
+// NodeLabelled reports whether some node carries the label key=value.
+func (c *Client) NodeLabelled(ctx context.Context, key, value string) (bool, error) {
+	var page struct {
+		Items []json.RawMessage `json:"items"`
+	}
+	q := url.Values{"labelSelector": {key + "=" + value}, "limit": {"1"}}
+	if err := c.do(ctx, http.MethodGet, "/api/v1/nodes?"+q.Encode(), nil, &page); err != nil {
+		return false, err
+	}
+	return len(page.Items) > 0, nil
 }
 
 // list pages through a list call (500 items a page), handing each page's

@@ -200,3 +200,34 @@ func TestListCSIVolumes(t *testing.T) {
 		t.Errorf("ListCSIVolumes = %+v, %v; want PV a only", pvs, err)
 	}
 }
+
+// TestNodeLabelled: one node of the label is enough, asked with the label
+// as the selector; no node, and the API's refusal, are told apart.
+func TestNodeLabelled(t *testing.T) {
+	var selector, limit string
+	items := `[{"metadata":{"name":"n1"}}]`
+	code := http.StatusOK
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/nodes" {
+			http.NotFound(w, r)
+			return
+		}
+		selector, limit = r.URL.Query().Get("labelSelector"), r.URL.Query().Get("limit")
+		w.WriteHeader(code)
+		fmt.Fprintf(w, `{"metadata":{},"items":%s}`, items)
+	}))
+	defer srv.Close()
+	c := New(srv.URL, srv.Client(), func() (string, error) { return "t", nil })
+	ok, err := c.NodeLabelled(context.Background(), "cistern.csi.dev/cache-group", "research")
+	if err != nil || !ok || selector != "cistern.csi.dev/cache-group=research" || limit != "1" {
+		t.Errorf("NodeLabelled = %t, %v (selector %q, limit %q); want true, the label as the selector, one item", ok, err, selector, limit)
+	}
+	items = `[]`
+	if ok, err := c.NodeLabelled(context.Background(), "cistern.csi.dev/cache-group", "research"); err != nil || ok {
+		t.Errorf("no node: NodeLabelled = %t, %v; want false, nil", ok, err)
+	}
+	code = http.StatusForbidden
+	if _, err := c.NodeLabelled(context.Background(), "cistern.csi.dev/cache-group", "research"); err == nil {
+		t.Errorf("a refused list: no error")
+	}
+}

@@ -78,6 +78,24 @@ done_pod() {
     k -n "$1" wait --for=jsonpath='{.status.phase}'=Failed "pod/$2" --timeout=5s >/dev/null 2>&1
   k -n "$1" logs "$2" 2>&1
 }
+# why NS POD...: a line for each pod that did not end as it should: its
+# phase, its container's state and the last events naming it.
+why() {
+  local ns=$1 p; shift
+  for p in "$@"; do
+    echo "  pod $ns/$p: $(k -n "$ns" get pod "$p" -o jsonpath='{.spec.nodeName} {.status.phase} {.status.containerStatuses[0].state}' 2>&1);" \
+      "events: $(k -n "$ns" get events --field-selector "involvedObject.name=$p" -o jsonpath='{range .items[*]}{.reason}: {.message}; {end}' 2>&1 | tail -c 800)"
+  done
+}
+# claim_events NS: the last events of the namespace's claims.
+claim_events() {
+  echo "  claims of $1: $(k -n "$1" get events --field-selector involvedObject.kind=PersistentVolumeClaim --sort-by=.lastTimestamp \
+    -o jsonpath='{range .items[*]}{.involvedObject.name} {.reason}: {.message}; {end}' 2>&1 | tail -c 1200)"
+}
+# daemon_log POD CONTAINER: the last warnings and errors of a Cistern pod.
+daemon_log() {
+  k -n "$NS" logs "$1" -c "$2" --tail=2000 2>&1 | grep -E '^[EW][0-9]{4} ' | tail -n 15 | sed "s/^/  $2: /"
+}
 running() { k -n "$1" wait --for=condition=Ready "pod/$2" --timeout="${3:-120}s" >/dev/null 2>&1; }
 
 for ns in team-a team-b; do k create namespace "$ns" >/dev/null 2>&1 || true; done
@@ -212,6 +230,7 @@ s3class group-ro read-only '  shared: "true"
 claim team-g w group-rw ReadWriteMany
 pod team-g writer w 'dd if=/dev/urandom of=/data/big.bin bs=1M count=24 2>/dev/null && md5sum /data/big.bin | cut -c1-32'
 sum_w=$(done_pod team-g writer)
+[ -n "$sum_w" ] || wdiag=$(why team-g writer; claim_events team-g)
 k -n team-g delete pod writer --wait=true >/dev/null 2>&1 # unpublished by the node plugin that published it
 k label node "$node" cistern.csi.dev/cache-group=shared-pool --overwrite >/dev/null
 k -n "$NS" rollout status daemonset/cistern-node-shared-pool --timeout=120s >/dev/null 2>&1
@@ -228,6 +247,12 @@ if [ -n "$sum_w" ] && [ "$sum_w" = "$sum_r" ] && [ -n "$from" ] && [ "$from" != 
   ok "the node's first read of a file took the cache-only member's blocks from it ($from from peers; the member sent $sent blocks)"
 else
   bad "shared cache group" "written [$sum_w], read [$sum_r]; node member: [$gstats]; cache-only member: [$cstats]"
+  echo "${wdiag:-}"
+  why team-g reader
+  claim_events team-g
+  plain=$(k -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[*].metadata.name}')
+  for p in $plain $gpod; do daemon_log "$p" cistern-cache; daemon_log "$p" cistern-csi; done
+  [ -n "$cpod" ] && daemon_log "$cpod" cistern-cache
 fi
 k -n team-g delete pod reader --wait=true >/dev/null 2>&1
 k -n team-g delete pvc w r --wait=true >/dev/null 2>&1
