@@ -38,6 +38,9 @@ type node struct {
 	// used is when the kernel last looked the node up or opened it, in
 	// seconds since the mount (see Prune).
 	used atomic.Uint32
+	// listed is when the directory was last listed into the kernel's
+	// page cache, in seconds since the mount (0: never; see dircache.go).
+	listed atomic.Uint32
 	// forgotten: OnForget has counted the node out (go-fuse may call it
 	// again when the tree changes).
 	forgotten atomic.Bool
@@ -66,7 +69,6 @@ func (n *node) reopened(v uint64) bool {
 var (
 	_ gofs.NodeLookuper    = (*node)(nil)
 	_ gofs.NodeGetattrer   = (*node)(nil)
-	_ gofs.NodeReaddirer   = (*node)(nil)
 	_ gofs.NodeReadlinker  = (*node)(nil)
 	_ gofs.NodeStatfser    = (*node)(nil)
 	_ gofs.NodeLookupNoder = (*node)(nil)
@@ -252,8 +254,8 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 	return 0
 }
 
-// Readdir implements gofs.NodeReaddirer.
-func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+// entries lists the directory n (see dircache.go for its handles).
+func (n *node) entries(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 	gen := n.fsys.listed.generation()
 	ents, err := n.fsys.src.List(ctx, n.rel())
 	if err != nil {
@@ -270,7 +272,7 @@ func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		sa := n.fsys.stableAttr(n, e.Name, e.Attr)
 		list = append(list, fuse.DirEntry{Name: e.Name, Mode: sa.Mode, Ino: sa.Ino})
 	}
-	return gofs.NewListDirStream(list), 0
+	return list, 0
 }
 
 // Readlink implements gofs.NodeReadlinker.

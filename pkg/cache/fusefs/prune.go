@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"slices"
 	"syscall"
-	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 )
@@ -39,7 +38,7 @@ func (f *FS) Nodes() int64 { return f.nodes.Load() }
 
 // touch records that the kernel used n now (to the second).
 func (n *node) touch() {
-	n.used.Store(uint32(time.Since(n.fsys.started) / time.Second))
+	n.used.Store(n.fsys.seconds())
 }
 
 // pruneBatch is the most node IDs one notification carries.

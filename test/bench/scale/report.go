@@ -9,12 +9,13 @@ import (
 // report prints the table and the goals.
 func report(rows []row, dr dsRow) {
 	fmt.Println()
-	fmt.Println("| files | memory empty | memory cached | per cached file | read cold | read warm | native | warm/native | find+stat warm | native | ratio | create | rename | unlink | native create/rename/unlink |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| files | memory empty | memory cached | per cached file | read cold | read warm | native | warm/native | find+stat warm | read-only | native | ratio (rw, ro) | create | rename | unlink | native create/rename/unlink |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Printf("| %d | %d MiB | %d MiB | %.0f B | %.0f/s | %.0f/s | %.0f/s | %.2f | %s | %s | %.2f | %s | %s | %s | %s / %s / %s |\n",
+		fmt.Printf("| %d | %d MiB | %d MiB | %.0f B | %.0f/s | %.0f/s | %.0f/s | %.2f | %s | %s | %s | %.2f, %.2f | %s | %s | %s | %s / %s / %s |\n",
 			r.files, r.rssEmpty>>20, r.rssCached>>20, r.perFile(), r.coldRate, r.warmRate, r.native, r.warmRate/r.native,
-			r.walk.Round(time.Millisecond), r.walkNative.Round(time.Millisecond), r.walkNative.Seconds()/r.walk.Seconds(),
+			r.walk.Round(time.Millisecond), r.walkRO.Round(time.Millisecond), r.walkNative.Round(time.Millisecond),
+			r.walkNative.Seconds()/r.walk.Seconds(), r.walkNative.Seconds()/r.walkRO.Seconds(),
 			us(r.create), us(r.rename), us(r.unlink), us(r.nCreate), us(r.nRename), us(r.nUnlink))
 	}
 	fmt.Println()
@@ -78,6 +79,8 @@ func goals(rows []row, dr dsRow) []string {
 		fmt.Sprintf("%.0f KiB, %s, %.1f", perDS/1024, dr.scrape.Round(time.Millisecond), float64(dr.series)/float64(dr.n)),
 		"<= 1024 KiB, <= 1 s, <= 10", perDS <= 1<<20 && dr.scrape <= time.Second && dr.series <= 10*dr.n)
 	walk := last.walkNative.Seconds() / last.walk.Seconds()
-	line(fmt.Sprintf("find and stat of %d files, warm, against native", last.files), fmt.Sprintf("%.2f", walk), ">= 0.5", walk >= 0.5)
+	line(fmt.Sprintf("find and stat of %d files, warm, read-write dataset (metacache 1s), against native", last.files), fmt.Sprintf("%.2f", walk), ">= 0.5", walk >= 0.5)
+	walk = last.walkNative.Seconds() / last.walkRO.Seconds()
+	line(fmt.Sprintf("find and stat of %d files, warm, read-only dataset (metacache 1h), against native", last.files), fmt.Sprintf("%.2f", walk), ">= 0.5", walk >= 0.5)
 	return out
 }
