@@ -62,7 +62,8 @@ func goals(rows []row, dr dsRow) []string {
 			fmt.Sprintf("%.2fx, %s above", growth, us(above)), "<= 2x, < 1000 µs above", growth <= 2 && above < time.Millisecond)
 	}
 	line(fmt.Sprintf("warm 4 KiB reads of a read-write dataset, %d files, against native", last.files),
-		fmt.Sprintf("%.2f", last.warmRate/last.native), ">= 0.5", last.warmRate/last.native >= 0.5)
+		fmt.Sprintf("%.2f (one LOOKUP per file and nothing else, read-only in no-open mode: %.2f)", last.warmRate/last.native, last.lookupRate/last.native),
+		">= 0.5", last.warmRate/last.native >= 0.5)
 	per, pass = nil, last.files >= 1_000_000
 	for _, r := range rows {
 		per = append(per, fmt.Sprintf("%d files: a read waited %s from the SIGTERM (index loaded after %s), %d blocks fetched again",
