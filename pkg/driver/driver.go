@@ -20,7 +20,10 @@ import (
 // Name is the CSI driver name.
 const Name = "cistern.csi.dev"
 
-// Topology keys reported by NodeGetInfo and returned by CreateVolume.
+// Topology: NodeGetInfo reports TopologyNode; CreateVolume returns
+// TopologyCacheGroup for a dataset of a cache group, the node label that
+// the PV's node affinity then requires (set by the administrator, never
+// reported by a node plugin).
 const (
 	TopologyNode       = Name + "/node"
 	TopologyCacheGroup = Name + "/cache-group"

@@ -74,7 +74,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar((*string)(&o.Mode), "mode", string(ModeAll), "services to serve: controller, node or all")
 	fs.StringVar(&o.NodeID, "node-id", "", "this node's name (required for node and all modes)")
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/cistern", "directory for local state")
-	fs.StringVar(&o.CacheGroup, "cache-group", "", "cache pool this node serves (topology key cistern.csi.dev/cache-group)")
+	fs.StringVar(&o.CacheGroup, "cache-group", "", "cache pool this node serves (its nodes are labelled cistern.csi.dev/cache-group=<pool>)")
 	fs.Func("inline-sources", "comma-separated POLICY:PREFIX entries inline volumes may use, POLICY shared (read-only to every namespace), read-only or read-write (each namespace its own sub-directory; a bare PREFIX is read-only), e.g. shared:file:///datasets/public/,read-write:s3://scratch/?endpoint=https%3A%2F%2Fs3.example.com (an S3 prefix names its endpoint; empty: inline volumes refused)", func(s string) error {
 		o.InlineSources = nil
 		for _, p := range strings.Split(s, ",") {

@@ -230,7 +230,10 @@ s3class group-ro read-only '  shared: "true"
 claim team-g w group-rw ReadWriteMany
 pod team-g writer w 'dd if=/dev/urandom of=/data/big.bin bs=1M count=24 2>/dev/null && md5sum /data/big.bin | cut -c1-32'
 sum_w=$(done_pod team-g writer)
-[ -n "$sum_w" ] || wdiag=$(why team-g writer; claim_events team-g)
+[ -n "$sum_w" ] || wdiag=$(why team-g writer; claim_events team-g
+  for p in $(k -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[*].metadata.name}'); do
+    daemon_log "$p" cistern-cache; daemon_log "$p" cistern-csi
+  done)
 k -n team-g delete pod writer --wait=true >/dev/null 2>&1 # unpublished by the node plugin that published it
 k label node "$node" cistern.csi.dev/cache-group=shared-pool --overwrite >/dev/null
 k -n "$NS" rollout status daemonset/cistern-node-shared-pool --timeout=120s >/dev/null 2>&1
@@ -247,11 +250,12 @@ if [ -n "$sum_w" ] && [ "$sum_w" = "$sum_r" ] && [ -n "$from" ] && [ "$from" != 
   ok "the node's first read of a file took the cache-only member's blocks from it ($from from peers; the member sent $sent blocks)"
 else
   bad "shared cache group" "written [$sum_w], read [$sum_r]; node member: [$gstats]; cache-only member: [$cstats]"
-  echo "${wdiag:-}"
+  [ -n "${wdiag:-}" ] && echo "$wdiag"
   why team-g reader
   claim_events team-g
-  plain=$(k -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[*].metadata.name}')
-  for p in $plain $gpod; do daemon_log "$p" cistern-cache; daemon_log "$p" cistern-csi; done
+  for p in $(k -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[*].metadata.name}'); do
+    daemon_log "$p" cistern-cache; daemon_log "$p" cistern-csi
+  done
   [ -n "$cpod" ] && daemon_log "$cpod" cistern-cache
 fi
 k -n team-g delete pod reader --wait=true >/dev/null 2>&1

@@ -8,6 +8,8 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/cistern-csi/cistern/pkg/cache/source"
 )
 
 // Directory listings in the kernel's page cache (FOPEN_CACHE_DIR): a
@@ -20,14 +22,25 @@ import (
 // Changes made through this mount reset the kernel's copy by themselves;
 // a change made elsewhere shows once the period is over, as attributes
 // and lookups do.
+//
+// Only a POSIX source's directories are kept so: the kernel also drops
+// its copy when it sees the directory's modification time change (once
+// the directory's attributes are older than the period), which bounds a
+// copy's age where the invalidation cannot: a directory held open and
+// rewound reads the copy without an OPENDIR, and the kernel keeps the
+// copy of an empty directory whatever it is told (it has no page to
+// drop). An object store's directories have no modification time that
+// changes: every listing of one reaches the daemon, which answers from the
+// source's own copy of it for the period.
 
 var _ gofs.NodeOpendirHandler = (*node)(nil)
 
 // OpendirHandle implements gofs.NodeOpendirHandler.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	mc := n.fsys.opts.MetaCache
-	if mc < time.Second {
-		// Listings are not trusted for a second: the kernel keeps none.
+	if _, posix := n.fsys.src.(source.Writable); !posix || mc < time.Second {
+		// Listings are not trusted for a second, or a changed
+		// directory would not show it: the kernel keeps none.
 		return &dirHandle{n: n}, 0, 0
 	}
 	now := n.fsys.seconds()
@@ -43,6 +56,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	if err := n.fsys.invalidateData(n); err != nil {
 		// The old copy may stay: this open reads through the daemon
 		// and keeps nothing.
+		n.fsys.log.V(2).Info("Listing invalidation failed", "path", n.rel(), "err", err.Error())
 		return &dirHandle{n: n}, 0, 0
 	}
 	return &dirHandle{n: n, cache: true}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
@@ -52,7 +66,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 // the first read.
 type dirHandle struct {
 	n     *node
-	cache bool // the kernel keeps what it reads: a listing from the start marks the node listed
+	cache bool // the kernel keeps what it reads: the first listing, from the start, marks the node listed
 	ents  []fuse.DirEntry
 	read  bool // ents was listed
 	next  int  // index in ents of the next entry
@@ -75,6 +89,9 @@ func (h *dirHandle) list(ctx context.Context) syscall.Errno {
 	if h.cache && h.next == 0 {
 		h.n.listed.Store(at)
 	}
+	// A rewind lists again, into a copy the kernel may have partly
+	// filled from this listing: only the first listing dates it.
+	h.cache = false
 	return 0
 }
 
@@ -86,7 +103,7 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 			return nil, errno
 		}
 	}
-	if h.next >= len(h.ents) {
+	if h.next < 0 || h.next >= len(h.ents) {
 		return nil, 0
 	}
 	e := h.ents[h.next]
@@ -101,7 +118,7 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == 0 {
 		h.read, h.ents = false, nil
 	}
-	h.next = int(off)
+	h.next = int(min(off, 1<<31))
 	return 0
 }
 

@@ -25,9 +25,14 @@ func (s *listCounting) List(ctx context.Context, dir string) ([]source.Entry, er
 	return s.Source.List(ctx, dir)
 }
 
+// objectLike hides a source's POSIX side (an object store's directories
+// have no modification time that follows their entries).
+type objectLike struct{ source.Source }
+
 // listingMount mounts a POSIX dataset whose directory d holds n files and
-// returns its source directory, the counting source and the mount point.
-func listingMount(t *testing.T, n int, opts Options) (string, *listCounting, string) {
+// returns its source directory, the counting source and the mount point
+// (wrap, if not nil, wraps the source).
+func listingMount(t *testing.T, n int, opts Options, wrap ...func(source.Source) source.Source) (string, *listCounting, string) {
 	t.Helper()
 	root := t.TempDir()
 	if err := os.Mkdir(filepath.Join(root, "d"), 0o755); err != nil {
@@ -43,9 +48,13 @@ func listingMount(t *testing.T, n int, opts Options) (string, *listCounting, str
 		t.Fatal(err)
 	}
 	src := &listCounting{Source: p}
+	var served source.Source = src
+	for _, w := range wrap {
+		served = w(src)
+	}
 	c := newTestCache(t, t.TempDir(), 1<<30)
 	t.Cleanup(func() { c.Close() })
-	_, mnt := mountTest(t, src, c, opts)
+	_, mnt := mountTest(t, served, c, opts)
 	return root, src, mnt
 }
 
@@ -67,20 +76,28 @@ func names(t *testing.T, dir string) []string {
 // metacache period is read from the kernel's page cache (the source and
 // the daemon are not asked), complete however many READDIRs its first
 // listing took; with a metacache under a second every listing reaches the
-// source. Before, every listing did.
+// source, and so does every listing of an object store's directory (the
+// daemon answers it from the source's own copy). Before, every listing
+// reached the source.
 func TestTheKernelKeepsListings(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		opts      Options
+		object    bool
 		wantLists int64
 	}{
-		{"read-only, metacache 1h", Options{ReadOnly: true, MetaCache: time.Hour}, 1},
-		{"read-write, metacache 1m", Options{MetaCache: time.Minute}, 1},
-		{"read-only, metacache 0", Options{ReadOnly: true}, 3},
+		{"read-only, metacache 1h", Options{ReadOnly: true, MetaCache: time.Hour}, false, 1},
+		{"read-write, metacache 1m", Options{MetaCache: time.Minute}, false, 1},
+		{"read-only, metacache 0", Options{ReadOnly: true}, false, 3},
+		{"object store, read-only, metacache 1h", Options{ReadOnly: true, MetaCache: time.Hour}, true, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const files = 3000 // many READDIRs of 4 KiB
-			_, src, mnt := listingMount(t, files, tc.opts)
+			var wrap []func(source.Source) source.Source
+			if tc.object {
+				wrap = append(wrap, func(s source.Source) source.Source { return objectLike{s} })
+			}
+			_, src, mnt := listingMount(t, files, tc.opts, wrap...)
 			first := names(t, filepath.Join(mnt, "d"))
 			if len(first) != files {
 				t.Fatalf("the first listing shows %d entries, want %d", len(first), files)
@@ -99,9 +116,12 @@ func TestTheKernelKeepsListings(t *testing.T) {
 
 // TestKeptListingsFollowChanges: a change through the mount shows in the
 // next listing at once (the kernel drops its copy); a change made in the
-// source behind the mount's back shows once the metacache period is over.
+// source behind the mount's back shows once the metacache period is over,
+// and not before: the directory's modification time is put back, so that
+// only Cistern's own check of the period drops the kernel's copy.
 func TestKeptListingsFollowChanges(t *testing.T) {
-	root, src, mnt := listingMount(t, 10, Options{MetaCache: time.Second})
+	const period = 3 * time.Second
+	root, src, mnt := listingMount(t, 10, Options{MetaCache: period})
 	d := filepath.Join(mnt, "d")
 	if n := len(names(t, d)); n != 10 {
 		t.Fatalf("listing: %d entries, want 10", n)
@@ -112,11 +132,24 @@ func TestKeptListingsFollowChanges(t *testing.T) {
 	if got := names(t, d); !slices.Contains(got, "made-here") || len(got) != 11 {
 		t.Fatalf("after a create through the mount the listing shows %d entries, made-here: %t", len(got), slices.Contains(got, "made-here"))
 	}
+	fi, err := os.Stat(filepath.Join(root, "d"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(root, "d", "made-behind"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Chtimes(filepath.Join(root, "d"), fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
 	before := src.lists.Load()
-	time.Sleep(2100 * time.Millisecond) // the period, in the whole seconds it is counted in
+	// Within the period (it was listed a moment ago; the period is
+	// counted in whole seconds, so at least two of the three are left).
+	if got := names(t, d); slices.Contains(got, "made-behind") || src.lists.Load() != before {
+		t.Fatalf("within the metacache period a listing reached the source (%d listings) or shows made-behind (%t): the kernel's copy was not kept",
+			src.lists.Load()-before, slices.Contains(got, "made-behind"))
+	}
+	time.Sleep(period + 1100*time.Millisecond) // the period, in the whole seconds it is counted in
 	if got := names(t, d); !slices.Contains(got, "made-behind") || len(got) != 12 {
 		t.Fatalf("after the metacache period a listing shows %d entries, made-behind: %t", len(got), slices.Contains(got, "made-behind"))
 	}

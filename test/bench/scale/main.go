@@ -228,6 +228,7 @@ func measure(c config, n int) (r row, err error) {
 	if r.lookupRate, err = lookupOnly(ctx, d, src, names); err != nil {
 		return r, err
 	}
+	say("%d files: warm reads with one LOOKUP per file (read-only, no-open, metacache 1s) %.0f files/s", n, r.lookupRate)
 	say("%d files: find and stat warm %s, read-only %s, native %s", n, r.walk.Round(time.Millisecond), r.walkRO.Round(time.Millisecond), r.walkNative.Round(time.Millisecond))
 	// Create, rename, unlink, through the mount and natively.
 	if r.create, r.rename, r.unlink, err = ops(filepath.Join(mnt, "ops"), c.ops); err != nil {
@@ -236,7 +237,6 @@ func measure(c config, n int) (r row, err error) {
 	if r.nCreate, r.nRename, r.nUnlink, err = ops(filepath.Join(dir, "native-ops"), c.ops); err != nil {
 		return r, err
 	}
-	say("%d files: warm reads with one LOOKUP per file (read-only, no-open, metacache 1s) %.0f files/s", n, r.lookupRate)
 	say("%d files: create %s, rename %s, unlink %s per op (native %s, %s, %s)", n,
 		r.create, r.rename, r.unlink, r.nCreate, r.nRename, r.nUnlink)
 	if err := restart(c, &r, d, dir, mnt, names, keeperFlag); err != nil {
@@ -337,15 +337,12 @@ func lookupOnly(ctx context.Context, d *daemon, src string, names []string) (flo
 	if err != nil {
 		return 0, fmt.Errorf("mount no-open: %w", err)
 	}
+	defer d.client.Release(ctx, "bench-lookup")
 	if _, err := readAll(m.MountPath, names); err != nil { // into the kernel's page cache
 		return 0, err
 	}
 	time.Sleep(1100 * time.Millisecond)
-	rate, err := readAll(m.MountPath, names)
-	if err != nil {
-		return 0, err
-	}
-	return rate, d.client.Release(ctx, "bench-lookup")
+	return readAll(m.MountPath, names)
 }
 
 // walk lists and lstats every entry under root, as find -ls does.
