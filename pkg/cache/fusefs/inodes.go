@@ -32,15 +32,16 @@ import (
 // number and its name), so that a daemon that takes over a live FUSE
 // connection finds the file behind a node ID the kernel still holds.
 //
-// In memory a number costs about 60 bytes: a POSIX file's key is its device
-// and inode, and where a number was seen is kept as a hash (to log only a
-// change); the names themselves are read back from the log when a
-// takeover needs them, and dropped again once it has stopped asking.
+// In memory a number costs about 35 bytes: a POSIX file's key is its
+// device and inode (packed, see inoMap), and where a number was seen is
+// kept as a hash (to log only a change); the names themselves are read
+// back from the log when a takeover needs them, and dropped again once it
+// has stopped asking.
 type inodes struct {
 	log klog.Logger
 
 	mu      sync.Mutex
-	byIno   map[devIno]uint64 // guarded by mu; POSIX files
+	byIno   inoMap            // guarded by mu; POSIX files
 	byPath  map[string]uint64 // guarded by mu; files of a store without inodes, by path
 	seenAt  []uint64          // guarded by mu; by number: placeHash of where it was last seen (0: not known)
 	places  map[uint64]place  // guarded by mu; read from the log by path(), or nil
@@ -77,7 +78,7 @@ func placeHash(parent uint64, name string) uint64 {
 
 // openInodes loads the table from path ("" = in memory only).
 func openInodes(path string, log klog.Logger) (*inodes, error) {
-	t := &inodes{log: log, byIno: map[devIno]uint64{}, byPath: map[string]uint64{}, next: 2}
+	t := &inodes{log: log, byIno: newInoMap(), byPath: map[string]uint64{}, next: 2}
 	if path == "" {
 		return t, nil
 	}
@@ -143,7 +144,7 @@ func inodeID(p string, a source.Attr) string {
 // shared yet).
 func (t *inodes) setID(id string, n uint64) {
 	if k, ok := parseInoID(id); ok {
-		t.byIno[k] = n
+		t.byIno.set(k, n)
 	} else if p, ok := strings.CutPrefix(id, "p:"); ok {
 		t.byPath[p] = n
 	}
@@ -151,7 +152,7 @@ func (t *inodes) setID(id string, n uint64) {
 
 func (t *inodes) forgetID(id string) {
 	if k, ok := parseInoID(id); ok {
-		delete(t.byIno, k)
+		t.byIno.delete(k)
 	} else if p, ok := strings.CutPrefix(id, "p:"); ok {
 		delete(t.byPath, p)
 	}
@@ -179,11 +180,11 @@ func (t *inodes) number(p string, a source.Attr) uint64 {
 	defer t.mu.Unlock()
 	if a.Ino != 0 {
 		k := devIno{a.Dev, a.Ino}
-		if n, ok := t.byIno[k]; ok {
+		if n, ok := t.byIno.get(k); ok {
 			return n
 		}
 		n := t.allocLocked(inodeID(p, a))
-		t.byIno[k] = n
+		t.byIno.set(k, n)
 		return n
 	}
 	if n, ok := t.byPath[p]; ok {

@@ -222,15 +222,10 @@ func measure(c config, n int) (r row, err error) {
 			return r, err
 		}
 	}
-	if err := d.client.Release(ctx, "bench-ro"); err != nil {
-		return r, fmt.Errorf("unmount read-only: %w", err)
-	}
-	if r.lookupRate, err = lookupOnly(ctx, d, src, names); err != nil {
-		return r, err
-	}
-	say("%d files: warm reads with one LOOKUP per file (read-only, no-open, metacache 1s) %.0f files/s", n, r.lookupRate)
 	say("%d files: find and stat warm %s, read-only %s, native %s", n, r.walk.Round(time.Millisecond), r.walkRO.Round(time.Millisecond), r.walkNative.Round(time.Millisecond))
-	// Create, rename, unlink, through the mount and natively.
+	// Create, rename, unlink, through the mount and natively (before the
+	// read-only mount goes: the daemon's teardown of its nodes would
+	// share the CPUs with them).
 	if r.create, r.rename, r.unlink, err = ops(filepath.Join(mnt, "ops"), c.ops); err != nil {
 		return r, err
 	}
@@ -239,6 +234,13 @@ func measure(c config, n int) (r row, err error) {
 	}
 	say("%d files: create %s, rename %s, unlink %s per op (native %s, %s, %s)", n,
 		r.create, r.rename, r.unlink, r.nCreate, r.nRename, r.nUnlink)
+	if err := d.client.Release(ctx, "bench-ro"); err != nil {
+		return r, fmt.Errorf("unmount read-only: %w", err)
+	}
+	if r.lookupRate, err = lookupOnly(ctx, d, src, names); err != nil {
+		return r, err
+	}
+	say("%d files: warm reads with one LOOKUP per file (read-only, no-open, metacache 1s) %.0f files/s", n, r.lookupRate)
 	if err := restart(c, &r, d, dir, mnt, names, keeperFlag); err != nil {
 		return r, fmt.Errorf("restart: %w", err)
 	}
