@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 OUT       := $(CURDIR)/_output
 FUZZTIME  ?= 20000x
-UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e /test/sanity -e /test/posix)
+UNIT_PKGS  = $(shell $(GO) list ./... | grep -v -e /pkg/ -e /test/sanity -e /test/posix)
 
 .PHONY: all deps build demo demo-check test unit posix sanity fuzz verify manifests images k8s-e2e bench-cache bench-cache-smoke bench bench-smoke bench-scale bench-scale-smoke bench-group bench-group-smoke clean
 
@@ -29,20 +29,24 @@ demo: deps build
 ## fails or a mount is left behind.
 demo-check: build
 	@mkdir -p $(OUT)
+	@grep cistern /proc/mounts > $(OUT)/mounts-before-demo || true
 	@for src in file s3; do \
 	  $(BIN)/cistern demo --source $$src > $(OUT)/demo-$$src.log 2>&1 || { cat $(OUT)/demo-$$src.log; exit 1; }; \
 	  echo "== demo, $$src source"; sed -n '/== Summary/,$$p' $(OUT)/demo-$$src.log; \
 	done
-	@! grep cistern /proc/mounts
+	@# Nothing mounted that was not there before (a crashed run's mounts are not the demo's).
+	@! grep cistern /proc/mounts | grep -vxF -f $(OUT)/mounts-before-demo
 
 ## test: everything CI runs (needs root for real mounts).
 test: deps verify unit posix sanity fuzz demo-check bench-cache-smoke bench-smoke bench-scale-smoke bench-group-smoke
 
 unit:
+	@# The packages under the race detector: a race a plain run survives
+	@# (a concurrent map write in the group's member refresh did, until
+	@# CI's run hit it) fails here; its timing also widens windows (items
+	@# put to sleep, indexes loaded, under readers).
+	$(GO) test -race -count=1 ./pkg/...
 	$(GO) test -count=1 $(UNIT_PKGS)
-	@# Items put to sleep, and indexes loaded, under readers: the race
-	@# detector's timing widens windows a plain run almost never hits.
-	$(GO) test -race -count=1 -run 'TestSleepRacesReads|TestReadsWhileTheIndexLoads' ./pkg/cache/
 
 ## posix: Cistern's POSIX conformance cases on a read-write volume and on a
 ## plain directory side by side, as root and other users; prints both

@@ -159,12 +159,13 @@ func (g *groupMember) refresh(ctx context.Context) {
 	// Which datasets each member serves: this one's from its server, the
 	// others' asked at once; one that does not answer keeps what it said
 	// last (a slow answer must not move its blocks away and back).
-	serving := map[string][]string{}
+	// The map is written by the askers under smu; this member's own entry
+	// goes in before any asker starts.
+	serving := map[string][]string{g.node.Self: g.server.Serving()}
 	var smu sync.Mutex
 	var wg sync.WaitGroup
 	for _, m := range ms {
 		if m.ID == g.node.Self {
-			serving[m.ID] = g.server.Serving()
 			continue
 		}
 		wg.Add(1)
