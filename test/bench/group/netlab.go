@@ -30,7 +30,13 @@ func newLab() (*lab, error) {
 	err := ipSteps(
 		[]string{"netns", "add", l.hub},
 		[]string{"-n", l.hub, "link", "set", "lo", "up"},
-		[]string{"-n", l.hub, "link", "add", "br0", "type", "bridge"},
+		// The bridge's address set once: a bridge left to choose takes
+		// its ports' lowest, and a member added later with a lower one
+		// changed it under the members that had the old one in their ARP
+		// tables: their packets to the hub (the store model) went nowhere
+		// until the entry was found stale (a read stalled 30-50 s, on
+		// one or two members, in some runs).
+		[]string{"-n", l.hub, "link", "add", "br0", "address", "02:00:00:00:00:01", "type", "bridge"},
 		[]string{"-n", l.hub, "addr", "add", l.hubAddr() + "/24", "dev", "br0"},
 		[]string{"-n", l.hub, "link", "set", "br0", "up"},
 	)
