@@ -35,7 +35,9 @@ func newLab() (*lab, error) {
 		// changed it under the members that had the old one in their ARP
 		// tables: their packets to the hub (the store model) went nowhere
 		// until the entry was found stale (a read stalled 30-50 s, on
-		// one or two members, in some runs).
+		// one or two members, in some runs). CNI's bridge plugin sets
+		// its bridge's address for the same reason (containernetworking/
+		// cni#285).
 		[]string{"-n", l.hub, "link", "add", "br0", "address", "02:00:00:00:00:01", "type", "bridge"},
 		[]string{"-n", l.hub, "addr", "add", l.hubAddr() + "/24", "dev", "br0"},
 		[]string{"-n", l.hub, "link", "set", "br0", "up"},
