@@ -227,7 +227,16 @@ func (t *inodes) setSeenLocked(n, h uint64) {
 		if n > t.next+1<<20 {
 			return
 		}
-		t.seenAt = append(t.seenAt, make([]uint64, n+1-uint64(len(t.seenAt)))...)
+		if n >= uint64(cap(t.seenAt)) {
+			// Grown by a 32nd (append's growth left up to a quarter
+			// unused).
+			grown := make([]uint64, len(t.seenAt), n+1+n/32)
+			copy(grown, t.seenAt)
+			t.seenAt = grown
+		}
+		old := len(t.seenAt)
+		t.seenAt = t.seenAt[:n+1]
+		clear(t.seenAt[old:]) // the numbers between: not known
 	}
 	t.seenAt[n] = h
 }

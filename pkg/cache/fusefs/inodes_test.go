@@ -38,6 +38,22 @@ func TestInodePlacesFromTheLog(t *testing.T) {
 	if got := string(after[len(before):]); got != "@\t2\t3\td\n" {
 		t.Errorf("logged %q; want only the move of 2", got)
 	}
+	// Numbers seen in turn (every third one skipped): the slice grows a
+	// 32nd at a time (append's growth left up to a quarter unused), the
+	// skipped numbers' places stay unknown.
+	for n := uint64(4); n < 20000; n++ {
+		if n%3 != 0 {
+			tab.seen(n, 1, "f")
+		}
+	}
+	for n := uint64(4); n < 20000; n++ {
+		if got, want := tab.seenAt[n] != 0, n%3 != 0; got != want {
+			t.Fatalf("number %d: place known %v, want %v", n, got, want)
+		}
+	}
+	if l := len(tab.seenAt); l+l/32+1 < cap(tab.seenAt) {
+		t.Errorf("%d places in a slice of room for %d", l, cap(tab.seenAt))
+	}
 }
 
 // TestNodesKeepTheirSizeClass: a node is larger than Go's 320-byte size

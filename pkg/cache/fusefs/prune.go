@@ -83,10 +83,13 @@ func (f *FS) Prune(k int) (int, error) {
 		}
 	}
 	walk(f.root.EmbeddedInode().Children(), 0)
-	// Oldest first; of the same second, the deepest first: the kernel
-	// cannot forget a directory while it holds what is in it.
+	// Oldest first; of the same second, the deepest first (the kernel
+	// cannot forget a directory while it holds what is in it), then the
+	// lowest number: numbers are given in turn, so the nodes kept are the
+	// newest, side by side in the heap. In map order they were scattered
+	// over the spans of the last second's nodes, which stayed in use.
 	slices.SortFunc(cands, func(a, b cand) int {
-		return cmp.Or(cmp.Compare(a.used, b.used), cmp.Compare(b.depth, a.depth))
+		return cmp.Or(cmp.Compare(a.used, b.used), cmp.Compare(b.depth, a.depth), cmp.Compare(a.ino, b.ino))
 	})
 	cands = cands[:min(k, len(cands))]
 	ids := make([]uint64, 0, pruneBatch)

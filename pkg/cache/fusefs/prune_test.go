@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -120,5 +121,49 @@ func TestNoNotificationAfterTheSessionEnds(t *testing.T) {
 		if st, err := tf.Stat(); err != nil || st.Size() != 0 {
 			t.Errorf("%s: %v bytes, %v: a notification was written into it", tf.Name(), st.Size(), err)
 		}
+	}
+}
+
+// TestPruneKeepsTheNewest: of files last used in the same second, the
+// lowest numbers (given in turn: the oldest nodes) are forgotten first,
+// so the nodes kept were allocated side by side; in map order they were
+// scattered over the heap's spans and kept them all in use (bench-scale,
+// 100,000 idle files: 9.0 -> 7.7 MB of heap in use beyond the live bytes).
+func TestPruneKeepsTheNewest(t *testing.T) {
+	f, root, mnt := mountPosixRW(t, time.Hour)
+	const files = 200
+	for i := range files {
+		if err := os.WriteFile(filepath.Join(root, fmt.Sprintf("f%03d", i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range files {
+		if _, err := os.Stat(filepath.Join(mnt, fmt.Sprintf("f%03d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	numbers := func() []uint64 {
+		var out []uint64
+		for _, c := range f.root.EmbeddedInode().Children() {
+			out = append(out, c.StableAttr().Ino)
+		}
+		slices.Sort(out)
+		return out
+	}
+	all := numbers()
+	if len(all) != files {
+		t.Fatalf("%d nodes in the root after looking up %d files", len(all), files)
+	}
+	if _, err := f.Prune(files / 2); errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EINVAL) {
+		t.Skipf("this kernel cannot prune (%v): Linux 6.18 or later is needed", err)
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(numbers()) > files/2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if kept, want := numbers(), all[files/2:]; !slices.Equal(kept, want) {
+		t.Errorf("numbers kept %v; want the newest half %v", kept, want)
 	}
 }
