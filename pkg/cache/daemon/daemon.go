@@ -106,8 +106,9 @@ func New(opts Options) (*Daemon, error) {
 		d.wg.Add(1)
 		go d.watchKeeper()
 	}
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.pruneLoop()
+	go d.memoryLoop()
 	served := map[string]bool{}
 	d.mu.Lock()
 	for _, m := range d.datasets {
