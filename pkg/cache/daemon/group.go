@@ -60,6 +60,7 @@ type groupMember struct {
 	serving map[string][]string         // guarded by mu; member ID -> IDs of the datasets it serves
 	sig     string                      // guarded by mu; what the placement was built of
 	listErr string                      // guarded by mu; the last membership error, or ""
+	skips   map[string]time.Time        // guarded by mu; member ID -> when it was last logged as put aside
 }
 
 // startGroup starts the peer server and the membership loop, if the
@@ -94,7 +95,8 @@ func (d *Daemon) startGroup() error {
 		// An owner's fetch is bounded by the source timeout, and a
 		// little more per MiB of the block (s3store): not given up
 		// before it.
-		Deadline: o.GroupDeadline, MaxWait: o.SourceTimeout + time.Duration(o.BlockSize>>20)*time.Second + 5*time.Second, Observe: g.latency.Observe}}
+		Deadline: o.GroupDeadline, MaxWait: o.SourceTimeout + time.Duration(o.BlockSize>>20)*time.Second + 5*time.Second, Observe: g.latency.Observe,
+		OnSkip: g.skipped}}
 	if g.list, err = o.membership(); err != nil {
 		return err
 	}
@@ -207,6 +209,25 @@ func (g *groupMember) refresh(ctx context.Context) {
 		}
 		self := slices.ContainsFunc(ms, func(m group.Member) bool { return m.ID == g.node.Self && m.Weight > 0 })
 		g.log.Info("Cache group members", "members", ids, "owner", self)
+	}
+}
+
+// skipped logs a member put aside (unreachable, silent past the
+// deadline, busy or corrupt), at most once a minute each: meanwhile its
+// blocks come from the next in line or the source.
+func (g *groupMember) skipped(m group.Member, err error) {
+	now := time.Now()
+	g.mu.Lock()
+	logIt := now.Sub(g.skips[m.ID]) >= time.Minute
+	if logIt {
+		if g.skips == nil {
+			g.skips = map[string]time.Time{}
+		}
+		g.skips[m.ID] = now
+	}
+	g.mu.Unlock()
+	if logIt {
+		g.log.Info("A cache group member failed to send a block: its blocks come from the next member in line, or the source, for a while", "peer", m.ID, "err", err.Error())
 	}
 }
 

@@ -274,6 +274,10 @@ type Client struct {
 	Cooldown time.Duration
 	// Observe, if set, is told how long each block a peer sent took.
 	Observe func(time.Duration)
+	// OnSkip, if set, is told of each peer put aside for Cooldown and
+	// why: its blocks come from the next in line, or the source,
+	// meanwhile (a cost the operator should hear of).
+	OnSkip func(Member, error)
 
 	mu      sync.Mutex
 	broken  map[string]time.Time // guarded by mu; peer address -> skipped until
@@ -357,6 +361,9 @@ func (c *Client) fetch(ctx context.Context, peers []ask, dataset, name, object s
 		var st statusError
 		if !errors.As(err, &st) || st.code >= 500 {
 			c.breakFor(m.Addr) // unreachable, slow, busy or corrupt
+			if c.OnSkip != nil {
+				c.OnSkip(m.Member, err)
+			}
 		}
 	}
 	return nil, Member{}, false, errors.Join(append([]error{ErrNoPeer}, errs...)...)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -112,6 +113,8 @@ func TestPeersServeBlocks(t *testing.T) {
 	mSlow := startPeer(t, "slow", slow, stc)
 	mCorrupt := startPeer(t, "corrupt", corrupt, stc)
 	c := client(ctc)
+	var skipped []string
+	c.OnSkip = func(m Member, err error) { skipped = append(skipped, m.ID) }
 	ctx := context.Background()
 
 	start := time.Now()
@@ -121,6 +124,11 @@ func TestPeersServeBlocks(t *testing.T) {
 	}
 	if waited := time.Since(start); waited > time.Second {
 		t.Errorf("a slow peer held the reader %s; the deadline is 300ms", waited)
+	}
+	// Those put aside are told of (the daemon logs them); a peer that
+	// answered (not found, another version) is not.
+	if want := []string{"big", "corrupt", "slow"}; !slices.Equal(skipped, want) {
+		t.Errorf("peers reported skipped: %v; want %v", skipped, want)
 	}
 	// The slow and corrupt peers are skipped now: no wait at all.
 	start = time.Now()
