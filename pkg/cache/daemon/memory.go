@@ -14,7 +14,9 @@ const memoryEvery = 5 * time.Second
 const (
 	// idleAllocs: a period that allocated less is idle.
 	idleAllocs = 4 << 20
-	// minReturn: less free heap than this stays with the process.
+	// minReturn: less free heap than this stays with the process (nor
+	// less than an eighth of the live heap: a return costs a collection,
+	// whose work grows with the live heap).
 	minReturn = 8 << 20
 )
 
@@ -26,12 +28,12 @@ const (
 // files), depending on when the last return happened. Busy, it forces no
 // collection.
 func (d *Daemon) memoryLoop() {
-	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/memory/classes/heap/free:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
 	var last uint64
 	d.every(memoryEvery, nil, func() bool {
 		metrics.Read(s)
-		allocs, free := s[0].Value.Uint64(), s[1].Value.Uint64()
-		if returnMemory(allocs-last, free) {
+		allocs, free, live := s[0].Value.Uint64(), s[1].Value.Uint64(), s[2].Value.Uint64()
+		if returnMemory(allocs-last, free, live) {
 			start := time.Now()
 			debug.FreeOSMemory()
 			d.log.V(3).Info("Idle: free memory returned to the system", "bytes", free, "took", time.Since(start))
@@ -44,7 +46,7 @@ func (d *Daemon) memoryLoop() {
 }
 
 // returnMemory says whether free bytes of heap go back to the system
-// after a period that allocated allocated bytes.
-func returnMemory(allocated, free uint64) bool {
-	return allocated < idleAllocs && free >= minReturn
+// after a period that allocated allocated bytes, with live bytes in use.
+func returnMemory(allocated, free, live uint64) bool {
+	return allocated < idleAllocs && free >= max(minReturn, live/8)
 }
