@@ -5,6 +5,8 @@ import (
 	"iter"
 	"slices"
 	"time"
+
+	"github.com/cistern-csi/cistern/pkg/cache/internal/sorted"
 )
 
 // dormants are the dormant records by item hash, kept small: at a million
@@ -144,27 +146,7 @@ func (s *dormants) merge() {
 	for k, r := range s.fresh {
 		add = append(add, dormantRec{k, r})
 	}
-	slices.SortFunc(add, func(a, b dormantRec) int { return bytes.Compare(a.key[:], b.key[:]) })
-	n := len(s.sorted)
-	if need := n + len(add); cap(s.sorted) < need {
-		// Room for this merge and about one more: append's growth (a
-		// quarter at this size) left an eighth of the slice unused on
-		// average.
-		grown := make([]dormantRec, n, need+need/32)
-		copy(grown, s.sorted)
-		s.sorted = grown
-	}
-	s.sorted = s.sorted[:n+len(add)]
-	i, j := n-1, len(add)-1
-	for k := len(s.sorted) - 1; j >= 0; k-- {
-		if i >= 0 && bytes.Compare(s.sorted[i].key[:], add[j].key[:]) > 0 {
-			s.sorted[k] = s.sorted[i]
-			i--
-		} else {
-			s.sorted[k] = add[j]
-			j--
-		}
-	}
+	s.sorted = sorted.Merge(s.sorted, add, func(a, b dormantRec) int { return bytes.Compare(a.key[:], b.key[:]) })
 	s.fresh = map[[16]byte]sleeper{}
 }
 

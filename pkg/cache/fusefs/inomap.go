@@ -3,6 +3,8 @@ package fusefs
 import (
 	"cmp"
 	"slices"
+
+	"github.com/cistern-csi/cistern/pkg/cache/internal/sorted"
 )
 
 // inoMap maps a POSIX file's device and inode to the number the kernel
@@ -78,29 +80,20 @@ func (m *inoMap) delete(k devIno) {
 // len is the number of keys.
 func (m *inoMap) len() int { return len(m.sorted) - m.dead + len(m.fresh) }
 
-// merge makes one sorted slice of the live entries, in a slice of exactly
-// their size: the fresh ones sorted, then merged with the slice in one
-// pass (at a million entries a few milliseconds under inodes.mu).
+// merge drops the deleted entries and merges the fresh ones into the
+// slice (at a million entries a few milliseconds under inodes.mu).
 func (m *inoMap) merge() {
 	add := make([]inoEntry, 0, len(m.fresh))
 	for k, n := range m.fresh {
 		add = append(add, inoEntry{k, n})
 	}
-	slices.SortFunc(add, func(a, b inoEntry) int { return cmpDevIno(a.key, b.key) })
-	out := make([]inoEntry, 0, m.len())
-	i := 0
-	for _, e := range m.sorted {
-		if e.n == 0 {
-			continue
+	if m.dead > 0 {
+		m.sorted = slices.DeleteFunc(m.sorted, func(e inoEntry) bool { return e.n == 0 })
+		if cap(m.sorted) > 2*(len(m.sorted)+len(add)) {
+			m.sorted = slices.Clone(m.sorted) // most were deleted: their room goes
 		}
-		for i < len(add) && cmpDevIno(add[i].key, e.key) < 0 {
-			out = append(out, add[i])
-			i++
-		}
-		out = append(out, e)
 	}
-	out = append(out, add[i:]...)
-	m.sorted, m.dead = out, 0
+	m.sorted, m.dead = sorted.Merge(m.sorted, add, func(a, b inoEntry) int { return cmpDevIno(a.key, b.key) }), 0
 	if len(m.fresh) > 4*inoMinMerge {
 		m.fresh = map[devIno]uint64{} // a map does not shrink: its tables held the last batch
 	} else {

@@ -47,4 +47,23 @@ func TestInoMapIsAMap(t *testing.T) {
 	if len(m.fresh) > max(inoMinMerge, len(m.sorted)/32) {
 		t.Errorf("%d fresh entries beside %d sorted: not merged", len(m.fresh), len(m.sorted))
 	}
+	// Most keys deleted: the slice gives their room back.
+	before := cap(m.sorted)
+	kept := 0
+	for k := range want {
+		if kept < 100 {
+			kept++
+			continue
+		}
+		m.delete(k)
+		delete(want, k)
+	}
+	if m.len() != len(want) || cap(m.sorted) > 4*inoMinMerge {
+		t.Errorf("after deleting all but %d keys: len %d, room for %d entries (%d before)", len(want), m.len(), cap(m.sorted), before)
+	}
+	for k, n := range want {
+		if got, ok := m.get(k); !ok || got != n {
+			t.Fatalf("after the deletions: get %v = %d, %t; want %d", k, got, ok, n)
+		}
+	}
 }
